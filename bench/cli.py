@@ -1,0 +1,99 @@
+"""The ``segbench`` command line: one entry point, one subcommand per harness module.
+
+Each harness module that offers a subcommand defines ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed arguments and
+returning an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules contributing subcommands, in the order `segbench --help` lists them.
+COMMAND_MODULES = [
+    "bench.complexity",
+    "bench.speed",
+    "bench.data",
+    "bench.train",
+    "bench.evaluate",
+    "bench.report",
+    "bench.benchmark",
+    "bench.sweep",
+    "bench.stats",
+]
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from models import create_model, list_models, model_info
+
+    rows = []
+    names = list_models(args.pattern)
+    if not names:
+        print(f"no registered model matches {args.pattern!r}", file=sys.stderr)
+        return 2
+    for name in names:
+        info = model_info(name)
+        model = create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        rep = info.reported
+        rows.append({
+            "model": name,
+            "full name": info.full_name,
+            "paper": f"{info.paper} ({info.year})",
+            "params": f"{params:,}",
+            "reported params (M)": rep.get("params_m", ""),
+            "reported GFLOPs": rep.get("gflops", ""),
+            "input": f"x{info.input_multiple}",
+        })
+    df = pd.DataFrame(rows)
+    print(df.to_markdown(index=False) if args.markdown else df.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segbench",
+        description="Benchmark light-weight medical image segmentation models: what each costs "
+        "(parameters, MACs, latency, memory) and what it buys (Dice, IoU, HD95).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("models", help="list the model registry as a table",
+                       description="List registered models with parameter counts and the "
+                       "figures their papers report.")
+    p.add_argument("pattern", nargs="?", default=None,
+                   help="wildcard pattern(s), comma-separated (e.g. 'smp_*,malunet')")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.set_defaults(func=_cmd_models)
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as err:  # a harness module not written yet
+            if err.name != mod_name:
+                raise
+            continue
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""segbench model registry: MALUNet, EGE-UNet and the models they are compared with.
+
+Every model's ``forward`` returns logits ``(N, num_classes, H, W)`` at the input
+resolution. Models with deep supervision also offer ``forward_aux(x)`` returning
+``(logits, [aux_logits, ...])`` (aux maps at input resolution, ordered as the
+weights in ``model_info(name).loss_weights``).
+"""
+
+from models import registry
+from models.registry import (
+    InputSizeError,
+    ModelInfo,
+    UnknownModelError,
+    check_input_size,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+
+# Architecture modules register themselves on import. Keep this list explicit.
+_ARCH_MODULES = [
+    "malunet",
+    "egeunet",
+    "unet",
+    "attention_unet",
+    "transfuse",
+    "baselines",
+]
+
+
+def _import_archs() -> None:
+    import importlib
+
+    for mod in _ARCH_MODULES:
+        try:
+            importlib.import_module(f"models.{mod}")
+        except ModuleNotFoundError as err:  # a module not written yet during development
+            if err.name != f"models.{mod}":
+                raise
+
+
+_import_archs()
+
+__all__ = [
+    "InputSizeError",
+    "ModelInfo",
+    "UnknownModelError",
+    "check_input_size",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+    "registry",
+]
