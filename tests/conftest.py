@@ -1,0 +1,29 @@
+"""Shared fixtures. Tests never touch the network and skip cleanly without ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".no-torch-home"))
+
+SHARED = Path(os.environ.get("SEGBENCH_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout (or $SEGBENCH_SHARED); skips when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"reference material not found at {SHARED} (only present on dev machines)")
+    return SHARED.resolve()
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import torch
+
+    torch.manual_seed(0)
+    yield
