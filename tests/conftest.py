@@ -26,4 +26,7 @@ def _seed_and_threads():
     import torch
 
     torch.manual_seed(0)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: OpenMP spin-waits cost more than they give here
     yield
+    torch.set_num_threads(n)
