@@ -11,15 +11,6 @@ from models import InputSizeError, create_model, model_info
 from models.egeunet import EGEUNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _ref(shared_dir: Path) -> dict:
     return torch.load(shared_dir / "reference" / "egeunet_reference.pt")
 

@@ -12,16 +12,6 @@ import torch
 from models import InputSizeError, create_model
 from models.malunet import ExternalAttention, MALUNet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 N_TOTAL = 177_943  # sum of numel over parameters(): the paper's 0.177 M
 N_UNIQUE = 146_711  # distinct storage: the six IEA memories count once
 N_BRIDGE = 16_614

@@ -17,15 +17,6 @@ from models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small CPU tensors: one thread avoids OpenMP spin-waiting on a shared, loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_list_models_wildcards_and_comma_lists() -> None:
     everything = list_models()
     assert everything == sorted(everything)

@@ -1,0 +1,168 @@
+"""Baselines from well-kept libraries, randomly initialised (nothing is downloaded).
+
+segmentation-models-pytorch: ``Unet`` with ResNet-34, MobileNetV2 and
+EfficientNet-B0 encoders, ``Segformer`` with MiT-B0 (``encoder_weights=None``);
+torchvision: LR-ASPP MobileNetV3-Large (``weights=None, weights_backbone=None``).
+
+Each is wrapped so that, like every segbench model, ``forward`` checks the input
+size (:class:`~models.registry.InputSizeError`) and returns logits
+``(N, num_classes, H, W)`` at the input resolution (torchvision returns a dict).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.registry import check_input_size, register_model
+
+__all__ = [
+    "LibrarySegmenter",
+    "lraspp_mobilenet_v3_large",
+    "smp_segformer_mit_b0",
+    "smp_unet_efficientnet_b0",
+    "smp_unet_mobilenet_v2",
+    "smp_unet_resnet34",
+]
+
+_SMP_CITATION = (
+    "Iakubovskii, P. Segmentation Models Pytorch (2019), "
+    "https://github.com/qubvel-org/segmentation_models.pytorch"
+)
+_UNET_CITATION = "Ronneberger, O., Fischer, P., Brox, T. MICCAI 2015. arXiv:1505.04597"
+
+
+class LibrarySegmenter(nn.Module):
+    """Wraps a library model: input-size check, dict unwrapping, logits at input size."""
+
+    def __init__(self, net: nn.Module, name: str, multiple: int, min_size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.model_name = name
+        self.input_multiple = multiple
+        self.min_input = min_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        check_input_size(h, w, self.input_multiple, self.min_input, model=self.model_name)
+        out = self.net(x)
+        if isinstance(out, dict):  # torchvision segmentation models
+            out = out["out"]
+        if out.shape[-2:] != (h, w):
+            out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+
+def _smp_unet(encoder: str, name: str, num_classes: int, in_channels: int) -> LibrarySegmenter:
+    import segmentation_models_pytorch as smp
+
+    net = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+    # smp encoders down-sample 5 times; smp itself rejects other sizes with a RuntimeError.
+    return LibrarySegmenter(net, name, multiple=32, min_size=32)
+
+
+_SMP_META = dict(family="smp", input_multiple=32, min_input=32, reported={})
+
+
+@register_model(
+    "smp_unet_resnet34",
+    full_name="U-Net, ResNet-34 encoder (smp)",
+    paper="U-Net: Convolutional Networks for Biomedical Image Segmentation",
+    year=2015,
+    citation=f"{_UNET_CITATION}; He, K. et al. Deep Residual Learning for Image Recognition. "
+    f"CVPR 2016; {_SMP_CITATION}",
+    notes="smp 0.6 Unet(resnet34), encoder_weights=None: 24,436,369 params with 1 class.",
+    **_SMP_META,
+)
+def smp_unet_resnet34(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+    return _smp_unet("resnet34", "smp_unet_resnet34", num_classes, in_channels)
+
+
+@register_model(
+    "smp_unet_mobilenet_v2",
+    full_name="U-Net, MobileNetV2 encoder (smp)",
+    paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+    year=2018,
+    citation=f"Sandler, M. et al. CVPR 2018. arXiv:1801.04381; {_UNET_CITATION}; {_SMP_CITATION}",
+    notes="smp 0.6 Unet(mobilenet_v2), encoder_weights=None: 6,628,945 params with 1 class.",
+    **_SMP_META,
+)
+def smp_unet_mobilenet_v2(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+    return _smp_unet("mobilenet_v2", "smp_unet_mobilenet_v2", num_classes, in_channels)
+
+
+@register_model(
+    "smp_unet_efficientnet_b0",
+    full_name="U-Net, EfficientNet-B0 encoder (smp)",
+    paper="EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
+    year=2019,
+    citation=f"Tan, M., Le, Q. V. ICML 2019. arXiv:1905.11946; {_UNET_CITATION}; {_SMP_CITATION}",
+    notes="smp 0.6 Unet(efficientnet-b0), encoder_weights=None, less the encoder's unused "
+    "classifier conv head: 5,839,309 params with 1 class (smp's own count, head included, "
+    "is 6,251,469; keep_unused_head=True gives it).",
+    **_SMP_META,
+)
+def smp_unet_efficientnet_b0(
+    num_classes: int = 1, in_channels: int = 3, keep_unused_head: bool = False
+) -> LibrarySegmenter:
+    model = _smp_unet("efficientnet-b0", "smp_unet_efficientnet_b0", num_classes, in_channels)
+    if not keep_unused_head:
+        # smp's EfficientNet encoder keeps the ImageNet head's 1x1 conv (320 -> 1280) and its
+        # BatchNorm but never runs them: 412,160 dead parameters that would inflate the count
+        # and leave parameters without gradients (DDP errors, optimizer noise).
+        encoder = model.net.encoder
+        del encoder._conv_head, encoder._bn1
+    return model
+
+
+@register_model(
+    "smp_segformer_mit_b0",
+    full_name="SegFormer, MiT-B0 encoder (smp)",
+    paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers",
+    year=2021,
+    citation=f"Xie, E. et al. NeurIPS 2021. arXiv:2105.15203; {_SMP_CITATION}",
+    notes="smp 0.6 Segformer(mit_b0), encoder_weights=None: 3,714,401 params with 1 class. "
+    "smp's head already up-samples x4 to the input size.",
+    **_SMP_META,
+)
+def smp_segformer_mit_b0(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+    import segmentation_models_pytorch as smp
+
+    net = smp.Segformer(
+        "mit_b0", encoder_weights=None, in_channels=in_channels, classes=num_classes
+    )
+    return LibrarySegmenter(net, "smp_segformer_mit_b0", multiple=32, min_size=32)
+
+
+@register_model(
+    "lraspp_mobilenet_v3_large",
+    full_name="LR-ASPP, MobileNetV3-Large backbone (torchvision)",
+    paper="Searching for MobileNetV3",
+    year=2019,
+    citation="Howard, A. et al. ICCV 2019. arXiv:1905.02244",
+    family="torchvision",
+    # torchvision interpolates its 1/16 and 1/8 features and the output to the input size,
+    # so any H x W works; below 16 px the 1/16 branch would see a single padded pixel.
+    input_multiple=1,
+    min_input=16,
+    reported={},
+    notes="torchvision lraspp_mobilenet_v3_large(weights=None, weights_backbone=None): "
+    "3,218,138 params with 1 class. Any input size of at least 16x16.",
+)
+def lraspp_mobilenet_v3_large(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large as build
+
+    net = build(weights=None, weights_backbone=None, num_classes=num_classes)
+    if in_channels != 3:
+        # torchvision has no in_channels option: swap the stem conv for one of the same shape.
+        stem = net.backbone["0"][0]
+        net.backbone["0"][0] = nn.Conv2d(
+            in_channels,
+            stem.out_channels,
+            stem.kernel_size,
+            stride=stem.stride,
+            padding=stem.padding,
+            bias=False,
+        )
+    return LibrarySegmenter(net, "lraspp_mobilenet_v3_large", multiple=1, min_size=16)
