@@ -26,6 +26,7 @@ def atomic_write(path: str | Path, writer: Callable[[IO], None], mode: str = "w"
             writer(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
