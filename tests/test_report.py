@@ -1,0 +1,229 @@
+"""Report: Pareto front, table assembly from fixture result files, plots and README."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import report
+from bench.pareto import pareto_front, pareto_order
+
+FIXTURES = Path(__file__).parent / "data" / "report_fixtures"
+
+
+# --------------------------------------------------------------------------- Pareto front
+
+
+def test_pareto_front_basic() -> None:
+    cost = [1.0, 2.0, 3.0, 4.0, 2.5]
+    acc = [0.70, 0.80, 0.75, 0.90, 0.85]
+    # 3.0/0.75 is dominated by 2.0/0.80; the rest improve accuracy as cost grows.
+    assert pareto_front(cost, acc).tolist() == [True, True, False, True, True]
+    assert pareto_order(cost, acc).tolist() == [0, 1, 4, 3]
+
+
+def test_pareto_front_ties() -> None:
+    # Same cost: only the more accurate one. Same accuracy: only the cheaper one.
+    assert pareto_front([1, 1, 2], [0.5, 0.6, 0.7]).tolist() == [False, True, True]
+    assert pareto_front([1, 2, 3], [0.8, 0.8, 0.9]).tolist() == [True, False, True]
+
+
+def test_pareto_front_duplicates() -> None:
+    # Exact duplicates do not dominate each other: both on the front, or both off it.
+    assert pareto_front([1, 1, 2], [0.9, 0.9, 0.95]).tolist() == [True, True, True]
+    assert pareto_front([2, 2, 1], [0.5, 0.5, 0.9]).tolist() == [False, False, True]
+
+
+def test_pareto_front_nan_and_inf_excluded() -> None:
+    cost = [1.0, math.nan, 3.0, 0.5, math.inf]
+    acc = [0.7, 0.99, 0.8, math.nan, 0.99]
+    front = pareto_front(cost, acc)
+    assert front.tolist() == [True, False, True, False, False]
+    # A NaN point must not dominate anything either: 1.0/0.7 stays on the front.
+    assert pareto_front([math.nan], [math.nan]).tolist() == [False]
+    assert pareto_front([], []).tolist() == []
+
+
+def test_pareto_front_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        pareto_front([1, 2], [0.5])
+
+
+def test_pareto_front_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    cost = rng.integers(0, 6, 60).astype(float)  # small ranges: many ties and duplicates
+    acc = rng.integers(0, 6, 60).astype(float)
+    expect = [
+        not any(
+            (cost[j] <= cost[i] and acc[j] >= acc[i]) and (cost[j] < cost[i] or acc[j] > acc[i])
+            for j in range(60)
+        )
+        for i in range(60)
+    ]
+    assert pareto_front(cost, acc).tolist() == expect
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@pytest.fixture(scope="module")
+def fixture_results() -> report.Results:
+    return report.load_results(FIXTURES)
+
+
+def test_load_results_reads_every_kind(fixture_results: report.Results) -> None:
+    res = fixture_results
+    assert set(res.complexity["model"]) == {"egeunet", "malunet", "transfuse_s", "unet"}
+    assert res.devices == ["cuda-fixture-gpu", "cpu-fixture-cpu"]  # accelerator first
+    assert res.primary_device == "cuda-fixture-gpu"
+    # the unfinished egeunet run is ignored
+    assert sorted(res.runs["model"]) == ["malunet", "malunet", "unet"]
+    assert res.stats.loc[0, "dataset"] == "isic2017-mini"  # from the file name
+
+
+def test_speed_summary_picks_baseline_variant(fixture_results: report.Results) -> None:
+    sp = report.speed_summary(fixture_results.speed["cpu-fixture-cpu"]).set_index("model")
+    # fp32 contiguous batch 1, not the faster channels_last row or the skipped bf16 one
+    assert sp.loc["malunet", "latency_ms"] == 15.0
+    assert sp.loc["malunet", "throughput_img_s"] == 100.0
+    assert sp.loc["malunet", "best_batch"] == 8
+    assert sp.loc["malunet", "peak_mem_mb"] == 310.0  # no CUDA peak: RSS instead
+    assert "bf16" in sp.loc["malunet", "speed_notes"]
+    assert sp.loc["egeunet", "train_img_s"] == 20.0
+    assert math.isnan(sp.loc["unet", "train_img_s"])
+
+
+def test_accuracy_summary_over_seeds(fixture_results: report.Results) -> None:
+    acc = report.accuracy_summary(fixture_results.runs).set_index("model")
+    assert acc.loc["malunet", "n_seeds"] == 2
+    assert acc.loc["malunet", "dsc_mean"] == pytest.approx(82.0)
+    assert acc.loc["malunet", "dsc_std"] == pytest.approx(np.std([80.0, 84.0], ddof=1))
+    assert acc.loc["malunet", "dice_mean"] == pytest.approx(79.0)
+    assert acc.loc["malunet", "hd95_mean"] == pytest.approx(18.0)
+    assert math.isnan(acc.loc["unet", "dsc_std"])  # one seed: no spread
+
+
+def test_summary_table_one_row_per_model(fixture_results: report.Results) -> None:
+    s = report.summary_table(fixture_results, device="cpu-fixture-cpu").set_index("model")
+    assert list(s.index) == ["egeunet", "malunet", "transfuse_s", "unet"]
+    assert s.loc["malunet", "params_total"] == 177943
+    assert s.loc["malunet", "params_unique"] == 146711
+    assert s.loc["unet", "thop_macs"] == 13_760_000_000
+    assert s.loc["unet", "latency_ms"] == 150.0
+    assert s.loc["malunet", "isic2017-mini:dsc_mean"] == pytest.approx(82.0)
+    assert pd.isna(s.loc["egeunet", "isic2017-mini:dsc_mean"])
+    # paper figures come from the registry, in their own columns
+    assert s.loc["malunet", "paper_isic2017_dsc"] == 88.13
+    assert s.loc["unet", "paper_isic2018_miou"] == 77.86
+    assert "unet" in s.loc["malunet", "significantly_different_from"]
+
+
+def test_render_markdown_and_csv(fixture_results: report.Results) -> None:
+    s = report.summary_table(fixture_results, device="cpu-fixture-cpu")
+    cols = report._accuracy_cols(["isic2017-mini"], ["isic2017"])
+    csv, md = report.render(s, cols)
+    assert "paper DSC ISIC2017 (%)" in csv.columns
+    assert "isic2017-mini DSC pooled (%) std" in csv.columns
+    assert "82.00 ± 2.83" in md  # mean ± std over the two malunet seeds
+    assert "| 88.13" in md
+    _, eff = report.render(s, report._efficiency_cols("Fixture CPU"))
+    malunet = next(line for line in eff.splitlines() if line.startswith("| malunet"))
+    unet = next(line for line in eff.splitlines() if line.startswith("| unet "))
+    assert "15.0 (noisy)" in malunet and "(noisy)" not in unet  # bench.speed's flag shown
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(report.ReportInputError, match="does not exist"):
+        report.load_results(tmp_path / "nope")
+    (tmp_path / "speed").mkdir()
+    bad = tmp_path / "speed" / "speed-cpu-x.csv"
+    bad.write_text("model,mode\nmalunet,inference\n")
+    with pytest.raises(report.ReportInputError, match=r"speed-cpu-x\.csv.*median_ms"):
+        report.load_results(tmp_path)
+    bad.unlink()
+    run = tmp_path / "runs" / "d" / "m" / "seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{not json")
+    with pytest.raises(report.ReportInputError, match=r"metrics\.json: not valid JSON"):
+        report.load_results(tmp_path)
+
+
+def test_empty_results_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(report.ReportInputError, match="no result files"):
+        report.write_report(tmp_path, progress=False)
+
+
+def test_paper_dataset_mapping() -> None:
+    assert report.paper_dataset("isic2017-mini") == "isic2017"
+    assert report.paper_dataset("ISIC_2018") == "isic2018"
+    assert report.paper_dataset("synthetic") is None
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, report.ReportOutput]:
+    root = tmp_path_factory.mktemp("results")
+    shutil.copytree(FIXTURES, root, dirs_exist_ok=True)
+    out = report.write_report(root, command="segbench benchmark --fixture", progress=False)
+    return root, out
+
+
+def test_write_report_tables(written: tuple[Path, report.ReportOutput]) -> None:
+    root, _ = written
+    for name in (
+        "summary",
+        "efficiency",
+        "accuracy",
+        "speed-cpu-fixture-cpu",
+        "speed-cuda-fixture-gpu",
+    ):
+        assert (root / "tables" / f"{name}.csv").stat().st_size > 0
+        assert (root / "tables" / f"{name}.md").read_text().count("\n") > 2
+    eff = pd.read_csv(root / "tables" / "efficiency.csv")
+    assert len(eff) == 4
+    assert "GFLOPs papers' convention (thop MACs, G)" in eff.columns
+
+
+def test_write_report_plots(written: tuple[Path, report.ReportOutput]) -> None:
+    root, out = written
+    pngs = sorted(p.name for p in out.plots if p.suffix == ".png")
+    assert "efficiency-params-vs-macs.png" in pngs
+    assert "pareto-dsc-vs-params-isic2017-mini.png" in pngs
+    assert "pareto-dsc-vs-latency-cpu-fixture-cpu-isic2017-mini.png" in pngs
+    assert "pareto-dsc-vs-macs-isic2018.png" in pngs  # reported-only figure
+    for p in out.plots:
+        data = p.read_bytes()
+        assert len(data) > 5000, p
+        assert data.startswith(b"\x89PNG") if p.suffix == ".png" else b"<svg" in data[:2000]
+
+
+def test_readme_states_machine_and_command(written: tuple[Path, report.ReportOutput]) -> None:
+    root, out = written
+    text = (root / "README.md").read_text()
+    assert "`segbench benchmark --fixture`" in text
+    assert "Fixture GPU" in text  # the machine that timed the primary device
+    assert "torch" in text and "versions:" in text
+    assert "segbench speed --device cpu" in text  # the input file's own command
+    assert "![" in text and "plots/efficiency-params-vs-macs.png" in text
+    for png in (p for p in out.plots if p.suffix == ".png"):
+        assert f"plots/{png.name}" in text
+    assert "paper DSC ISIC2017 (%)" in text
+
+
+def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    shutil.copytree(FIXTURES / "complexity", tmp_path / "complexity")
+    assert (
+        main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    )
+    assert (tmp_path / "o" / "README.md").exists()
+    assert main(["report", "--results", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
