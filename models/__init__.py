@@ -33,11 +33,7 @@ def _import_archs() -> None:
     import importlib
 
     for mod in _ARCH_MODULES:
-        try:
-            importlib.import_module(f"models.{mod}")
-        except ModuleNotFoundError as err:  # a module not written yet during development
-            if err.name != f"models.{mod}":
-                raise
+        importlib.import_module(f"models.{mod}")
 
 
 _import_archs()
