@@ -4,7 +4,10 @@
 
 - ``complexity/complexity.csv``: parameters and MACs per model;
 - ``speed/speed-<device_slug>.csv``: latency / throughput / memory rows per device;
-- ``runs/<dataset>/<model>/seed<k>/metrics.json``: finished training runs;
+- ``runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/metrics.json``: finished training
+  runs; an experiment (recipe, epochs) is never averaged with another: the accuracy
+  table has one row per (dataset, model, recipe, epochs), and the per-model summary and
+  the Pareto plots use each model's experiment with the most epochs (ties: more seeds);
 - ``stats/*.csv`` (optional): paired significance tests, shown when present;
 
 and the papers' figures from the model registry (``model_info(name).reported``).
@@ -35,8 +38,10 @@ __all__ = [
     "ReportInputError",
     "Results",
     "accuracy_summary",
+    "accuracy_table",
     "complexity_summary",
     "load_results",
+    "main_experiments",
     "paper_summary",
     "pareto_front",
     "register",
@@ -49,6 +54,9 @@ RESULTS_DIR = Path("results")
 _FP32 = {"fp32", "float32", "torch.float32", "float"}
 _CHANNELS_LAST = {"channels_last", "nhwc", "torch.channels_last"}
 _OK_STATUS = {"ok", "success", "finished", ""}
+# runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (bench.train.run_dir_for)
+_RUN_GLOB = "runs/*/*/*/seed*/metrics.json"
+_EXPERIMENT = ["dataset", "model", "recipe", "epochs"]
 
 # Complexity columns under the names other writers may use; the first present wins.
 _COMPLEXITY_ALIASES: dict[str, list[str]] = {
@@ -169,7 +177,7 @@ def _normalise_complexity(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 def _load_runs(root: Path) -> pd.DataFrame:
     rows = []
-    for path in sorted(root.glob("runs/*/*/seed*/metrics.json")):
+    for path in sorted(root.glob(_RUN_GLOB)):
         obj = _read_json(path)
         if not isinstance(obj, dict):
             raise ReportInputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
@@ -178,13 +186,16 @@ def _load_runs(root: Path) -> pd.DataFrame:
         test = obj.get("test")
         if not isinstance(test, dict) or "dsc" not in test:
             raise ReportInputError(f"{path}: status 'finished' but no test.dsc entry")
-        dataset, model, seed_dir = path.parts[-4:-1]
+        dataset, model, exp_dir, seed_dir = path.parts[-5:-1]
+        # metrics.json says what the run is; the folder names are the fallback
+        recipe, _, ep = exp_dir.rpartition("-e")
+        epochs = obj.get("epochs", int(ep) if ep.isdigit() else None)
         row = {
             "dataset": str(obj.get("dataset", dataset)),
             "model": str(obj.get("model", model)),
             "seed": obj.get("seed", seed_dir.removeprefix("seed")),
-            "recipe": obj.get("recipe"),
-            "epochs": obj.get("epochs"),
+            "recipe": str(obj.get("recipe") or recipe or "?"),
+            "epochs": int(epochs) if epochs is not None else -1,
             "train_images_per_s": obj.get("train_images_per_s"),
             "epoch_time_s": obj.get("epoch_time_s"),
             "path": str(path),
@@ -226,8 +237,13 @@ def load_results(root: str | Path = RESULTS_DIR) -> Results:
     stat_frames = []
     for path in sorted((root / "stats").glob("*.csv")):
         df = _read_csv(path, [])
-        if "dataset" not in df:  # bench.stats names its files <dataset>_pairwise.csv
-            df["dataset"] = path.stem.removesuffix("_pairwise")
+        # bench.stats names its files <dataset>_<recipe>-e<epochs>_pairwise.csv
+        name = path.stem.removesuffix("_pairwise")
+        m = re.fullmatch(r"(?P<dataset>.+)_(?P<recipe>[^_]+)-e(?P<epochs>\d+)", name)
+        found = m.groupdict() if m else {"dataset": name}
+        for key, val in found.items():
+            if key not in df:
+                df[key] = int(val) if key == "epochs" else val
         stat_frames.append(df.assign(source=str(path)))
         res.files.append(path)
     if stat_frames:
@@ -327,20 +343,27 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
 
 
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model): metrics averaged over seeds, in percent (HD95 in px).
+    """One row per experiment (dataset, model, recipe, epochs): metrics averaged over
+    seeds, in percent (HD95 in px).
 
     ``*_mean`` / ``*_std`` are the mean and sample standard deviation over seeds (std
     is NaN with one seed); ``dice_img_std`` is the per-image spread averaged over seeds.
+    ``experiment`` is ``<recipe>-e<epochs>``, as in the runs' folder names.
     """
-    cols = ["dataset", "model", "n_seeds"]
+    cols = [*_EXPERIMENT, "experiment", "n_seeds"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     rows = []
-    for (dataset, model), g in runs.groupby(["dataset", "model"], sort=True):
-        row: dict[str, Any] = {"dataset": dataset, "model": model, "n_seeds": len(g)}
+    for (dataset, model, recipe, epochs), g in runs.groupby(_EXPERIMENT, sort=True):
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "model": model,
+            "recipe": recipe,
+            "epochs": int(epochs),
+            "experiment": f"{recipe}-e{epochs}",
+            "n_seeds": len(g),
+        }
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"].astype(str)))
-        row["recipe"] = ",".join(sorted({str(r) for r in g["recipe"].dropna()})) or None
-        row["epochs"] = ",".join(sorted({str(e) for e in g["epochs"].dropna()})) or None
         for key, scale in (
             ("dsc", 100),
             ("miou", 100),
@@ -364,6 +387,41 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
             row["n_images"] = int(g["n_images"].max())
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def main_experiments(acc: pd.DataFrame) -> pd.DataFrame:
+    """Of :func:`accuracy_summary` rows, each (dataset, model)'s experiment with the most
+    epochs (ties: more seeds, then the recipe name): the one plots and the per-model
+    summary show."""
+    if acc.empty:
+        return acc
+    order = acc.sort_values(
+        ["dataset", "model", "epochs", "n_seeds", "recipe"],
+        ascending=[True, True, False, False, True],
+        kind="stable",
+    )
+    return order.drop_duplicates(["dataset", "model"], keep="first").reset_index(drop=True)
+
+
+def accuracy_table(res: Results, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per experiment (dataset, model, recipe, epochs), then models that have
+    only the papers' figures; paper and significance columns joined by model."""
+    summary = summary_table(res) if summary is None else summary
+    acc = accuracy_summary(res.runs)
+    extra = [c for c in summary.columns if c.startswith("paper_") and c.endswith(("_dsc", "_miou"))]
+    if "significantly_different_from" in summary:
+        extra.append("significantly_different_from")
+    by_model = summary[["model", *extra]]
+    measured = acc.merge(by_model, on="model", how="left")
+    paper_cols = [c for c in extra if c.endswith("_dsc")]
+    paper_only = by_model[
+        ~by_model["model"].isin(acc["model"]) & by_model[paper_cols].notna().any(axis=1)
+    ]
+    out = pd.concat([measured, paper_only], ignore_index=True)
+    for col in ("epochs", "n_seeds"):  # stay integers next to the paper-only rows' NaN
+        if col in out:
+            out[col] = out[col].astype("Int64")
+    return out
 
 
 def paper_dataset(dataset: str) -> str | None:
@@ -414,7 +472,7 @@ def summary_table(res: Results, device: str | None = None) -> pd.DataFrame:
     device = device or res.primary_device
     if device is not None:
         out = out.merge(speed_summary(res.speed[device]), on="model", how="left")
-    acc = accuracy_summary(res.runs)
+    acc = main_experiments(accuracy_summary(res.runs))
     for dataset, g in acc.groupby("dataset", sort=True):
         sub = g.drop(columns="dataset").set_index("model").add_prefix(f"{dataset}:")
         out = out.merge(sub, left_on="model", right_index=True, how="left")
@@ -447,6 +505,8 @@ def significance_marks(stats: pd.DataFrame) -> pd.DataFrame:
         if not s:
             continue
         tag = f"@{r['dataset']}" if "dataset" in stats and pd.notna(r.get("dataset")) else ""
+        if {"recipe", "epochs"} <= set(stats.columns) and pd.notna(r.get("epochs")):
+            tag += f"/{r['recipe']}-e{int(r['epochs'])}"  # stats compare one experiment
         rows.setdefault(str(r["model_a"]), set()).add(f"{r['model_b']}{tag}")
         rows.setdefault(str(r["model_b"]), set()).add(f"{r['model_a']}{tag}")
     return pd.DataFrame(
@@ -553,12 +613,36 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
     cols = [Col("model", "model")]
     for ds in datasets:
         cols += [
+            Col(f"{ds} experiment", f"{ds}:experiment"),
             Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
             Col(f"{ds} DSC pooled (%)", f"{ds}:dsc_mean", decimals=2, std=f"{ds}:dsc_std"),
             Col(f"{ds} mIoU pooled (%)", f"{ds}:miou_mean", decimals=2, std=f"{ds}:miou_std"),
             Col(f"{ds} Dice per-image (%)", f"{ds}:dice_mean", decimals=2, std=f"{ds}:dice_std"),
             Col(f"{ds} HD95 (px)", f"{ds}:hd95_mean", decimals=1, std=f"{ds}:hd95_std"),
         ]
+    for key in paper_keys:
+        name = key.upper()
+        cols += [
+            Col(f"paper DSC {name} (%)", f"paper_{key}_dsc", decimals=2),
+            Col(f"paper mIoU {name} (%)", f"paper_{key}_miou", decimals=2),
+        ]
+    cols.append(Col("significantly different from", "significantly_different_from"))
+    return cols
+
+
+def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
+    """Columns of the accuracy table: one row per (dataset, model, recipe, epochs)."""
+    cols = [
+        Col("model", "model"),
+        Col("dataset", "dataset"),
+        Col("recipe", "recipe"),
+        Col("epochs", "epochs", decimals=0),
+        Col("seeds", "n_seeds", decimals=0),
+        Col("DSC pooled (%)", "dsc_mean", decimals=2, std="dsc_std"),
+        Col("mIoU pooled (%)", "miou_mean", decimals=2, std="miou_std"),
+        Col("Dice per-image (%)", "dice_mean", decimals=2, std="dice_std"),
+        Col("HD95 (px)", "hd95_mean", decimals=1, std="hd95_std"),
+    ]
     for key in paper_keys:
         name = key.upper()
         cols += [
@@ -603,6 +687,7 @@ class Point:
     y: float
     kind: str  # "measured" or "reported"
     yerr: float = math.nan
+    label: str | None = None  # text beside the point (default: the model name)
 
 
 def _model_colours(models: Sequence[str]) -> dict[str, Any]:
@@ -828,7 +913,7 @@ def plot_pareto(
         order = pareto_order(xs, ys)
         if len(order) == 0:
             continue
-        names = list(dict.fromkeys(group[i].model for i in order))
+        names = list(dict.fromkeys(group[i].label or group[i].model for i in order))
         kind = group[0].kind
         if kind == "measured" or not measured:
             front_names.update(names)
@@ -880,7 +965,7 @@ def plot_pareto(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    labels = [(p.x, p.y, p.model, p.model in front_names) for p in measured]
+    labels = [(p.x, p.y, p.label or p.model, p.model in front_names) for p in measured]
     labels += [
         (p.x, p.y, f"{p.model} (reported)", p.model in front_names and not measured)
         for p in reported
@@ -956,6 +1041,8 @@ class ReportOutput:
     readme: Path | None = None
     markdown: dict[str, str] = field(default_factory=dict)  # table name -> Markdown
     figures: list[tuple[str, Path, str]] = field(default_factory=list)  # (group, png, caption)
+    # dataset -> which experiment (recipe, epochs, seeds) each measured point shows
+    point_sources: dict[str, list[str]] = field(default_factory=dict)
 
     def add_figure(self, group: str, paths: list[Path], caption: str) -> None:
         self.plots += paths
@@ -1014,7 +1101,7 @@ def _accuracy_plots(
     input_label: str,
     report: ReportOutput,
 ) -> None:
-    acc = accuracy_summary(res.runs)
+    acc = main_experiments(accuracy_summary(res.runs))
     paper = paper_summary(summary["model"])
     paper_keys = _paper_datasets(paper)
     measured_sets = sorted(acc["dataset"].unique()) if not acc.empty else []
@@ -1038,6 +1125,15 @@ def _accuracy_plots(
         )
     for dataset, pkey in pairs:
         rows = acc[acc["dataset"] == dataset] if dataset else acc.iloc[0:0]
+        # Models trained for different epochs are not like for like: say so on the plot.
+        mixed = rows["epochs"].nunique() > 1 or rows["recipe"].nunique() > 1
+        if dataset and not rows.empty:
+            report.point_sources[dataset] = [
+                f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, "
+                f"{r['n_seeds']} seed(s) ({r['seeds']}), "
+                f"`runs/{dataset}/{r['model']}/{r['experiment']}/`"
+                for _, r in rows.iterrows()
+            ]
         for name, xlabel, key, dev in axes:
             if dev is not None and dev != res.primary_device:
                 dev_costs = (
@@ -1057,7 +1153,14 @@ def _accuracy_plots(
                 x = dev_costs.get(r["model"], {}).get(key, math.nan)
                 if math.isfinite(x):
                     pts.append(
-                        Point(r["model"], x, r["dsc_mean"], "measured", r.get("dsc_std", math.nan))
+                        Point(
+                            r["model"],
+                            x,
+                            r["dsc_mean"],
+                            "measured",
+                            r.get("dsc_std", math.nan),
+                            label=f"{r['model']} ({r['epochs']} ep)" if mixed else None,
+                        )
                     )
             if pkey is not None and f"paper_{pkey}_dsc" in paper:
                 for _, r in paper.iterrows():
@@ -1071,7 +1174,13 @@ def _accuracy_plots(
             head = f"Pooled DSC vs {what}, input {input_label}"
             if key == "latency":
                 head += f", {res.device_name(dev)} (batch 1, fp32)"  # type: ignore[arg-type]
-            where = [f"measured on {dataset}"] if dataset else []
+            where = []
+            if dataset and not rows.empty and mixed:
+                eps = ", ".join(f"{r['model']} {r['experiment']}" for _, r in rows.iterrows())
+                where.append(f"measured on {dataset}, epochs differ: {eps}")
+            elif dataset and not rows.empty:
+                r0 = rows.iloc[0]
+                where.append(f"measured on {dataset} ({r0['recipe']}, {r0['epochs']} epochs)")
             if pkey:
                 where.append(f"reported: papers' {pkey.upper()} test split")
             title = head + "\n" + "; ".join(where)
@@ -1262,10 +1371,11 @@ def _readme(
         )
     if not res.runs.empty:
         n = len(res.runs)
+        n_exp = len(res.runs.drop_duplicates(_EXPERIMENT))
         lines.append(
-            f"- `runs/`: {n} finished training run(s), "
-            f"{res.runs['dataset'].nunique()} dataset(s); each run's "
-            "`metrics.json` records its own command environment and config"
+            f"- `runs/`: {n} finished training run(s), {n_exp} experiment(s) "
+            f"(dataset, model, recipe, epochs), {res.runs['dataset'].nunique()} dataset(s); "
+            "each run's `metrics.json` records its own command environment and config"
         )
     if res.stats.shape[0]:
         lines.append("- `stats/`: paired tests (the accuracy table lists significant differences)")
@@ -1298,6 +1408,8 @@ def _readme(
     section(
         "Accuracy",
         "accuracy",
+        "One row per experiment (dataset, model, recipe, epochs): runs of different "
+        "recipes or epochs are never averaged together. "
         "Measured: mean ± std over seeds (std shown from 2 seeds on); DSC and mIoU pooled "
         "over all test pixels (the papers' convention), Dice per image averaged over "
         "images, HD95 in pixels at the evaluation resolution. 'paper' columns are the "
@@ -1316,6 +1428,18 @@ def _readme(
                 "",
             ]
         )
+        if report.point_sources:
+            lines.extend(
+                [
+                    "Each model's measured point shows its experiment with the most epochs "
+                    "(ties: more seeds); the accuracy table lists every experiment.",
+                    "",
+                ]
+            )
+            for dataset, sources in sorted(report.point_sources.items()):
+                lines.append(f"Measured points on {dataset}:")
+                lines.extend(f"- {src}" for src in sources)
+                lines.append("")
         for group, heading in (
             ("efficiency", "Cost vs cost"),
             ("accuracy", "Accuracy vs cost (Pareto fronts)"),
@@ -1352,7 +1476,7 @@ def write_report(
     if not res.models:
         raise ReportInputError(
             f"{results_dir}: no result files found (expected complexity/complexity.csv, "
-            "speed/speed-*.csv or runs/*/*/seed*/metrics.json); run `segbench benchmark` first"
+            f"speed/speed-*.csv or {_RUN_GLOB}); run `segbench benchmark` first"
         )
     steps = tqdm(total=4, desc="report", disable=not progress, leave=False)
     summary = summary_table(res)
@@ -1370,10 +1494,9 @@ def write_report(
     _write_table(out, "efficiency", summary, _efficiency_cols(dev_label), report)
     datasets, paper_keys = _datasets(summary)
     if datasets or paper_keys:
-        acc_cols = [c for c in summary.columns if c.endswith(":dsc_mean") or
-                    (c.startswith("paper_") and c.endswith("_dsc"))]  # fmt: skip
-        with_acc = summary[summary[acc_cols].notna().any(axis=1)]  # models with any accuracy
-        _write_table(out, "accuracy", with_acc, _accuracy_cols(datasets, paper_keys), report)
+        _write_table(
+            out, "accuracy", accuracy_table(res, summary), _experiment_cols(paper_keys), report
+        )
     for slug in res.devices:
         rows = res.speed[slug].sort_values(["model", "mode", "batch_size"], kind="stable")
         _write_table(

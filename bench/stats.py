@@ -3,8 +3,8 @@
 Two questions a benchmark table has to answer honestly:
 
 * **How stable is a number?** :func:`aggregate_runs` reads every finished run under
-  ``results/runs/<dataset>/<model>/seed<k>/metrics.json`` and gives, per model and
-  dataset (and recipe / epochs, so different protocols never mix), the mean, the
+  ``results/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/metrics.json`` and gives,
+  per dataset, model and experiment (recipe, epochs: protocols never mix), the mean, the
   sample standard deviation (ddof=1; empty for a single seed) and ``n`` over seeds.
   :func:`write_summary` stores it as ``results/tables/sweep_summary.{csv,md,json}``.
 
@@ -15,16 +15,19 @@ Two questions a benchmark table has to answer honestly:
   (:func:`scipy.stats.wilcoxon`, zero differences dropped, exact p-value for small
   samples without ties), a bootstrap 95% confidence interval of the mean difference
   (:func:`scipy.stats.bootstrap`, paired resampling of images, BCa, seeded) and the
-  Holm-adjusted p-value across all pairs of the dataset. With several seeds per model
-  the per-image values are first averaged over seeds (or one ``--seed`` is chosen).
-  The table goes to ``results/stats/<dataset>_pairwise.{csv,json}``; the report marks a
-  difference significant when ``p_holm < alpha``.
+  Holm-adjusted p-value across all pairs. Only runs of one experiment (recipe, epochs)
+  are compared: by default the one with the most epochs that every model has
+  (:func:`choose_experiment`). With several seeds per model the per-image values are
+  first averaged over seeds (or one ``--seed`` is chosen). The table goes to
+  ``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``; the report marks
+  a difference significant when ``p_holm < alpha``.
 
 ``mean_diff = mean(A - B)``: positive means A scores higher (better for Dice / IoU,
 worse for HD95).
 
-CLI: ``segbench compare A B [--dataset D] [--seed K]`` prints one comparison;
-``segbench compare --all --dataset D`` compares every pair and writes the table.
+CLI: ``segbench compare A B [--dataset D] [--recipe R] [--epochs E] [--seed K]`` prints
+one comparison; ``segbench compare --all --dataset D`` compares every pair and writes
+the table.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ __all__ = [
     "PAIRWISE_COLUMNS",
     "SUMMARY_METRICS",
     "aggregate_runs",
+    "choose_experiment",
     "find_runs",
     "holm",
     "load_per_image",
     "paired_comparison",
     "pairwise_comparisons",
+    "pairwise_path",
     "register",
     "summary_markdown",
     "write_summary",
@@ -94,18 +99,32 @@ PAIRWISE_COLUMNS = [
 # ----------------------------------------------------------------------------- runs
 
 
+# runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (bench.train.run_dir_for)
+RUN_METRICS_GLOB = "runs/*/*/*/seed*/metrics.json"
+
+
 def _metrics_files(results_dir: str | Path) -> list[Path]:
-    return sorted(Path(results_dir).glob("runs/*/*/seed*/metrics.json"))
+    return sorted(Path(results_dir).glob(RUN_METRICS_GLOB))
+
+
+def experiment_label(recipe: Any, epochs: Any) -> str:
+    """``<recipe>-e<epochs>``, the experiment part of a run folder (display form)."""
+    return f"{recipe}-e{epochs}"
 
 
 def find_runs(
-    results_dir: str | Path = "results", dataset: str | None = None, model: str | None = None
+    results_dir: str | Path = "results",
+    dataset: str | None = None,
+    model: str | None = None,
+    recipe: str | None = None,
+    epochs: int | None = None,
 ) -> pd.DataFrame:
     """One row per finished run (``metrics.json`` with ``status == "finished"``).
 
-    Columns: dataset, model, seed, recipe, epochs, config_hash, run_dir, the test
-    metrics of :data:`SUMMARY_METRICS` (NaN where a run lacks one), n_images,
-    train_images_per_s, epoch_time_s, device_name, torch_version.
+    Columns: dataset, model, seed, recipe, epochs, experiment (``<recipe>-e<epochs>``),
+    config_hash, run_dir, the test metrics of :data:`SUMMARY_METRICS` (NaN where a run
+    lacks one), n_images, train_images_per_s, epoch_time_s, device_name, torch_version.
+    The arguments other than ``results_dir`` keep only matching runs.
     """
     rows = []
     for path in _metrics_files(results_dir):
@@ -117,9 +136,16 @@ def find_runs(
             continue  # a run in progress or an interrupted one
         run_dir = path.parent
         # The folder names are where the engine put the run; metrics.json says what it is.
-        ds = str(m.get("dataset") or run_dir.parents[1].name)
-        mdl = str(m.get("model") or run_dir.parent.name)
-        if (dataset is not None and ds != dataset) or (model is not None and mdl != model):
+        ds = str(m.get("dataset") or run_dir.parents[2].name)
+        mdl = str(m.get("model") or run_dir.parents[1].name)
+        rcp = str(m.get("recipe", ""))
+        ep = m.get("epochs")
+        if (
+            (dataset is not None and ds != dataset)
+            or (model is not None and mdl != model)
+            or (recipe is not None and rcp != recipe)
+            or (epochs is not None and ep != epochs)
+        ):
             continue
         test = m.get("test") or {}
         env = m.get("environment") or {}
@@ -127,8 +153,9 @@ def find_runs(
             "dataset": ds,
             "model": mdl,
             "seed": int(m.get("seed", run_dir.name.removeprefix("seed"))),
-            "recipe": str(m.get("recipe", "")),
-            "epochs": m.get("epochs"),
+            "recipe": rcp,
+            "epochs": ep,
+            "experiment": experiment_label(rcp, ep),
             "config_hash": m.get("config_hash"),
             "run_dir": str(run_dir),
         }
@@ -141,12 +168,59 @@ def find_runs(
         row["torch_version"] = (env.get("versions") or {}).get("torch", "")
         rows.append(row)
     cols = (
-        ["dataset", "model", "seed", "recipe", "epochs", "config_hash", "run_dir"]
+        ["dataset", "model", "seed", "recipe", "epochs", "experiment", "config_hash", "run_dir"]
         + list(SUMMARY_METRICS)
         + ["n_images", *_RUN_EXTRAS, "device_name", "torch_version"]
     )
     df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["dataset", "model", "seed"], ignore_index=True)
+    return df.sort_values(["dataset", "model", "recipe", "epochs", "seed"], ignore_index=True)
+
+
+def choose_experiment(
+    runs: pd.DataFrame,
+    dataset: str,
+    models: Sequence[str] | None = None,
+    recipe: str | None = None,
+    epochs: int | None = None,
+) -> tuple[str, int]:
+    """The experiment (recipe, epochs) to compare ``models`` on, from :func:`find_runs` rows.
+
+    Candidates are the experiments on ``dataset`` that every one of ``models`` has a
+    finished run of (``models=None``: experiments with at least two models), narrowed
+    by ``recipe`` / ``epochs``. Of those the one with the most epochs wins; ties go to
+    more models, then more seeds, then the recipe name. ValueError, naming what each
+    model has, when nothing fits.
+    """
+    rows = runs[runs["dataset"] == dataset]
+    if models is not None:
+        rows = rows[rows["model"].isin(list(models))]
+    stats = []
+    for (rcp, ep), g in rows.groupby(["recipe", "epochs"], sort=True):
+        names = set(g["model"])
+        ok = names >= set(models) if models is not None else len(names) >= 2
+        if ok and recipe in (None, rcp) and epochs in (None, ep):
+            stats.append((int(ep), len(names), len(g), str(rcp)))
+    if stats:
+        ep, _, _, rcp = max(stats, key=lambda t: (t[0], t[1], t[2], _rev(t[3])))
+        return rcp, ep
+    have = "; ".join(
+        f"{m}: {', '.join(sorted(set(g['experiment'])))}"
+        for m, g in rows.groupby("model", sort=True)
+    )
+    wanted = ""
+    if recipe is not None or epochs is not None:
+        wanted = f" with recipe {recipe or 'any'} and epochs {epochs or 'any'}"
+    who = f"models {', '.join(models)}" if models is not None else "two or more models"
+    raise ValueError(
+        f"{who} share no experiment (recipe, epochs){wanted} on dataset {dataset!r}; "
+        f"finished experiments per model: {have or 'none'}. Train them with the same "
+        "--recipe and --epochs, or choose a shared one with --recipe/--epochs"
+    )
+
+
+def _rev(text: str) -> tuple[int, ...]:
+    """Sort key that makes ``max`` prefer the alphabetically first name."""
+    return tuple(-ord(c) for c in text)
 
 
 def _float(value: Any) -> float:
@@ -276,17 +350,29 @@ def load_per_image(
     model: str,
     seed: int | None = None,
     metric: str = "dice",
+    recipe: str | None = None,
+    epochs: int | None = None,
 ) -> pd.Series:
-    """Per-image ``metric`` of one model, indexed by image_id.
+    """Per-image ``metric`` of one model in one experiment, indexed by image_id.
 
     With ``seed=None`` the values are averaged over every finished seed (which must all
     have scored the same images); ``series.attrs["seeds"]`` lists the seeds used.
+    ``recipe`` / ``epochs`` pick the experiment; they may be left out only when the
+    model has runs of a single experiment on ``dataset`` (never mixed).
     """
-    runs = find_runs(results_dir, dataset=dataset, model=model)
+    runs = find_runs(results_dir, dataset=dataset, model=model, recipe=recipe, epochs=epochs)
     if seed is not None:
         runs = runs[runs["seed"] == seed]
+    exps = sorted(set(runs["experiment"]))
+    if len(exps) > 1:
+        raise ValueError(
+            f"model {model!r} on dataset {dataset!r} has runs of several experiments "
+            f"({', '.join(exps)}); choose one with recipe/epochs (--recipe, --epochs)"
+        )
     if runs.empty:
         which = f"seed {seed}" if seed is not None else "any seed"
+        if recipe is not None or epochs is not None:
+            which += f", recipe {recipe or 'any'}, epochs {epochs or 'any'}"
         known = find_runs(results_dir, dataset=dataset)
         have = ", ".join(sorted(set(known["model"]))) or "none"
         raise FileNotFoundError(
@@ -314,6 +400,7 @@ def load_per_image(
     mean = pd.concat([v for _, _, v in per_seed], axis=1).mean(axis=1)
     mean.name = model
     mean.attrs["seeds"] = [int(s) for s, _, _ in per_seed]
+    mean.attrs["experiment"] = exps[0]
     return mean.sort_index()
 
 
@@ -431,6 +518,8 @@ def pairwise_comparisons(
     models: Sequence[str] | None = None,
     *,
     seed: int | None = None,
+    recipe: str | None = None,
+    epochs: int | None = None,
     metric: str = "dice",
     alpha: float = 0.05,
     confidence: float = 0.95,
@@ -438,14 +527,17 @@ def pairwise_comparisons(
     rng_seed: int = 0,
     write: bool = True,
 ) -> pd.DataFrame:
-    """Every pair of models on one dataset, Holm-corrected across the pairs.
+    """Every pair of models on one dataset and experiment, Holm-corrected across the pairs.
 
-    ``models`` defaults to every model with a finished run on ``dataset`` (sorted
-    by name; A is the first of each pair). With ``write`` the table goes to
-    ``<results>/stats/<dataset>_pairwise.csv`` and, with the command, machine,
-    versions and parameters, to ``..._pairwise.json``.
+    Only runs of one experiment (recipe, epochs) are compared, chosen by
+    :func:`choose_experiment` (default: the most epochs every model has; ``recipe`` /
+    ``epochs`` narrow the choice). ``models`` defaults to every model with a finished
+    run of that experiment (sorted by name; A is the first of each pair). With
+    ``write`` the table goes to ``<results>/stats/<dataset>_<recipe>-e<epochs>_pairwise.csv``
+    and, with the command, machine, versions and parameters, to ``..._pairwise.json``.
 
-    Columns: :data:`PAIRWISE_COLUMNS` plus seeds_a, seeds_b, metric and dataset.
+    Columns: :data:`PAIRWISE_COLUMNS` plus seeds_a, seeds_b, metric, dataset, recipe
+    and epochs.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
@@ -459,17 +551,30 @@ def pairwise_comparisons(
                 + (", ".join(found) if found else f"no dataset under {results_dir / 'runs'}")
             )
         dataset = found[0]
-    names = (
-        sorted(set(runs.loc[runs["dataset"] == dataset, "model"]))
-        if models is None
-        else list(models)
-    )
+    on_ds = runs[runs["dataset"] == dataset]
+    names = sorted(set(on_ds["model"])) if models is None else list(models)
     if len(set(names)) < 2:
         raise ValueError(
             f"need at least two models with finished runs on dataset {dataset!r} "
             f"under {results_dir / 'runs'}, found: {', '.join(names) or 'none'}"
         )
-    scores = {m: load_per_image(results_dir, dataset, m, seed=seed, metric=metric) for m in names}
+    missing = [m for m in names if m not in set(on_ds["model"])]
+    if missing:
+        raise FileNotFoundError(
+            f"no finished run of model(s) {', '.join(missing)} on dataset {dataset!r} under "
+            f"{results_dir / 'runs'}; models with finished runs there: "
+            f"{', '.join(sorted(set(on_ds['model']))) or 'none'}"
+        )
+    recipe, epochs = choose_experiment(on_ds, dataset, models, recipe, epochs)
+    if models is None:
+        exp = on_ds[(on_ds["recipe"] == recipe) & (on_ds["epochs"] == epochs)]
+        names = sorted(set(exp["model"]))
+    scores = {
+        m: load_per_image(
+            results_dir, dataset, m, seed=seed, metric=metric, recipe=recipe, epochs=epochs
+        )
+        for m in names
+    }
     rows = []
     for ma, mb in itertools.combinations(names, 2):
         r = paired_comparison(
@@ -484,22 +589,26 @@ def pairwise_comparisons(
                 "seeds_b": ",".join(map(str, scores[mb].attrs["seeds"])),
                 "metric": metric,
                 "dataset": dataset,
+                "recipe": recipe,
+                "epochs": epochs,
             }
         )
     df = pd.DataFrame(rows)
     df["p_holm"] = holm(df["p_value"].to_numpy())
     df["significant"] = df["p_holm"] < alpha
-    df = df[PAIRWISE_COLUMNS + ["seeds_a", "seeds_b", "metric", "dataset"]]
+    df = df[PAIRWISE_COLUMNS + ["seeds_a", "seeds_b", "metric", "dataset", "recipe", "epochs"]]
     if write:
         from bench.env import environment
 
-        out = results_dir / "stats" / f"{dataset}_pairwise"
-        write_csv(out.with_suffix(".csv"), df)
+        csv_path = pairwise_path(results_dir, dataset, recipe, epochs)
+        write_csv(csv_path, df)
         write_json(
-            out.with_suffix(".json"),
+            csv_path.with_name(csv_path.stem + ".json"),
             {
                 "command": _command(),
                 "dataset": dataset,
+                "recipe": recipe,
+                "epochs": epochs,
                 "parameters": {
                     "metric": metric,
                     "seed": seed if seed is not None else "all seeds averaged per image",
@@ -516,6 +625,12 @@ def pairwise_comparisons(
             },
         )
     return df
+
+
+def pairwise_path(results_dir: str | Path, dataset: str, recipe: str, epochs: int) -> Path:
+    """``<results>/stats/<dataset>_<recipe>-e<epochs>_pairwise.csv``."""
+    name = f"{dataset}_{experiment_label(recipe, epochs)}_pairwise.csv"
+    return Path(results_dir) / "stats" / name
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -561,6 +676,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             dataset,
             args.models or None,
             seed=args.seed,
+            recipe=args.recipe,
+            epochs=args.epochs,
             metric=args.metric,
             alpha=args.alpha,
             confidence=args.confidence,
@@ -572,8 +689,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seeds = f"seed {args.seed}" if args.seed is not None else "per-image mean over seeds"
+    recipe, epochs = str(df["recipe"].iloc[0]), int(df["epochs"].iloc[0])
     print(
-        f"{dataset}: per-image {args.metric}, {seeds}; diff = A - B, "
+        f"{dataset}, recipe {recipe}, {epochs} epochs: per-image {args.metric}, {seeds}; "
+        "diff = A - B, "
         f"{100 * args.confidence:g}% paired bootstrap CI (BCa, {args.resamples} resamples), "
         f"two-sided Wilcoxon signed-rank, Holm across {len(df)} pair(s), alpha {args.alpha}"
     )
@@ -582,10 +701,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("p_value", "p_holm"):
         shown[col] = shown[col].map(lambda v: f"{v:.3g}")
-    shown = shown.drop(columns=["statistic", "metric", "dataset"])
+    shown = shown.drop(columns=["statistic", "metric", "dataset", "recipe", "epochs"])
     print(shown.to_string(index=False))
     if args.all:
-        print(f"wrote {results / 'stats' / f'{dataset}_pairwise.csv'}")
+        print(f"wrote {pairwise_path(results, dataset, recipe, epochs)}")
     return 0
 
 
@@ -596,7 +715,9 @@ def register(subparsers: Any) -> None:
         description="Compare models on the same test images: two-sided Wilcoxon "
         "signed-rank test on per-image scores, paired bootstrap CI of the mean "
         "difference, Holm correction across pairs. Reads results/runs/; with --all "
-        "writes results/stats/<dataset>_pairwise.{csv,json}.",
+        "writes results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}. Only runs of "
+        "one experiment (recipe, epochs) are compared: by default the one with the most "
+        "epochs that all the models have.",
     )
     p.add_argument("models", nargs="*", metavar="MODEL", help="two or more models (A B ...)")
     p.add_argument(
@@ -606,6 +727,17 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--dataset", default=None, help="dataset name (default: the only one both models share)"
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="compare runs of this recipe (default: the experiment with the most epochs)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="compare runs of this many epochs (default: the most all the models have)",
     )
     p.add_argument(
         "--seed",

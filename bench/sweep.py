@@ -13,13 +13,15 @@ A sweep is a YAML file (see ``bench/sweeps/example.yaml``)::
     slurm: {partition: gpu, time: 720, gpus_per_task: 1, array_parallelism: 8}
 
 Every cell is one ``bench.train.run_training`` call with its own run directory
-(``results/runs/<dataset>/<model>/seed<k>/``). Before anything is submitted, cells whose
-``metrics.json`` is finished with the same config hash are skipped; the others run, and
-an interrupted cell resumes from its last checkpoint (the engine does that). A failed
-cell is reported with its log files and does not stop the others. At the end a table
-lists every cell with its status and run directory or log path, and the accuracy over
-seeds (``results/tables/sweep_summary.*``) and the paired statistics per dataset
-(``results/stats/<dataset>_pairwise.*``, see :mod:`bench.stats`) are refreshed.
+(``results/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/``). Before anything is
+submitted, cells whose ``metrics.json`` is finished with the same config hash are
+skipped; the others run, and an interrupted cell resumes from its last checkpoint (the
+engine does that). A failed cell is reported with its log files and does not stop the
+others. At the end a table lists every cell with its status and run directory or log
+path, and the accuracy over seeds (``results/tables/sweep_summary.*``) and the paired
+statistics per dataset of the sweep's experiment
+(``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.*``, see :mod:`bench.stats`) are
+refreshed.
 
 Executors (all submitit, no scheduler of our own):
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -79,7 +82,7 @@ from typing import Any
 import pandas as pd
 
 from bench.io import read_json, write_csv
-from bench.stats import aggregate_runs, pairwise_comparisons, write_summary
+from bench.stats import aggregate_runs, pairwise_comparisons, pairwise_path, write_summary
 
 __all__ = [
     "Cell",
@@ -175,8 +178,15 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...] = ()  # TrainConfig (field, value) pairs, sorted
 
     @property
+    def experiment(self) -> str:
+        """``<recipe>-e<epochs>``: the experiment folder of this cell's run."""
+        over = dict(self.overrides)
+        return _experiment(self.recipe, over.get("recipe"), over.get("epochs"))
+
+    @property
     def label(self) -> str:
-        return f"{self.dataset}/{self.model}/seed{self.seed}"
+        """``<dataset>/<model>/<recipe>-e<epochs>/seed<k>``, as in the run folder's path."""
+        return f"{self.dataset}/{self.model}/{self.experiment}/seed{self.seed}"
 
     def config(self, **runtime: Any) -> Any:
         """The engine's ``TrainConfig`` for this cell (validates every field).
@@ -191,6 +201,18 @@ class Cell:
             kwargs["image_size"] = self.input_size
         kwargs.update(runtime)
         return TrainConfig.from_recipe(self.recipe, **kwargs)
+
+
+@functools.lru_cache(maxsize=64)
+def _experiment(recipe: str, name: Any, epochs: Any) -> str:
+    from bench.train import TrainConfig, experiment_name
+
+    over = {k: v for k, v in (("recipe", name), ("epochs", epochs)) if v is not None}
+    try:
+        cfg = TrainConfig.from_recipe(recipe, **over)
+    except (TypeError, ValueError, FileNotFoundError):
+        return f"{recipe}-e?"  # a bad recipe is reported when the cell's config is built
+    return experiment_name(cfg.recipe, cfg.epochs)
 
 
 @dataclass(frozen=True)
@@ -428,7 +450,7 @@ def plan_cells(
     cells: Sequence[Cell], results_dir: str | Path, force: bool = False
 ) -> list[CellOutcome]:
     """Each cell's planned state, from its run directory (nothing is run or written)."""
-    from bench.train import run_dir_for
+    from bench.train import config_differences, run_dir_for
 
     results_dir = Path(results_dir)
     seen: dict[Path, Cell] = {}
@@ -450,7 +472,11 @@ def plan_cells(
             status = "finished"
         elif done is not None:
             status = "conflict"
-            error = f"finished run of another configuration (hash {done} vs {digest}); --force overwrites it"
+            diff = "; ".join(config_differences(run_dir, cfg)) or f"hash {done} vs {digest}"
+            error = (
+                f"finished run of another configuration of this experiment ({diff}); "
+                "--force overwrites it"
+            )
         elif any((run_dir / "checkpoints").glob("*.pt")):
             status = "resume"
         else:
@@ -810,31 +836,43 @@ def run_sweep(
     )
     write_csv(base / "cells.csv", summary_table(outcomes))
     if report and any(o.status in ("done", "skipped") for o in outcomes):
+        first = outcomes[0].cell.config()  # every cell of a sweep shares recipe and epochs
         refresh_statistics(
             results_dir,
             sorted({o.cell.dataset for o in outcomes}),
             quiet=quiet,
+            recipe=first.recipe,
+            epochs=first.epochs,
         )
     return outcomes
 
 
 def refresh_statistics(
-    results_dir: str | Path, datasets: Sequence[str], quiet: bool = False
+    results_dir: str | Path,
+    datasets: Sequence[str],
+    quiet: bool = False,
+    recipe: str | None = None,
+    epochs: int | None = None,
 ) -> None:
-    """Rewrite the over-seeds summary and each dataset's pairwise table (where possible)."""
+    """Rewrite the over-seeds summary and each dataset's pairwise table (where possible).
+
+    ``recipe`` / ``epochs`` name the experiment to compare (the sweep's); None lets
+    :func:`bench.stats.choose_experiment` pick.
+    """
     paths = write_summary(results_dir)
     if not quiet:
         print(f"wrote {paths[0]} and {paths[1]}")
     for ds in datasets:
         try:
-            pairwise_comparisons(results_dir, ds)
+            df = pairwise_comparisons(results_dir, ds, recipe=recipe, epochs=epochs)
         except (ValueError, FileNotFoundError) as err:
             # Fewer than two models finished, or image sets differ: the sweep itself succeeded.
             if not quiet:
                 print(f"no pairwise statistics for {ds}: {err}", file=sys.stderr)
         else:
             if not quiet:
-                print(f"wrote {Path(results_dir) / 'stats' / f'{ds}_pairwise.csv'}")
+                rcp, ep = str(df["recipe"].iloc[0]), int(df["epochs"].iloc[0])
+                print(f"wrote {pairwise_path(results_dir, ds, rcp, ep)}")
 
 
 # ------------------------------------------------------------------------------ CLI

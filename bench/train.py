@@ -1,8 +1,10 @@
 """Training engine: the authors' recipe, resumable, deterministic, CPU/GPU/DDP.
 
-One run = one model, one dataset, one seed, in ``<results>/runs/<dataset>/<model>/seed<k>/``
-(files described in DEVELOPING.md, "Result files"). :func:`run_training` is the API the
-sweep module calls; ``segbench train`` is its command line.
+One run = one model, one dataset, one experiment (recipe, epochs), one seed, in
+``<results>/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/`` (files described in
+DEVELOPING.md, "Result files"), so runs of different experiments never collide.
+:func:`run_training` is the API the sweep module calls; ``segbench train`` is its
+command line.
 
 Data path: the whole training split is read once from the preprocessing cache into a
 uint8 tensor (on the GPU when training there), batches are drawn by index and augmented
@@ -60,6 +62,8 @@ __all__ = [
     "NonFiniteLossError",
     "RECIPES_DIR",
     "TrainConfig",
+    "config_differences",
+    "experiment_name",
     "register",
     "run_dir_for",
     "run_training",
@@ -314,9 +318,46 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 # --------------------------------------------------------------------------- run directory
 
 
+def experiment_name(recipe: str, epochs: int) -> str:
+    """Folder name of an experiment, ``<recipe>-e<epochs>`` (e.g. ``fair-e300``).
+
+    The recipe is a name or a file's stem; characters unsafe in a folder name become ``-``.
+    """
+    slug = re.sub(r"[^A-Za-z0-9._]+", "-", str(recipe)).strip("-.") or "recipe"
+    return f"{slug}-e{int(epochs)}"
+
+
 def run_dir_for(cfg: TrainConfig, results_dir: str | Path = "results") -> Path:
-    """``<results>/runs/<dataset>/<model>/seed<k>``."""
-    return Path(results_dir) / "runs" / cfg.dataset_name / cfg.model / f"seed{cfg.seed}"
+    """``<results>/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>``."""
+    exp = experiment_name(cfg.recipe, cfg.epochs)
+    return Path(results_dir) / "runs" / cfg.dataset_name / cfg.model / exp / f"seed{cfg.seed}"
+
+
+def config_differences(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """Result-defining fields where ``run_dir/config.json`` differs from ``cfg``.
+
+    ``"key: old -> new"`` strings; empty when the file is missing or unreadable (the
+    caller then names the config hashes only).
+    """
+    try:
+        old = read_json(run_dir / "config.json")
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    # JSON round trip so tuples compare equal to the lists config.json holds
+    new = json.loads(json.dumps(cfg.to_dict()))
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(new) | (set(old) & _FIELD_NAMES))
+        if k not in RUNTIME_FIELDS and old.get(k) != new.get(k)
+    ]
+
+
+def _conflict_text(run_dir: Path, cfg: TrainConfig, old_hash: Any) -> str:
+    diff = config_differences(run_dir, cfg)
+    what = "; ".join(diff) if diff else f"config hash {old_hash} vs {cfg.config_hash}"
+    return f"differs in {what}"
 
 
 _RUN_FILES = (
@@ -517,9 +558,9 @@ def _run(
                 _log(f"{run_dir}: already finished (config {chash}); --force to re-run", quiet)
                 return run_dir
             raise ValueError(
-                f"{run_dir} holds a finished run of another configuration (hash "
-                f"{old.get('config_hash')} vs {chash}); pass --force to overwrite it "
-                "or --results DIR to write elsewhere"
+                f"{run_dir} holds a finished run of another configuration of the same "
+                f"experiment ({_conflict_text(run_dir, cfg, old.get('config_hash'))}); pass "
+                "--force to overwrite it or --results DIR to write elsewhere"
             )
     last_path = run_dir / "checkpoints" / "last.pt"
     ckpt = None
@@ -527,8 +568,8 @@ def _run(
         ckpt = _load_checkpoint(last_path)
         if ckpt.get("config_hash") != chash:
             raise ValueError(
-                f"{last_path} belongs to another configuration (hash "
-                f"{ckpt.get('config_hash')} vs {chash}); pass --force or "
+                f"{last_path} belongs to another configuration "
+                f"({_conflict_text(run_dir, cfg, ckpt.get('config_hash'))}); pass --force or "
                 "--no-resume to start over"
             )
     if ckpt is None and d.is_main:
@@ -1044,9 +1085,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train one model on one dataset (the authors' recipe by default)",
         description="Train, select the best checkpoint and score it on the test split. Writes "
-        "results/runs/<dataset>/<model>/seed<k>/ (config, manifest, log.csv, TensorBoard events, "
-        "checkpoints, metrics.json, per_image.csv). A finished run is skipped; an unfinished "
-        "one resumes from its last checkpoint.",
+        "results/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (config, manifest, "
+        "log.csv, TensorBoard events, checkpoints, metrics.json, per_image.csv). A finished "
+        "run of the same configuration is skipped; one of another experiment (recipe, epochs) "
+        "goes to its own folder; an unfinished one resumes from its last checkpoint.",
     )
     p.add_argument("--model", required=True, help="registry name (segbench models)")
     p.add_argument("--data", required=True, help="dataset root folder")

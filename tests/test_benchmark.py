@@ -49,7 +49,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         if cfg.model == "boom":
             raise RuntimeError("diverged")
         c.train.append((cfg, Path(results_dir), kw))
-        return Path(results_dir) / "runs" / cfg.dataset_name / cfg.model / f"seed{cfg.seed}"
+        return train.run_dir_for(cfg, results_dir)
 
     def fake_report(results: Any, out: Any, command: str = "", progress: bool = True) -> Any:
         c.report.append((Path(results), command))

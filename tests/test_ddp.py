@@ -136,7 +136,7 @@ def test_train_nproc_2_on_cpu(tmp_path):
         cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "results" / "runs" / "syn" / "unet" / "seed42"
+    run = tmp_path / "results" / "runs" / "syn" / "unet" / "fair-e2" / "seed42"
     m = json.loads((run / "metrics.json").read_text())
     assert m["status"] == "finished" and m["test"]["n_images"] == 6
     man = json.loads((run / "manifest.json").read_text())

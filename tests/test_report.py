@@ -83,7 +83,12 @@ def test_load_results_reads_every_kind(fixture_results: report.Results) -> None:
     assert res.primary_device == "cuda-fixture-gpu"
     # the unfinished egeunet run is ignored
     assert sorted(res.runs["model"]) == ["malunet", "malunet", "unet"]
-    assert res.stats.loc[0, "dataset"] == "isic2017-mini"  # from the file name
+    # from the file name <dataset>_<recipe>-e<epochs>_pairwise.csv
+    assert res.stats.loc[0, ["dataset", "recipe", "epochs"]].tolist() == [
+        "isic2017-mini",
+        "fair",
+        2,
+    ]
 
 
 def test_speed_summary_picks_baseline_variant(fixture_results: report.Results) -> None:
@@ -130,6 +135,7 @@ def test_render_markdown_and_csv(fixture_results: report.Results) -> None:
     assert "paper DSC ISIC2017 (%)" in csv.columns
     assert "isic2017-mini DSC pooled (%) std" in csv.columns
     assert "82.00 ± 2.83" in md  # mean ± std over the two malunet seeds
+    assert "isic2017-mini experiment" in csv.columns and "fair-e2" in md
     assert "| 88.13" in md
     _, eff = report.render(s, report._efficiency_cols("Fixture CPU"))
     malunet = next(line for line in eff.splitlines() if line.startswith("| malunet"))
@@ -146,7 +152,7 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(report.ReportInputError, match=r"speed-cpu-x\.csv.*median_ms"):
         report.load_results(tmp_path)
     bad.unlink()
-    run = tmp_path / "runs" / "d" / "m" / "seed0"
+    run = tmp_path / "runs" / "d" / "m" / "fair-e1" / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(report.ReportInputError, match=r"metrics\.json: not valid JSON"):
@@ -227,3 +233,46 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (tmp_path / "o" / "README.md").exists()
     assert main(["report", "--results", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _add_run(root: Path, model: str, epochs: int, seed: int, dsc: float) -> None:
+    """A finished run of experiment (fair, epochs) in the engine's folder layout."""
+    import json
+
+    run = root / "runs" / "isic2017-mini" / model / f"fair-e{epochs}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    test = {"dsc": dsc, "miou": dsc - 0.1, "dice_mean": dsc, "hd95_mean": 10.0, "n_images": 4}
+    metrics = {"model": model, "dataset": "isic2017-mini", "seed": seed, "recipe": "fair"}
+    metrics.update(epochs=epochs, status="finished", test=test)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_experiments_are_kept_apart(tmp_path: Path) -> None:
+    # malunet has a 2-epoch and a 20-epoch experiment; unet only the 2-epoch one.
+    shutil.copytree(FIXTURES / "complexity", tmp_path / "complexity")
+    _add_run(tmp_path, "malunet", 2, 0, 0.70)
+    _add_run(tmp_path, "malunet", 20, 0, 0.90)
+    _add_run(tmp_path, "unet", 2, 0, 0.60)
+    res = report.load_results(tmp_path)
+    acc = report.accuracy_summary(res.runs)
+    rows = {(r.model, r.epochs): r.dsc_mean for r in acc.itertuples()}
+    # one row per experiment; the 2- and 20-epoch malunet runs are not averaged
+    assert rows == {("malunet", 2): pytest.approx(70.0), ("malunet", 20): pytest.approx(90.0),
+                    ("unet", 2): pytest.approx(60.0)}  # fmt: skip
+    main = report.main_experiments(acc).set_index("model")
+    assert main.loc["malunet", "epochs"] == 20 and main.loc["unet", "epochs"] == 2
+    s = report.summary_table(res).set_index("model")
+    assert s.loc["malunet", "isic2017-mini:dsc_mean"] == pytest.approx(90.0)
+    assert s.loc["malunet", "isic2017-mini:experiment"] == "fair-e20"
+
+    out = report.write_report(tmp_path, command="segbench report", progress=False)
+    table = pd.read_csv(tmp_path / "tables" / "accuracy.csv").dropna(subset=["dataset"])
+    got = sorted(zip(table["model"], table["epochs"], table["DSC pooled (%)"].round(1)))
+    assert got == [("malunet", 2, 70.0), ("malunet", 20, 90.0), ("unet", 2, 60.0)]
+    assert set(table["recipe"]) == {"fair"}
+    text = (tmp_path / "README.md").read_text()
+    assert "malunet: recipe fair, 20 epochs" in text and "unet: recipe fair, 2 epochs" in text
+    assert "`runs/isic2017-mini/malunet/fair-e20/`" in text
+    # the plots name the epochs, since they differ between the models
+    captions = [c for g, _, c in out.figures if g == "accuracy" and "isic2017-mini" in c]
+    assert captions and all("epochs differ" in c and "fair-e20" in c for c in captions)

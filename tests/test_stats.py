@@ -128,8 +128,9 @@ def _write_run(
     ids: list[str],
     status: str = "finished",
     dsc: float | None = None,
+    epochs: int = 3,
 ) -> Path:
-    run = root / "runs" / dataset / model / f"seed{seed}"
+    run = root / "runs" / dataset / model / f"fair-e{epochs}" / f"seed{seed}"
     run.mkdir(parents=True)
     test = {
         "acc": 0.9,
@@ -151,7 +152,7 @@ def _write_run(
         "dataset": dataset,
         "seed": seed,
         "recipe": "fair",
-        "epochs": 3,
+        "epochs": epochs,
         "config_hash": f"h{model}{seed}",
         "status": status,
         "best_epoch": 2,
@@ -244,7 +245,7 @@ def test_load_per_image_averages_seeds(results):
 
 
 def test_load_per_image_refuses_seeds_with_different_images(results):
-    path = results["root"] / "runs/syn/good/seed1/per_image.csv"
+    path = results["root"] / "runs/syn/good/fair-e3/seed1/per_image.csv"
     df = pd.read_csv(path)
     df.loc[0, "image_id"] = "ISIC_9999999"
     df.to_csv(path, index=False)
@@ -268,9 +269,10 @@ def test_pairwise_comparisons_table(results):
     a = stats.load_per_image(results["root"], "syn", "base")
     b = stats.load_per_image(results["root"], "syn", "good")
     assert bg["p_value"] == pytest.approx(sps.wilcoxon(a, b.loc[a.index]).pvalue)
-    written = pd.read_csv(results["root"] / "stats/syn_pairwise.csv")
+    written = pd.read_csv(results["root"] / "stats/syn_fair-e3_pairwise.csv")
     assert len(written) == 3 and written["significant"].tolist() == df["significant"].tolist()
-    meta = json.loads((results["root"] / "stats/syn_pairwise.json").read_text())
+    assert set(written["recipe"]) == {"fair"} and set(written["epochs"]) == {3}
+    meta = json.loads((results["root"] / "stats/syn_fair-e3_pairwise.json").read_text())
     assert meta["parameters"]["n_resamples"] == 2000 and "environment" in meta
 
 
@@ -287,13 +289,52 @@ def test_cli_compare(results, capsys):
     root = str(results["root"])
     assert main(["compare", "base", "good", "--results", root, "--resamples", "999"]) == 0
     out = capsys.readouterr().out
-    assert "syn: per-image dice" in out and "base" in out and "good" in out
+    assert "syn, recipe fair, 3 epochs: per-image dice" in out and "base" in out and "good" in out
     assert not (results["root"] / "stats").exists()  # a single comparison writes nothing
     assert (
         main(["compare", "--all", "--dataset", "syn", "--results", root, "--resamples", "999"]) == 0
     )
-    assert (results["root"] / "stats/syn_pairwise.csv").is_file()
+    assert (results["root"] / "stats/syn_fair-e3_pairwise.csv").is_file()
     assert main(["compare", "base", "--results", root]) == 2
     assert "at least two" in capsys.readouterr().err
     assert main(["compare", "base", "good", "--results", str(results["root"] / "nowhere")]) == 2
     assert "no runs/ folder" in capsys.readouterr().err
+
+
+def test_compare_stays_within_one_experiment(results, capsys):
+    root = results["root"]
+    ids, dice = results["ids"], results["dice"]
+    # 'good' and 'base' also have a 10-epoch experiment, where base beats good;
+    # 'same' has only the 3-epoch one; 'lone' only a 20-epoch one.
+    _write_run(root, "syn", "good", 0, dice[("base", 0)], ids, epochs=10)
+    _write_run(root, "syn", "base", 0, dice[("good", 0)], ids, epochs=10)
+    _write_run(root, "syn", "lone", 0, dice[("good", 0)], ids, epochs=20)
+    runs = stats.find_runs(root, dataset="syn")
+    assert set(runs["experiment"]) == {"fair-e3", "fair-e10", "fair-e20"}
+    # default: the most epochs both models have
+    assert stats.choose_experiment(runs, "syn", ["base", "good"]) == ("fair", 10)
+    assert stats.choose_experiment(runs, "syn", ["base", "same"]) == ("fair", 3)
+    assert stats.choose_experiment(runs, "syn", ["good", "base"], epochs=3) == ("fair", 3)
+    df = stats.pairwise_comparisons(root, "syn", ["base", "good"], write=False, n_resamples=999)
+    assert df.loc[0, "epochs"] == 10 and df.loc[0, "mean_diff"] > 0.05  # not mixed with e3
+    assert df.loc[0, "seeds_a"] == "0"
+    df3 = stats.pairwise_comparisons(
+        root, "syn", ["base", "good"], epochs=3, write=False, n_resamples=999
+    )
+    assert df3.loc[0, "mean_diff"] < -0.05 and df3.loc[0, "seeds_a"] == "0,1"
+    # --all: every model of the chosen experiment (here e10: base and good only)
+    assert stats.pairwise_comparisons(root, "syn", write=False, n_resamples=99)[
+        ["model_a", "model_b"]
+    ].values.tolist() == [["base", "good"]]
+    # mixing experiments of one model is refused without a choice
+    with pytest.raises(ValueError, match="several experiments.*fair-e10, fair-e3"):
+        stats.load_per_image(root, "syn", "base")
+    with pytest.raises(ValueError, match="share no experiment.*lone: fair-e20"):
+        stats.pairwise_comparisons(root, "syn", ["base", "lone"], write=False)
+    assert main(["compare", "same", "lone", "--results", str(root)]) == 2
+    assert "share no experiment" in capsys.readouterr().err
+    args = ["compare", "base", "good", "--epochs", "3", "--results", str(root)]
+    assert main([*args, "--resamples", "99"]) == 0
+    assert "recipe fair, 3 epochs" in capsys.readouterr().out
+    assert main([*args, "--recipe", "paper"]) == 2
+    assert "recipe paper and epochs 3" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def _write_yaml(path: Path, raw: dict) -> Path:
 def _mtimes(results: Path) -> dict[str, int]:
     return {
         str(p.relative_to(results)): p.stat().st_mtime_ns
-        for p in results.glob("runs/*/*/seed*/metrics.json")
+        for p in results.glob("runs/*/*/*/seed*/metrics.json")
     }
 
 
@@ -191,25 +191,27 @@ def _acceptance(tmp_path: Path, data_root: Path, executor: str, **kwargs) -> Non
     assert sorted(agg["model"]) == sorted(MODELS) and set(agg["n"]) == {2}
     for model in MODELS:
         dsc = [
-            json.loads((results / f"runs/syn/{model}/seed{s}/metrics.json").read_text())["test"][
-                "dsc"
-            ]
+            json.loads((results / f"runs/syn/{model}/fair-e1/seed{s}/metrics.json").read_text())[
+                "test"
+            ]["dsc"]
             for s in (0, 1)
         ]
         assert agg.loc[agg["model"] == model, "dsc_mean"].item() == pytest.approx(sum(dsc) / 2)
-    pairs = pd.read_csv(results / "stats/syn_pairwise.csv")
-    n_test = json.loads((results / "runs/syn/malunet/seed0/metrics.json").read_text())["test"]
+    pairs = pd.read_csv(results / "stats/syn_fair-e1_pairwise.csv")
+    n_test = json.loads((results / "runs/syn/malunet/fair-e1/seed0/metrics.json").read_text())[
+        "test"
+    ]
     assert len(pairs) == 1 and pairs.loc[0, "n"] == n_test["n_images"]
 
     # Deleting one cell's metrics re-runs that cell only.
-    (results / "runs/syn/egeunet/seed1/metrics.json").unlink()
+    (results / "runs/syn/egeunet/fair-e1/seed1/metrics.json").unlink()
     out3 = sw.run_sweep(sweep, results_dir=results, executor=executor, quiet=True, **kwargs)
     assert {o.cell.label: o.status for o in out3} == {
-        c.label: ("done" if c.label == "syn/egeunet/seed1" else "skipped") for c in cells
+        c.label: ("done" if c.label == "syn/egeunet/fair-e1/seed1" else "skipped") for c in cells
     }
     after = _mtimes(results)
     changed = {k for k in after if after[k] != before.get(k)}
-    assert changed == {"runs/syn/egeunet/seed1/metrics.json"}
+    assert changed == {"runs/syn/egeunet/fair-e1/seed1/metrics.json"}
 
 
 def test_sweep_skip_rerun_and_failure_in_process(tmp_path, data_root):
@@ -292,7 +294,7 @@ def test_plan_states_and_dry_run(tmp_path, data_root, capsys):
     assert main(["sweep", str(path), "--dry-run", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "4 cells, 2 to run, 1 finished, 1 in conflict" in out
-    assert "syn/malunet/seed0 finished" in " ".join(out.split())
+    assert "syn/malunet/fair-e1/seed0 finished" in " ".join(out.split())
     assert not (results / "sweeps").exists()  # a dry run writes nothing
 
 

@@ -146,7 +146,7 @@ def finished_run(data_root, tmp_path_factory):
 
 def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
     cfg, results, run = finished_run
-    assert run == results / "runs" / "syn" / "unet" / "seed42"
+    assert run == results / "runs" / "syn" / "unet" / "fair-e4" / "seed42"
     log = pd.read_csv(run / "log.csv")
     assert list(log["epoch"]) == [1, 2, 3, 4]
     assert log["loss"].iloc[-1] < log["loss"].iloc[0]
@@ -193,8 +193,27 @@ def test_finished_run_is_skipped_unless_forced(finished_run):
     stamp = (run / "metrics.json").stat().st_mtime_ns
     assert run_training(cfg, results, quiet=True) == run
     assert (run / "metrics.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="another configuration"):
+    # same experiment (recipe, epochs), other settings: a conflict naming what differs
+    with pytest.raises(ValueError, match=r"another configuration.*lr: 0\.001 -> 0\.0005"):
         run_training(cfg.replace(lr=5e-4), results, quiet=True)
+
+
+def test_other_experiment_does_not_block_and_stays_apart(finished_run):
+    from bench.report import accuracy_summary, load_results
+    from bench.train import experiment_name
+
+    cfg, results, run = finished_run
+    stamp = (run / "metrics.json").stat().st_mtime_ns
+    short = run_training(cfg.replace(epochs=1), results, quiet=True)  # same model/data/seed
+    assert short == results / "runs" / "syn" / "unet" / "fair-e1" / "seed42" != run
+    assert (run / "metrics.json").stat().st_mtime_ns == stamp  # the 4-epoch run untouched
+    assert json.loads((short / "metrics.json").read_text())["epochs"] == 1
+    acc = accuracy_summary(load_results(results).runs)
+    assert sorted(zip(acc["model"], acc["epochs"], acc["n_seeds"])) == [
+        ("unet", 1, 1),
+        ("unet", 4, 1),
+    ]
+    assert experiment_name("my recipe/v2", 300) == "my-recipe-v2-e300"
 
 
 # --------------------------------------------------------------------------- failures
@@ -223,7 +242,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, 
     cfg = _cfg(data_root)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at epoch 2, step 2"):
         run_training(cfg, tmp_path, quiet=True)
-    run = tmp_path / "runs" / "syn" / "unet" / "seed42"
+    run = tmp_path / "runs" / "syn" / "unet" / "fair-e3" / "seed42"
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["step"] == 0
     assert all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -249,7 +268,7 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches_uninterrupted(data_root, tmp_
     monkeypatch.setattr(bench.data, "augment_batch", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "int", quiet=True)
-    run = tmp_path / "int" / "runs" / "syn" / "unet" / "seed42"
+    run = tmp_path / "int" / "runs" / "syn" / "unet" / "fair-e2" / "seed42"
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert (last["epoch"], last["step"]) == (1, 3)
     assert not (run / "metrics.json").exists()
@@ -299,7 +318,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_root, tmp_path):
         str(tmp_path / "killed"),
         "--quiet",
     ]
-    run = tmp_path / "killed" / "runs" / "syn" / "unet" / "seed42"
+    run = tmp_path / "killed" / "runs" / "syn" / "unet" / "fair-e3" / "seed42"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
