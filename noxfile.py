@@ -38,8 +38,9 @@ def _env(session: nox.Session) -> dict[str, str]:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     if not STAMP.exists() or STAMP.read_text() != _install_key():
         session.log("installing segbench[dev] (torch from the local wheels; first run only)")
-        session.run(str(BIN / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]",
-                    external=True)
+        session.run(
+            str(BIN / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]", external=True
+        )
         STAMP.write_text(_install_key())
     env = {
         "VIRTUAL_ENV": str(VENV),
@@ -68,9 +69,21 @@ def benchmark(session: nox.Session) -> None:
 def perf(session: nox.Session) -> None:
     """pytest-benchmark timings of each model's forward pass (saved for --benchmark-compare)."""
     env = _env(session)
-    session.run(str(BIN / "python"), "-m", "pytest", "benchmarks", "-p", "no:cacheprovider",
-                "-o", "addopts=", "--benchmark-only", "--benchmark-autosave",
-                *session.posargs, env=env, external=True)
+    session.run(
+        str(BIN / "python"),
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--benchmark-only",
+        "--benchmark-autosave",
+        *session.posargs,
+        env=env,
+        external=True,
+    )
 
 
 @nox.session(venv_backend="none")
@@ -85,5 +98,11 @@ def lint(session: nox.Session) -> None:
 def update_golden(session: nox.Session) -> None:
     """Regenerate results/complexity/golden.json deliberately (after a model change)."""
     env = _env(session)
-    session.run(str(BIN / "segbench"), "complexity", "--update-golden", *session.posargs,
-                env=env, external=True)
+    session.run(
+        str(BIN / "segbench"),
+        "complexity",
+        "--update-golden",
+        *session.posargs,
+        env=env,
+        external=True,
+    )

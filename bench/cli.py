@@ -12,18 +12,20 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules contributing subcommands, in the order `segbench --help` lists them.
-COMMAND_MODULES = [
-    "bench.complexity",
-    "bench.speed",
-    "bench.data",
-    "bench.train",
-    "bench.evaluate",
-    "bench.report",
-    "bench.benchmark",
-    "bench.sweep",
-    "bench.stats",
-]
+# Subcommand -> the harness module that registers it, in the order `--help` lists them.
+# Only the module of the chosen subcommand is imported (the others pull in pandas,
+# matplotlib, fvcore, submitit...), so `segbench train` starts quickly.
+COMMANDS = {
+    "complexity": "bench.complexity",
+    "speed": "bench.speed",
+    "data": "bench.data",
+    "train": "bench.train",
+    "evaluate": "bench.evaluate",
+    "report": "bench.report",
+    "benchmark": "bench.benchmark",
+    "sweep": "bench.sweep",
+    "compare": "bench.stats",
+}
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -41,49 +43,58 @@ def _cmd_models(args: argparse.Namespace) -> int:
         model = create_model(name)
         params = sum(p.numel() for p in model.parameters())
         rep = info.reported
-        rows.append({
-            "model": name,
-            "full name": info.full_name,
-            "paper": f"{info.paper} ({info.year})",
-            "params": f"{params:,}",
-            "reported params (M)": rep.get("params_m", ""),
-            "reported GFLOPs": rep.get("gflops", ""),
-            "input": f"x{info.input_multiple}",
-        })
+        rows.append(
+            {
+                "model": name,
+                "full name": info.full_name,
+                "paper": f"{info.paper} ({info.year})",
+                "params": f"{params:,}",
+                "reported params (M)": rep.get("params_m", ""),
+                "reported GFLOPs": rep.get("gflops", ""),
+                "input": f"x{info.input_multiple}",
+            }
+        )
     df = pd.DataFrame(rows)
     print(df.to_markdown(index=False) if args.markdown else df.to_string(index=False))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``command`` given) one holding only that subcommand's module."""
     parser = argparse.ArgumentParser(
         prog="segbench",
         description="Benchmark light-weight medical image segmentation models: what each costs "
         "(parameters, MACs, latency, memory) and what it buys (Dice, IoU, HD95).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("models", help="list the model registry as a table",
-                       description="List registered models with parameter counts and the "
-                       "figures their papers report.")
-    p.add_argument("pattern", nargs="?", default=None,
-                   help="wildcard pattern(s), comma-separated (e.g. 'smp_*,malunet')")
+    p = sub.add_parser(
+        "models",
+        help="list the model registry as a table",
+        description="List registered models with parameter counts and the "
+        "figures their papers report.",
+    )
+    p.add_argument(
+        "pattern",
+        nargs="?",
+        default=None,
+        help="wildcard pattern(s), comma-separated (e.g. 'smp_*,malunet')",
+    )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     p.set_defaults(func=_cmd_models)
-    for mod_name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as err:  # a harness module not written yet
-            if err.name != mod_name:
-                raise
-            continue
-        register = getattr(mod, "register", None)
-        if register is not None:
-            register(sub)
+    if command == "models":
+        wanted = []
+    elif command in COMMANDS:
+        wanted = [COMMANDS[command]]
+    else:
+        wanted = list(dict.fromkeys(COMMANDS.values()))
+    for mod_name in wanted:
+        importlib.import_module(mod_name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -13,10 +13,26 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "device_name", "device_slug", "environment", "git_commit", "package_versions"]
+__all__ = [
+    "cpu_model",
+    "device_name",
+    "device_slug",
+    "environment",
+    "git_commit",
+    "package_versions",
+]
 
-_PACKAGES = ["torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy", "fvcore",
-             "thop", "pandas", "segbench"]
+_PACKAGES = [
+    "torch",
+    "torchvision",
+    "segmentation-models-pytorch",
+    "timm",
+    "numpy",
+    "fvcore",
+    "thop",
+    "pandas",
+    "segbench",
+]
 
 
 @functools.cache
@@ -58,10 +74,21 @@ def package_versions() -> dict[str, str]:
 def git_commit(root: str | Path | None = None) -> str | None:
     root = Path(root) if root else Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None

@@ -22,7 +22,9 @@ def atomic_write(path: str | Path, writer: Callable[[IO], None], mode: str = "w"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})) as fh:
+        with os.fdopen(
+            fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})
+        ) as fh:
             writer(fh)
             fh.flush()
             os.fsync(fh.fileno())

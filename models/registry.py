@@ -128,8 +128,9 @@ def list_models(pattern: str | list[str] | None = None) -> list[str]:
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats if p)]
 
 
-def check_input_size(height: int, width: int, multiple: int, min_size: int = 0,
-                     model: str = "model") -> None:
+def check_input_size(
+    height: int, width: int, multiple: int, min_size: int = 0, model: str = "model"
+) -> None:
     """Raise :class:`InputSizeError` unless H and W are usable by a model."""
     if height % multiple or width % multiple:
         raise InputSizeError(

@@ -10,7 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".no-torch-home"))
 
-SHARED = Path(os.environ.get("SEGBENCH_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+SHARED = Path(
+    os.environ.get("SEGBENCH_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")
+)
 
 
 @pytest.fixture(scope="session")
