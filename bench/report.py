@@ -22,6 +22,7 @@ import math
 import re
 import shlex
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -1183,7 +1184,8 @@ def _accuracy_plots(
                 where.append(f"measured on {dataset} ({r0['recipe']}, {r0['epochs']} epochs)")
             if pkey:
                 where.append(f"reported: papers' {pkey.upper()} test split")
-            title = head + "\n" + "; ".join(where)
+            # One line per clause: a long list of experiments would run off the figure.
+            title = "\n".join([head, *(textwrap.fill(w, 100) for w in where)])
             tag = dataset or pkey
             paths = plot_pareto(
                 pts,
