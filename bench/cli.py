@@ -47,15 +47,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
             {
                 "model": name,
                 "full name": info.full_name,
-                "paper": f"{info.paper} ({info.year})",
+                "year": info.year,
+                "citation": info.citation,
                 "params": f"{params:,}",
-                "reported params (M)": rep.get("params_m", ""),
-                "reported GFLOPs": rep.get("gflops", ""),
-                "input": f"x{info.input_multiple}",
+                "paper params (M)": rep.get("params_m", ""),
+                "paper GFLOPs": rep.get("gflops", ""),
+                "input H, W": f"x{info.input_multiple}, >= {info.min_input}",
             }
         )
     df = pd.DataFrame(rows)
-    print(df.to_markdown(index=False) if args.markdown else df.to_string(index=False))
+    if args.markdown:
+        print(df.to_markdown(index=False))
+    else:
+        print(df.to_markdown(index=False, tablefmt="simple"))
     return 0
 
 

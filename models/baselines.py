@@ -70,7 +70,8 @@ _SMP_META = dict(family="smp", input_multiple=32, min_input=32, reported={})
     full_name="U-Net, ResNet-34 encoder (smp)",
     paper="U-Net: Convolutional Networks for Biomedical Image Segmentation",
     year=2015,
-    citation=f"{_UNET_CITATION}; He, K. et al. Deep Residual Learning for Image Recognition. "
+    citation="ronneberger2015unet",
+    reference=f"{_UNET_CITATION}; He, K. et al. Deep Residual Learning for Image Recognition. "
     f"CVPR 2016; {_SMP_CITATION}",
     notes="smp 0.6 Unet(resnet34), encoder_weights=None: 24,436,369 params with 1 class.",
     **_SMP_META,
@@ -84,7 +85,8 @@ def smp_unet_resnet34(num_classes: int = 1, in_channels: int = 3) -> LibrarySegm
     full_name="U-Net, MobileNetV2 encoder (smp)",
     paper="MobileNetV2: Inverted Residuals and Linear Bottlenecks",
     year=2018,
-    citation=f"Sandler, M. et al. CVPR 2018. arXiv:1801.04381; {_UNET_CITATION}; {_SMP_CITATION}",
+    citation="sandler2018mobilenetv2",
+    reference=f"Sandler, M. et al. CVPR 2018. arXiv:1801.04381; {_UNET_CITATION}; {_SMP_CITATION}",
     notes="smp 0.6 Unet(mobilenet_v2), encoder_weights=None: 6,628,945 params with 1 class.",
     **_SMP_META,
 )
@@ -97,7 +99,8 @@ def smp_unet_mobilenet_v2(num_classes: int = 1, in_channels: int = 3) -> Library
     full_name="U-Net, EfficientNet-B0 encoder (smp)",
     paper="EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks",
     year=2019,
-    citation=f"Tan, M., Le, Q. V. ICML 2019. arXiv:1905.11946; {_UNET_CITATION}; {_SMP_CITATION}",
+    citation="tan2019efficientnet",
+    reference=f"Tan, M., Le, Q. V. ICML 2019. arXiv:1905.11946; {_UNET_CITATION}; {_SMP_CITATION}",
     notes="smp 0.6 Unet(efficientnet-b0), encoder_weights=None, less the encoder's unused "
     "classifier conv head: 5,839,309 params with 1 class (smp's own count, head included, "
     "is 6,251,469; keep_unused_head=True gives it).",
@@ -121,7 +124,8 @@ def smp_unet_efficientnet_b0(
     full_name="SegFormer, MiT-B0 encoder (smp)",
     paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers",
     year=2021,
-    citation=f"Xie, E. et al. NeurIPS 2021. arXiv:2105.15203; {_SMP_CITATION}",
+    citation="xie2021segformer",
+    reference=f"Xie, E. et al. NeurIPS 2021. arXiv:2105.15203; {_SMP_CITATION}",
     notes="smp 0.6 Segformer(mit_b0), encoder_weights=None: 3,714,401 params with 1 class. "
     "smp's head already up-samples x4 to the input size.",
     **_SMP_META,
@@ -140,7 +144,8 @@ def smp_segformer_mit_b0(num_classes: int = 1, in_channels: int = 3) -> LibraryS
     full_name="LR-ASPP, MobileNetV3-Large backbone (torchvision)",
     paper="Searching for MobileNetV3",
     year=2019,
-    citation="Howard, A. et al. ICCV 2019. arXiv:1905.02244",
+    citation="howard2019mobilenetv3",
+    reference="Howard, A. et al. ICCV 2019. arXiv:1905.02244",
     family="torchvision",
     # torchvision interpolates its 1/16 and 1/8 features and the output to the input size,
     # so any H x W works; below 16 px the 1/16 branch would see a single padded pixel.

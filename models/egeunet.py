@@ -214,10 +214,8 @@ class EGEUNet(nn.Module):
 @register_model(
     "egeunet",
     full_name="EGE-UNet: Efficient Group Enhanced UNet",
-    paper=(
-        "Ruan, Xie, Gao, Liu, Fu. EGE-UNet: an Efficient Group Enhanced UNet for skin "
-        "lesion segmentation. MICCAI 2023, arXiv:2307.08473"
-    ),
+    paper="EGE-UNet: an Efficient Group Enhanced UNet for skin lesion segmentation",
+    reference="Ruan, J., Xie, M., Gao, J., Liu, T., Fu, Y. MICCAI 2023. arXiv:2307.08473",
     year=2023,
     citation="ruan2023egeunet",
     family="segbench",

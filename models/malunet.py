@@ -378,10 +378,8 @@ class MALUNet(nn.Module):
 @register_model(
     "malunet",
     full_name="MALUNet: Multi-Attention and Light-weight UNet",
-    paper=(
-        "Ruan, Xiang, Xie, Liu, Gao. MALUNet: A Multi-Attention and Light-weight UNet "
-        "for Skin Lesion Segmentation. IEEE BIBM 2022, arXiv:2211.01784"
-    ),
+    paper="MALUNet: A Multi-Attention and Light-weight UNet for Skin Lesion Segmentation",
+    reference="Ruan, J., Xiang, S., Xie, M., Liu, T., Gao, Y. IEEE BIBM 2022. arXiv:2211.01784",
     year=2022,
     citation="ruan2022malunet",
     family="segbench",

@@ -54,7 +54,8 @@ class ModelInfo:
     full_name: str
     paper: str
     year: int
-    citation: str
+    citation: str  # citation key, e.g. "ruan2022malunet"
+    reference: str = ""  # full bibliographic reference
     family: str = "segbench"
     input_multiple: int = 32
     min_input: int = 32

@@ -72,7 +72,8 @@ class UNet(nn.Module):
     full_name="U-Net (base width 32)",
     paper="U-Net: Convolutional Networks for Biomedical Image Segmentation",
     year=2015,
-    citation="Ronneberger, O., Fischer, P., Brox, T. MICCAI 2015, LNCS 9351, pp. 234-241. "
+    citation="ronneberger2015unet",
+    reference="Ronneberger, O., Fischer, P., Brox, T. MICCAI 2015, LNCS 9351, pp. 234-241. "
     "arXiv:1505.04597",
     family="comparison",
     input_multiple=16,
