@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -108,6 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, KeyError, OSError) as err:
+        # Bad input (unknown model, bad dataset, input size, missing file) reaches the
+        # user as one line naming what is wrong; SEGBENCH_DEBUG=1 shows the traceback.
+        if os.environ.get("SEGBENCH_DEBUG"):
+            raise
+        print(f"segbench {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,3 +38,14 @@ def test_models_table_lists_all_with_params(capsys: pytest.CaptureFixture[str]) 
 def test_models_pattern_without_match_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["models", "nosuchmodel*"]) == 2
     assert "nosuchmodel*" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_naming_it(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SEGBENCH_DEBUG", raising=False)
+    missing = tmp_path / "no-such-dataset"
+    assert cli.main(["data", "info", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+    assert err.startswith("segbench data: error:")
