@@ -172,11 +172,13 @@ def scale_images(images_u8: torch.Tensor, mode: str = DEFAULT_SCALING) -> torch.
     if mode not in SCALINGS:
         raise ValueError(f"scaling mode {mode!r}: choose one of {', '.join(SCALINGS)}")
     if mode == "unit":
-        return images_u8.float().div_(255.0)
+        # copy=True: .float() of a float32 input is the input itself, and div_ would
+        # then scale the caller's tensor in place
+        return images_u8.to(torch.float32, copy=True).div_(255.0)
     if images_u8.ndim == 3:  # one image (C, H, W)
         return scale_images(images_u8[None], mode)[0]
     flat = images_u8.flatten(1)  # amin / amax on the input dtype: aminmax and float are slower
     lo, hi = flat.amin(1).float(), flat.amax(1).float()
     shape = (-1,) + (1,) * (images_u8.ndim - 1)
     s = (255.0 / (hi - lo).clamp_min(1e-6)).view(shape)
-    return images_u8.float().sub_(lo.view(shape)).mul_(s)
+    return images_u8.to(torch.float32, copy=True).sub_(lo.view(shape)).mul_(s)

@@ -599,8 +599,13 @@ def _resolve_split(
                 f"dataset {missing[:5]}, {len(extra)} dataset ID(s) not listed {extra[:5]}; delete it "
                 "or pass another split file"
             )
+        # seeded parts: the whole split, or only val when carved from an official train
+        asked = {}
         if saved.get("source") == "seeded":
             asked = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
+        elif saved.get("source") == "official" and "val" not in official:
+            asked = {"seed": seed, "val_fraction": val_fraction}
+        if asked:
             got = {k: saved.get(k) for k in asked}
             if got != asked:
                 raise DataError(

@@ -213,15 +213,18 @@ def time_step(
             break
     cuda = dev.type == "cuda"
     if cuda:
+        # Events on the model device's stream: a bare record() uses the *current* device's
+        # stream, which for cuda:N (N != current) times an idle stream and never waits.
+        stream = torch.cuda.current_stream(dev)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times: list[float] = []
     capped = False
     t_begin = time.perf_counter()
     while True:
         if cuda:
-            start.record()
+            start.record(stream)
             step()
-            end.record()
+            end.record(stream)
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
@@ -637,7 +640,10 @@ def _measure_config(
                 compile=compile,
                 loss_weights=tuple(info.loss_weights),
             )
-            times, capped = time_step(step, device, **timing)
+            # At least one untimed call, so compilation and cuDNN autotuning (first call)
+            # never land in the timed iterations, even with warmup=0.
+            warm = {**timing, "warmup": max(1, int(timing["warmup"]))}
+            times, capped = time_step(step, device, **warm)
             peak_cuda = (
                 torch.cuda.max_memory_allocated(device) / 2**20
                 if device.type == "cuda"

@@ -199,6 +199,15 @@ class TrainConfig:
             raise bad(
                 "select_split", f"is also trained on (train_splits={list(self.train_splits)})"
             )
+        # Only the paper reproduction may select on the test split / the split it scores;
+        # anything else would publish test-selected numbers under a non-paper label.
+        if self.recipe != "paper" and self.select_split in ("test", self.eval_split):
+            raise bad(
+                "select_split",
+                f"recipe {self.recipe!r} must not select the checkpoint on the test split or "
+                f"on the split it is scored on (eval_split={self.eval_split!r}); use "
+                "recipe=paper to reproduce the authors' selection on the test split",
+            )
         if not 0 < self.threshold < 1:
             raise bad("threshold", "must be in (0, 1)")
         if len(self.betas) != 2:
@@ -552,7 +561,14 @@ def _run(
     chash = cfg.config_hash
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and not force:
-        old = read_json(metrics_path)
+        try:
+            old = read_json(metrics_path)
+        except (OSError, ValueError) as err:
+            raise ValueError(
+                f"{metrics_path}: unreadable ({err}); delete it or pass --force to start over"
+            ) from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{metrics_path}: not a segbench metrics file (expected a mapping)")
         if old.get("status") == "finished":
             if old.get("config_hash") == chash:
                 _log(f"{run_dir}: already finished (config {chash}); --force to re-run", quiet)

@@ -240,6 +240,10 @@ def test_official_split_used_and_prepared_layout_carves_val(tmp_path):
     assert len(p.split_ids["val"]) == round(0.25 * 14) and not set(p.split_ids["val"]) & set(
         authors_val
     )
+    # The carved val part is seeded: another val_fraction must not silently reuse it.
+    with pytest.raises(DataError, match=r"split\.json: made with .*val_fraction"):
+        _prep(root, tmp_path, val_fraction=0.1)
+    assert _prep(root, tmp_path, val_fraction=0.25).split_ids == p.split_ids
 
 
 # ----------------------------------------------------------------------------- cache

@@ -154,3 +154,12 @@ def test_scale_images_modes():
     assert DEFAULT_SCALING == "minmax255"  # the authors feed [0, 255]
     with pytest.raises(ValueError, match="unit"):
         scale_images(x, "zscore")
+
+
+@pytest.mark.parametrize("mode", ["unit", "minmax255"])
+def test_scale_images_leaves_a_float_input_untouched(mode):
+    x = torch.rand(2, 3, 8, 8) * 255
+    before = x.clone()
+    out = scale_images(x, mode)
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr()
+    assert out.dtype == torch.float32 and float(out.max()) <= 255.0 + 1e-3

@@ -146,6 +146,61 @@ def test_time_step_cap_keeps_minimum_iterations() -> None:
     assert capped and speed.MIN_CAPPED_ITERS <= len(times) < 10_000
 
 
+def test_time_step_cuda_events_use_the_model_devices_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # cuda:1 while the current device is 0: a bare Event.record() would time device 0's idle
+    # stream. Fakes stand in for the CUDA runtime (no GPU needed).
+    streams = {0: object(), 1: object()}
+    recorded: list[object] = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            self.t = 0.0
+
+        def record(self, stream: object = None) -> None:
+            recorded.append(stream)
+            self.t = time.perf_counter()
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, other: FakeEvent) -> float:
+            return (other.t - self.t) * 1e3
+
+    def current_stream(device: object = None) -> object:
+        return streams[torch.device(device).index if device is not None else 0]
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    times, _ = speed.time_step(
+        lambda: None, torch.device("cuda", 1), warmup=1, min_time_s=0.0, min_iters=3
+    )
+    assert len(times) == 3
+    assert len(recorded) == 6 and all(s is streams[1] for s in recorded)
+
+
+def test_measure_config_always_warms_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first call compiles (torch.compile) or autotunes (cuDNN): never timed, even with
+    # warmup=0.
+    calls = {"n": 0}
+
+    class Counting(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls["n"] += 1
+            return super().forward(x)
+
+    monkeypatch.setattr(speed, "_build_model", lambda name: Counting())
+    row = speed._measure_config(
+        "tiny", _info(False), torch.device("cpu"), "inference", "fp32", False, False, 1,
+        input_size=16, timing={"warmup": 0, "min_time_s": 0.0, "min_iters": 3,
+                               "max_time_s": None},
+        noisy_threshold=0.1, threads=1,
+    )  # fmt: skip
+    assert row["count"] == 3 and calls["n"] == 4
+
+
 # --------------------------------------------------------------------------- OOM back-off
 def test_sweep_backs_off_on_oom_and_records_it() -> None:
     calls: list[int] = []

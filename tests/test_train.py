@@ -126,6 +126,19 @@ def test_config_overrides_coercion_and_errors(tmp_path):
         TrainConfig.from_recipe("fair", select_metric="f1")
 
 
+def test_only_the_paper_recipe_may_select_on_the_test_split(tmp_path):
+    with pytest.raises(ValueError, match="select_split.*recipe 'fair' must not select"):
+        TrainConfig.from_recipe("fair", data="x", select_split="test")
+    with pytest.raises(ValueError, match="select_split.*eval_split='val'"):
+        TrainConfig.from_recipe("fair", data="x", eval_split="val")  # selects on val too
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("select_split: test\n")
+    with pytest.raises(ValueError, match=r"mine\.yaml: select_split='test'"):
+        TrainConfig.from_recipe(mine)
+    assert TrainConfig.from_recipe("paper", data="x").select_split == "test"
+    assert TrainConfig.from_recipe("fair", data="x", select_split="none").select_split == "none"
+
+
 def test_config_hash_ignores_where_and_how_fast():
     a = TrainConfig(data="/a/isic", device="cpu", threads=1)
     b = TrainConfig(data="/elsewhere/isic", device="cuda", threads=4, deterministic=False)
@@ -196,6 +209,15 @@ def test_finished_run_is_skipped_unless_forced(finished_run):
     # same experiment (recipe, epochs), other settings: a conflict naming what differs
     with pytest.raises(ValueError, match=r"another configuration.*lr: 0\.001 -> 0\.0005"):
         run_training(cfg.replace(lr=5e-4), results, quiet=True)
+
+
+def test_unreadable_metrics_file_is_named(finished_run, tmp_path):
+    cfg, results, run = finished_run
+    broken = tmp_path / "runs" / "syn" / "unet" / "fair-e4" / "seed42"
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text('{"status": "fini')  # e.g. hand-edited, cut short
+    with pytest.raises(ValueError, match=r"seed42[/\\]metrics\.json: unreadable"):
+        run_training(cfg, tmp_path, quiet=True)
 
 
 def test_other_experiment_does_not_block_and_stays_apart(finished_run):
