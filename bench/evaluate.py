@@ -348,6 +348,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="split to score (default: test)",
     )
     p.add_argument("--split-file", default=None, help="split.json to use (default: the data's)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=42,
+        help="seed of the data split the model was trained with (default 42)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.1, help="as in training (default 0.1)")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="as in training (default 0.3)")
     p.add_argument("--size", type=int, default=256, help="evaluation resolution (default 256)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
@@ -407,7 +415,13 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     prepared = prepare_data(
-        args.data, size=args.size, split_file=args.split_file, progress=not args.quiet
+        args.data,
+        size=args.size,
+        split_file=args.split_file,
+        seed=args.split_seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        progress=not args.quiet,
     )
     kwargs = yaml.safe_load(args.model_kwargs) or {}
     if not isinstance(kwargs, dict):

@@ -191,3 +191,16 @@ def test_disc_and_mean_mask_baselines(prepared, capsys):
     assert rc == 0 and "dsc" in capsys.readouterr().out
     assert main(["evaluate", "--data", str(prepared.root), "--size", "32", "--quiet"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_takes_the_training_split_settings(tmp_path, capsys):
+    from bench.cli import main
+    from bench.data import make_synthetic, prepare_data
+
+    root = make_synthetic(tmp_path / "seeded7", n=12, seed=2)
+    prepare_data(root, size=32, seed=7, progress=False, workers=1)  # writes split.json, seed 7
+    args = ["evaluate", "--baseline", "disc", "--data", str(root), "--size", "32", "--quiet"]
+    assert main(args) == 2  # default split seed 42 disagrees with the split file
+    assert "split" in capsys.readouterr().err
+    assert main([*args, "--split-seed", "7"]) == 0
+    assert "dsc" in capsys.readouterr().out
