@@ -34,6 +34,7 @@ import pandas as pd
 
 from bench.io import read_json, write_csv, write_text
 from bench.pareto import pareto_front, pareto_order
+from bench.stats import RUN_METRICS_GLOB, find_runs
 
 __all__ = [
     "ReportInputError",
@@ -56,7 +57,6 @@ _FP32 = {"fp32", "float32", "torch.float32", "float"}
 _CHANNELS_LAST = {"channels_last", "nhwc", "torch.channels_last"}
 _OK_STATUS = {"ok", "success", "finished", ""}
 # runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (bench.train.run_dir_for)
-_RUN_GLOB = "runs/*/*/*/seed*/metrics.json"
 _EXPERIMENT = ["dataset", "model", "recipe", "epochs"]
 
 # Complexity columns under the names other writers may use; the first present wins.
@@ -177,35 +177,21 @@ def _normalise_complexity(df: pd.DataFrame, path: Path) -> pd.DataFrame:
 
 
 def _load_runs(root: Path) -> pd.DataFrame:
-    rows = []
-    for path in sorted(root.glob(_RUN_GLOB)):
-        obj = _read_json(path)
-        if not isinstance(obj, dict):
-            raise ReportInputError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-        if obj.get("status", "finished") != "finished":
-            continue  # an unfinished or failed run has no test metrics to report
-        test = obj.get("test")
-        if not isinstance(test, dict) or "dsc" not in test:
-            raise ReportInputError(f"{path}: status 'finished' but no test.dsc entry")
-        dataset, model, exp_dir, seed_dir = path.parts[-5:-1]
-        # metrics.json says what the run is; the folder names are the fallback
-        recipe, _, ep = exp_dir.rpartition("-e")
-        epochs = obj.get("epochs", int(ep) if ep.isdigit() else None)
-        row = {
-            "dataset": str(obj.get("dataset", dataset)),
-            "model": str(obj.get("model", model)),
-            "seed": obj.get("seed", seed_dir.removeprefix("seed")),
-            "recipe": str(obj.get("recipe") or recipe or "?"),
-            "epochs": int(epochs) if epochs is not None else -1,
-            "train_images_per_s": obj.get("train_images_per_s"),
-            "epoch_time_s": obj.get("epoch_time_s"),
-            "path": str(path),
-        }
-        for key, val in test.items():
-            if isinstance(val, (int, float)) and not isinstance(val, bool):
-                row[key] = float(val)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    """Finished runs, one row each, read by :func:`bench.stats.find_runs` (the one loader
+    of ``metrics.json``); ``path`` is the metrics file the row came from."""
+    try:
+        runs = find_runs(root)
+    except ValueError as err:  # malformed metrics.json: the message names it
+        raise ReportInputError(str(err)) from err
+    if runs.empty:
+        return pd.DataFrame()
+    runs["path"] = [str(Path(d) / "metrics.json") for d in runs["run_dir"]]
+    no_dsc = runs[runs["dsc"].isna()]
+    if not no_dsc.empty:
+        raise ReportInputError(f"{no_dsc['path'].iloc[0]}: status 'finished' but no test.dsc entry")
+    runs["epochs"] = pd.to_numeric(runs["epochs"], errors="coerce").fillna(-1).astype(int)
+    runs["recipe"] = runs["recipe"].replace("", "?")
+    return runs
 
 
 def load_results(root: str | Path = RESULTS_DIR) -> Results:
@@ -1478,7 +1464,7 @@ def write_report(
     if not res.models:
         raise ReportInputError(
             f"{results_dir}: no result files found (expected complexity/complexity.csv, "
-            f"speed/speed-*.csv or {_RUN_GLOB}); run `segbench benchmark` first"
+            f"speed/speed-*.csv or {RUN_METRICS_GLOB}); run `segbench benchmark` first"
         )
     steps = tqdm(total=4, desc="report", disable=not progress, leave=False)
     summary = summary_table(res)

@@ -76,6 +76,8 @@ SUMMARY_METRICS = (
     "spe",
 )
 _RUN_EXTRAS = ("train_images_per_s", "epoch_time_s")
+# Per-run spread over test images (std of per-image Dice / IoU); read, not aggregated.
+_PER_IMAGE_SPREAD = ("dice_std", "iou_std")
 # Metrics shown as percentages in Markdown (fractions in CSV/JSON, as in metrics.json).
 _PERCENT = {"dsc", "miou", "dice_mean", "iou_mean", "isic_jaccard", "acc", "sen", "spe"}
 _GROUP = ["dataset", "model", "recipe", "epochs"]
@@ -128,10 +130,7 @@ def find_runs(
     """
     rows = []
     for path in _metrics_files(results_dir):
-        try:
-            m = read_json(path)
-        except ValueError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        m = read_json(path)  # a malformed file raises ValueError naming it
         if not isinstance(m, dict) or m.get("status") != "finished":
             continue  # a run in progress or an interrupted one
         run_dir = path.parent
@@ -159,7 +158,7 @@ def find_runs(
             "config_hash": m.get("config_hash"),
             "run_dir": str(run_dir),
         }
-        for key in SUMMARY_METRICS:
+        for key in (*SUMMARY_METRICS, *_PER_IMAGE_SPREAD):
             row[key] = _float(test.get(key))
         row["n_images"] = test.get("n_images")
         for key in _RUN_EXTRAS:
@@ -169,7 +168,7 @@ def find_runs(
         rows.append(row)
     cols = (
         ["dataset", "model", "seed", "recipe", "epochs", "experiment", "config_hash", "run_dir"]
-        + list(SUMMARY_METRICS)
+        + [*SUMMARY_METRICS, *_PER_IMAGE_SPREAD]
         + ["n_images", *_RUN_EXTRAS, "device_name", "torch_version"]
     )
     df = pd.DataFrame(rows, columns=cols)

@@ -157,6 +157,9 @@ def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
     (run / "metrics.json").write_text("{not json")
     with pytest.raises(report.ReportInputError, match=r"metrics\.json: not valid JSON"):
         report.load_results(tmp_path)
+    (run / "metrics.json").write_text('{"status": "finished", "model": "m", "test": {}}')
+    with pytest.raises(report.ReportInputError, match=r"seed0/metrics\.json: .*no test\.dsc"):
+        report.load_results(tmp_path)
 
 
 def test_empty_results_folder_is_a_clear_error(tmp_path: Path) -> None:
