@@ -62,11 +62,12 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def autocast_context(device: str, amp: str | None) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA; a no-op otherwise (or when ``amp`` is None)."""
-    if not amp or torch.device(device).type != "cuda":
+    """bf16/fp16 autocast on CUDA, bf16 autocast on CPU; a no-op otherwise (or ``amp`` None)."""
+    kind = torch.device(device).type
+    if not amp or kind not in ("cuda", "cpu") or (kind == "cpu" and amp != "bf16"):
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(kind, dtype=dtype)
 
 
 def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:

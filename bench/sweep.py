@@ -181,7 +181,7 @@ class Cell:
     def experiment(self) -> str:
         """``<recipe>-e<epochs>``: the experiment folder of this cell's run."""
         over = dict(self.overrides)
-        return _experiment(self.recipe, over.get("recipe"), over.get("epochs"))
+        return _experiment(self.recipe, over.get("recipe"), over.get("epochs"), over.get("amp"))
 
     @property
     def label(self) -> str:
@@ -204,15 +204,16 @@ class Cell:
 
 
 @functools.lru_cache(maxsize=64)
-def _experiment(recipe: str, name: Any, epochs: Any) -> str:
+def _experiment(recipe: str, name: Any, epochs: Any, amp: Any = None) -> str:
     from bench.train import TrainConfig, experiment_name
 
-    over = {k: v for k, v in (("recipe", name), ("epochs", epochs)) if v is not None}
+    pairs = (("recipe", name), ("epochs", epochs), ("amp", amp))
+    over = {k: v for k, v in pairs if v is not None}
     try:
         cfg = TrainConfig.from_recipe(recipe, **over)
     except (TypeError, ValueError, FileNotFoundError):
         return f"{recipe}-e?"  # a bad recipe is reported when the cell's config is built
-    return experiment_name(cfg.recipe, cfg.epochs)
+    return experiment_name(cfg.recipe, cfg.epochs, cfg.amp)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -327,18 +328,19 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 # --------------------------------------------------------------------------- run directory
 
 
-def experiment_name(recipe: str, epochs: int) -> str:
-    """Folder name of an experiment, ``<recipe>-e<epochs>`` (e.g. ``fair-e300``).
+def experiment_name(recipe: str, epochs: int, amp: str | None = None) -> str:
+    """Folder name of an experiment, ``<recipe>-e<epochs>[-<amp>]`` (e.g. ``fair-e300``).
 
     The recipe is a name or a file's stem; characters unsafe in a folder name become ``-``.
+    Mixed-precision runs get their own folder (``fair-e20-bf16``): they are another experiment.
     """
     slug = re.sub(r"[^A-Za-z0-9._]+", "-", str(recipe)).strip("-.") or "recipe"
-    return f"{slug}-e{int(epochs)}"
+    return f"{slug}-e{int(epochs)}" + (f"-{amp}" if amp else "")
 
 
 def run_dir_for(cfg: TrainConfig, results_dir: str | Path = "results") -> Path:
     """``<results>/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>``."""
-    exp = experiment_name(cfg.recipe, cfg.epochs)
+    exp = experiment_name(cfg.recipe, cfg.epochs, cfg.amp)
     return Path(results_dir) / "runs" / cfg.dataset_name / cfg.model / exp / f"seed{cfg.seed}"
 
 
@@ -602,6 +604,62 @@ def _run(
     return run_dir
 
 
+_BF16_PROBE = """
+import sys, torch
+from models import create_model
+from bench.evaluate import autocast_context
+name, batch, size, cl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+torch.manual_seed(0)
+model = create_model(name).train()
+fmt = torch.channels_last if cl else torch.contiguous_format
+model = model.to(memory_format=fmt)
+x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
+for _ in range(2):
+    with autocast_context("cpu", "bf16"):
+        out = model(x)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    loss = out.float().square().mean()
+    loss.backward()
+    assert torch.isfinite(loss).item(), "non-finite loss"
+"""
+
+
+def _effective_amp(cfg: TrainConfig, device: str) -> tuple[str | None, str | None]:
+    """The precision a run really uses, and why it differs from ``cfg.amp`` (or None).
+
+    CUDA takes bf16 and fp16. A CPU takes bf16 (torch CPU autocast) when a training step
+    survives it: CPU bf16 backward kernels have crashed the process (a segfault in a dilated
+    depthwise convolution with channels_last was seen), which no ``try`` can catch, so the
+    step is probed once in a child process and a crash falls back to fp32, said so in the
+    run's manifest.
+    """
+    kind = torch.device(device).type
+    if not cfg.amp or kind == "cuda":
+        return cfg.amp, None
+    if kind != "cpu" or cfg.amp != "bf16":
+        return None, f"amp={cfg.amp} is not supported on {device}; training in fp32"
+    cl = cfg.channels_last if cfg.channels_last is not None else True
+    cmd = [
+        sys.executable,
+        "-c",
+        _BF16_PROBE,
+        cfg.model,
+        str(min(cfg.batch_size, 4)),
+        str(cfg.image_size),
+        "1" if cl else "0",
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return None, "bf16 probe step timed out; training in fp32"
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        if proc.returncode < 0:
+            tail = f"killed by signal {-proc.returncode} ({tail})"
+        return None, f"a CPU bf16 training step failed ({tail}); training in fp32"
+    return "bf16", None
+
+
 class _Trainer:
     """One run's state and steps; :func:`_run` decides whether and from where to run it."""
 
@@ -625,11 +683,9 @@ class _Trainer:
             )
         _configure_backends(cfg.deterministic, device)
         _seed_everything(cfg.seed + d.rank)
-        self.amp = cfg.amp if torch.device(device).type == "cuda" else None
-        if cfg.amp and self.amp is None:
-            warnings.warn(
-                f"amp={cfg.amp} applies on CUDA only; training on {device} in fp32", stacklevel=3
-            )
+        self.amp, self.amp_note = _effective_amp(cfg, device)
+        if self.amp_note:
+            warnings.warn(f"{cfg.model}: {self.amp_note}", stacklevel=3)
         self._load_data()
 
         # model, loss, optimiser
@@ -1020,6 +1076,8 @@ class _Trainer:
                 "per_process_batch": self.per_rank_batch,
                 "channels_last": self.channels_last,
                 "amp": self.amp,
+                "amp_requested": cfg.amp,
+                "amp_note": self.amp_note,
                 "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
                 "environment": env,
                 "torch_backends": _backend_settings(),
@@ -1121,7 +1179,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed (recipe: 42)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument(
-        "--amp", choices=["bf16", "fp16", "none"], default=None, help="mixed precision on CUDA"
+        "--amp",
+        choices=["bf16", "fp16", "none"],
+        default=None,
+        help="mixed precision: bf16 or fp16 on CUDA, bf16 on CPU (torch autocast; falls back to fp32 where a probe step crashes)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--results", default="results", help="results root (default: results)")
