@@ -291,11 +291,18 @@ def test_bad_arguments_raise_clear_errors() -> None:
         analyze(nn.Conv2d(3, 4, 3), (1, 3, 0, 8))
     with pytest.raises(TypeError, match="nn.Module"):
         analyze(lambda x: x, (1, 3, 8, 8))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="--input"):
-        shapes.parse_input_shape("1x3xfoo")
+    with pytest.raises(ValueError, match="--input-size"):
+        shapes.parse_input_size("1x3xfoo")
+    with pytest.raises(ValueError, match="--input-size"):
+        shapes.parse_input_size("3x256x256")  # ambiguous: CxHxW or NxHxW
+    assert shapes.parse_input_size("256") == (1, 3, 256, 256)
+    assert shapes.parse_input_size("256x192") == (1, 3, 256, 192)
+    assert shapes.square_side((1, 3, 64, 64)) == 64
+    with pytest.raises(ValueError, match="square"):
+        shapes.square_side((1, 3, 64, 32))
     with pytest.raises(ValueError, match="--sweep"):
         shapes.parse_sizes("128,-1")
-    assert shapes.parse_input_shape("1x3x256x256") == (1, 3, 256, 256)
+    assert shapes.parse_input_size("1x3x256x256") == (1, 3, 256, 256)
     assert shapes.parse_sizes("128, 256") == [128, 256]
 
 
@@ -478,7 +485,7 @@ def test_cli(tmp_path, capsys) -> None:
                 "--no-cross-check",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
@@ -487,7 +494,9 @@ def test_cli(tmp_path, capsys) -> None:
     )
     printed = capsys.readouterr().out
     assert "segbench MACs" in printed and "82,740,224" in printed
-    assert (tmp_path / "complexity.csv").exists() and (tmp_path / "complexity.json").exists()
+    assert (tmp_path / "complexity" / "complexity.csv").exists() and (
+        tmp_path / "complexity" / "complexity.json"
+    ).exists()
 
     assert (
         main(
@@ -499,7 +508,7 @@ def test_cli(tmp_path, capsys) -> None:
                 "1",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
@@ -508,7 +517,7 @@ def test_cli(tmp_path, capsys) -> None:
     )
     printed = capsys.readouterr().out
     assert "(model)" in printed and "scab" in printed and "ebn1" in printed
-    assert (tmp_path / "breakdown-malunet.csv").exists()
+    assert (tmp_path / "complexity" / "breakdown-malunet.csv").exists()
 
     assert (
         main(
@@ -520,14 +529,14 @@ def test_cli(tmp_path, capsys) -> None:
                 "64,100",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
         )
         == 0
     )
-    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    sweep = json.loads((tmp_path / "complexity" / "sweep.json").read_text())
     assert [r["status"] for r in sweep["rows"]] == ["ok", "skipped"]
 
     assert (
@@ -539,18 +548,19 @@ def test_cli(tmp_path, capsys) -> None:
                 "--update-golden",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
         )
         == 0
     )
-    golden = gold.load_golden(tmp_path / "golden.json")
+    golden = gold.load_golden(tmp_path / "complexity" / "golden.json")
     assert golden["malunet"]["macs"] == 82_740_224 and golden["malunet"]["gmacs"] == 0.083
 
-    assert main(["complexity", "--input", "1x3xfoo", "--out", out]) == 2
-    assert "--input" in capsys.readouterr().err
-    assert main(["complexity", "--models", "nope*", "--out", out]) == 2
-    assert main(["complexity", "--device", "tpu9", "--out", out]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse: usage line plus the error
+        main(["complexity", "--input-size", "1x3xfoo", "--results", out])
+    assert exc.value.code == 2 and "--input-size" in capsys.readouterr().err
+    assert main(["complexity", "--models", "nope*", "--results", out]) == 2
+    assert main(["complexity", "--device", "tpu9", "--results", out]) == 2
     assert "--device" in capsys.readouterr().err
