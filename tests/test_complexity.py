@@ -1,7 +1,8 @@
 """segbench's MAC counter against analytic counts, the cross-check columns, sweep and CLI.
 
-Expected values come from ``../shared/specs/counting.md`` (probe ops, MALUNet, UNet) and
-from the convolution / matmul formulas written out next to each case.
+Expected values are the probe ops and model figures of ``docs/counting.md`` (written up from
+the reference notes in ``../shared/specs/counting.md``) and the convolution / matmul
+formulas written out next to each case.
 """
 
 from __future__ import annotations
@@ -41,18 +42,18 @@ def _registered(name: str) -> bool:
 # --- probe ops: exact MACs ------------------------------------------------------------------
 
 MAC_PROBES = {
-    # in_ch * out_ch * k*k * H_in * W_in (counting.md; thop reports 4x)
+    # in_ch * out_ch * k*k * H_in * W_in (docs/counting.md; thop reports 4x)
     "conv_transpose2d": (nn.ConvTranspose2d(64, 32, 2, stride=2), (1, 64, 128, 128), 134_217_728),
-    # 256 * 256 * 192 (counting.md)
+    # 256 * 256 * 192 (docs/counting.md)
     "q_at_kT": (Fn(lambda x: x @ x.transpose(-1, -2)), (1, 256, 192), 12_582_912),
     "einsum_qkT": (Fn(lambda x: torch.einsum("bik,bjk->bij", x, x)), (1, 256, 192), 12_582_912),
-    # 2 * 6*256*256*64 (counting.md; FlopCounterMode and fvcore report 0 on CPU)
+    # 2 * 6*256*256*64 (docs/counting.md; FlopCounterMode and fvcore report 0 on CPU)
     "sdpa_cpu": (
         Fn(lambda x: F.scaled_dot_product_attention(x, x, x)),
         (1, 6, 256, 64),
         50_331_648,
     ),
-    # 256 * 192 * 192 on a 3-D input (counting.md)
+    # 256 * 192 * 192 on a 3-D input (docs/counting.md)
     "linear_3d": (nn.Linear(192, 192), (1, 256, 192), 9_437_184),
     # depthwise: 32 channels * 3*3 * 64*64
     "depthwise": (nn.Conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 64, 64), 1_179_648),
@@ -125,7 +126,7 @@ def test_sdpa_on_gpu_counted_once() -> None:
 
 
 def test_torch_flop_counter_misses_cpu_attention() -> None:
-    # Why segbench has its own SDPA rule (counting.md): FlopCounterMode gives 0 on CPU.
+    # Why segbench has its own SDPA rule (docs/counting.md): FlopCounterMode gives 0 on CPU.
     module, shape, _ = MAC_PROBES["sdpa_cpu"]
     assert crosscheck.cross_checks(module, shape, tools=("torch",))["torch"].macs == 0
 
@@ -328,7 +329,7 @@ def test_real_tool_failure_is_caught() -> None:
     assert checks["fvcore"].reason.startswith("fvcore failed: RuntimeError")
 
 
-# --- registry models (counting.md) ----------------------------------------------------------
+# --- registry models (docs/counting.md) -----------------------------------------------------
 
 
 def test_malunet_segbench_and_thop() -> None:

@@ -1,4 +1,7 @@
-"""The run configuration: :class:`TrainConfig`, recipes (``bench/engine/recipes/*.yaml``) and typed overrides."""
+"""The run configuration: :class:`TrainConfig`, recipes (``bench/engine/recipes/*.yaml``) and typed overrides.
+
+The recipes (``fair``, ``paper``) and why they differ are described in ``docs/protocol.md``.
+"""
 
 from __future__ import annotations
 
