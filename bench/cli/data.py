@@ -14,11 +14,11 @@ import torch
 
 from bench.core.io import write_json
 from bench.data.augment import augment_batch, scale_images
-from bench.data.cache import _dataset_name, default_split_file, prepare_data
+from bench.data.cache import _dataset_name, prepare_data, split_file_for
 from bench.data.checks import check_dataset
 from bench.data.decode import _run_jobs
 from bench.data.layouts import DataError, index_dataset
-from bench.data.splits import _resolve_split
+from bench.data.splits import SPLIT_MODES, _resolve_split
 from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from bench.data.synthetic import make_synthetic
 
@@ -43,9 +43,10 @@ def _add_split(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--split-mode",
-        choices=("auto", "official", "seeded"),
+        choices=SPLIT_MODES,
         default="auto",
-        help="official split when the layout has one (auto), or always seeded",
+        help="official split when the layout has one (auto), always the layout's (official), "
+        "or the papers' seeded 7:3 (seeded; an official ISIC test part is left out)",
     )
 
 
@@ -81,7 +82,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     index = index_dataset(args.root, mask_suffix=args.mask_suffix)
-    out = args.out or default_split_file(args.root, _dataset_name(index.layout, args.root))
+    out = args.out or split_file_for(
+        args.root, _dataset_name(index.layout, args.root), index, args.split_mode
+    )
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to replace it)", file=sys.stderr)
         return 1

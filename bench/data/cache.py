@@ -19,7 +19,7 @@ from bench.core.io import write_json
 from bench.data.decode import _run_jobs
 from bench.data.layouts import SPLITS, Layout, Problem, Sample, _raise_or_warn, index_dataset
 from bench.data.prepared import PreparedData
-from bench.data.splits import _resolve_split
+from bench.data.splits import _resolve_split, split_source
 
 #: Bump when decoding / resizing changes: every cache built before is then rebuilt.
 PREPROC_VERSION = 2
@@ -50,6 +50,23 @@ def default_split_file(root: Path, name: str, cache_root: Path | None = None) ->
         return root / "split.json"
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     return (cache_root or default_cache_root(root)) / f"{name}-{tag}-split.json"
+
+
+def split_file_for(
+    root: Path,
+    name: str,
+    index: Any,
+    split_mode: str = "auto",
+    cache_root: Path | None = None,
+) -> Path:
+    """The default split file for ``split_mode``: :func:`default_split_file`, or, when the
+    mode makes another kind of split than ``auto`` does on this folder (``seeded`` on an
+    official download), the same name with ``-<mode>`` appended, so the two never share
+    one file."""
+    path = default_split_file(root, name, cache_root)
+    if split_source(index, split_mode) != split_source(index, "auto"):
+        path = path.with_name(f"{path.stem}-{split_mode}{path.suffix}")
+    return path
 
 
 def _dataset_name(layout: Layout, root: Path) -> str:
@@ -171,7 +188,8 @@ def prepare_data(
     ``val_fraction`` validation part of the rest (``"seeded"`` forces this, pooling
     everything as the papers' 7:3 did). It is written to ``split_file`` (default
     ``<root>/split.json``, or ``<cache root>/<name>-split.json`` when ``root`` is
-    read-only) and reused from there, so every model sees the same images; ``seed``
+    read-only; ``split-seeded.json`` for a seeded split of an official download, see
+    :func:`split_file_for`) and reused from there, so every model sees the same images; ``seed``
     is the split seed, not the training seed.
 
     Cache: every image resized to ``size x size`` (bilinear, antialiased) and every mask
@@ -187,7 +205,11 @@ def prepare_data(
     layout = index.layout
     name = name or _dataset_name(layout, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
-    split_file = Path(split_file) if split_file else default_split_file(root, name, cache_root)
+    split_file = (
+        Path(split_file)
+        if split_file
+        else split_file_for(root, name, index, split_mode, cache_root)
+    )
     split_ids, _ = _resolve_split(index, split_file, seed, test_fraction, val_fraction, split_mode)
     by_id = index.by_id()
     files = _file_entries(index.samples, root)

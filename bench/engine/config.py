@@ -40,14 +40,23 @@ class TrainConfig:
     # CosineAnnealingLR, stepped once per epoch
     t_max: int = 50
     eta_min: float = 1e-5
-    # BCE + Dice
+    # BCE + Dice; loss: the BCE form, "bce_dice_logits" or the authors' "bce_dice_probs"
+    # (sigmoid then nn.BCELoss, log clamped at -100): see bench.engine.losses
+    loss: str = "bce_dice_logits"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     dice_smooth: float = 1.0
     # data
     input_scaling: str = "minmax255"
     augment: bool = True
+    # False: flip / rotate the uint8 image (fill 0), then scale; True: the authors' order,
+    # scale each image (input_scaling) first, then flip / rotate (fill 0)
+    scale_before_augment: bool = False
     train_splits: tuple[str, ...] = ("train",)
+    # "auto": the layout's official split when it has train + test, else seeded;
+    # "official": the layout's split or an error; "seeded": the papers' 7:3 (see
+    # bench.data.splits)
+    split_mode: str = "auto"
     split_file: str | None = None
     split_seed: int = 42  # the data split's seed: fixed across training seeds
     val_fraction: float = 0.1
@@ -107,6 +116,8 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         from bench.data.augment import SCALINGS
+        from bench.data.splits import SPLIT_MODES
+        from bench.engine.losses import LOSSES
 
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{source}: {name}={getattr(self, name)!r}: {why}")
@@ -122,6 +133,8 @@ class TrainConfig:
             "select_metric": ("loss", "dsc"),
             "amp": (None, "bf16", "fp16"),
             "input_scaling": SCALINGS,
+            "loss": LOSSES,
+            "split_mode": SPLIT_MODES,
             "eval_split": ("val", "test"),
         }
         for name, allowed in choices.items():
@@ -164,8 +177,16 @@ class TrainConfig:
 
     @property
     def config_hash(self) -> str:
-        """sha256 prefix of the result-defining fields (stable across machines and paths)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """sha256 prefix of the result-defining fields (stable across machines and paths).
+
+        A field in :data:`LATER_FIELDS` enters only when it differs from its value before
+        it existed, so adding a field does not change the hash of existing runs.
+        """
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
         d["dataset"] = self.dataset_name
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -174,6 +195,15 @@ class TrainConfig:
 RUNTIME_FIELDS = frozenset(
     {"data", "dataset", "device", "threads", "cache_dir", "deterministic", "channels_last"}
 )
+
+
+#: Fields added after runs were recorded, with the behaviour runs had before: left out of
+#: the config hash at that value, and a config.json without them means that value.
+LATER_FIELDS: dict[str, Any] = {
+    "loss": "bce_dice_logits",
+    "scale_before_augment": False,
+    "split_mode": "auto",
+}
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))

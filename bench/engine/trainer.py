@@ -128,8 +128,8 @@ class _Trainer:
         self.mem_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.mem_format)
         weights = (cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
-        self.loss_fn = build_loss(*weights, self.info.loss_weights)
-        self.main_loss = build_loss(*weights)  # validation: main output only
+        self.loss_fn = build_loss(*weights, self.info.loss_weights, form=cfg.loss)
+        self.main_loss = build_loss(*weights, form=cfg.loss)  # validation: main output only
         self.optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=cfg.lr,
@@ -175,6 +175,7 @@ class _Trainer:
                 test_fraction=cfg.test_fraction,
                 cache_dir=cfg.cache_dir,
                 progress=not self.quiet and d.is_main,
+                split_mode=cfg.split_mode,
             )
 
         if d.is_main:  # rank 0 builds the cache, the others then find it
@@ -301,7 +302,7 @@ class _Trainer:
             writer.close()
 
     def _train_epoch(self, stop: _StopRequest) -> dict[str, Any]:
-        from bench.data.augment import augment_batch, scale_images
+        from bench.data.augment import training_batch
 
         cfg, d, device = self.cfg, self.d, self.device
         self.sampler.set_epoch(self.epoch)
@@ -333,9 +334,15 @@ class _Trainer:
                 x, y = self.train_x[idx], self.train_y[idx]
                 if x.device != torch.device(device):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.augment:
-                    x, y = augment_batch(x, y, self.gen)
-                x = scale_images(x, cfg.input_scaling).contiguous(memory_format=self.mem_format)
+                x, y = training_batch(
+                    x,
+                    y,
+                    self.gen,
+                    scaling=cfg.input_scaling,
+                    augment=cfg.augment,
+                    scale_first=cfg.scale_before_augment,
+                )
+                x = x.contiguous(memory_format=self.mem_format)
                 with autocast_context(device, self.amp):
                     logits, aux = self.net(x)
                     loss = self.loss_fn(logits, y.float(), aux)
