@@ -12,7 +12,9 @@ from bench.core.io import read_json, write_json
 from bench.data.layouts import SPLITS, DataError, DatasetIndex
 
 #: How a split is made (``prepare_data(split_mode=...)``, ``TrainConfig.split_mode``):
-#: ``auto``: the layout's official split when it defines train and test, else seeded;
+#: ``auto``: the layout's official split when it defines train and test, or when it holds
+#: only official validation / test parts (an evaluation-only folder: those parts are used
+#: as they are, never re-split), else seeded;
 #: ``official``: the layout's split, an error when it has none;
 #: ``seeded``: the papers' protocol, a seeded ``test_fraction`` (7:3) split of the images
 #: they pooled: on an official ISIC download the training + validation parts (the
@@ -32,13 +34,22 @@ def split_source(index: DatasetIndex, split_mode: str) -> str:
     if split_mode not in SPLIT_MODES:
         raise ValueError(f"split_mode={split_mode!r}: choose one of {', '.join(SPLIT_MODES)}")
     has_official = set(index.layout.official_splits) >= {"train", "test"}
-    if split_mode == "official" and not has_official:
+    if split_mode == "official" and not (has_official or evaluation_only(index)):
         raise DataError(
             f"{index.root}: layout {index.layout.name} has no official train/test split "
             f"(found {sorted(index.official_split_ids()) or 'none'}); use split_mode auto or "
             "seeded"
         )
-    return "official" if has_official and split_mode != "seeded" else "seeded"
+    if split_mode == "seeded":
+        return "seeded"
+    return "official" if has_official or evaluation_only(index) else "seeded"
+
+
+def evaluation_only(index: DatasetIndex) -> bool:
+    """The folder holds official parts but no official training part (e.g. only
+    ``ISIC-2017_Validation_Data`` + its ground truth): it can be scored, not trained on."""
+    parts = set(index.layout.official_splits)
+    return bool(parts) and "train" not in parts
 
 
 def _excluded_ids(index: DatasetIndex, split_mode: str) -> list[str]:
@@ -97,17 +108,20 @@ def _resolve_split(
             split = {k: list(saved["splits"][k]) for k in SPLITS}
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{split_file}: not a segbench split file ({err})") from None
-        saved_source = saved.get("source", "official")
+        saved_source = saved.get("source")  # None: a hand-made file, taken as it is
         saved_excluded = sorted(saved.get("excluded", []))
-        # "auto" takes a given file as it is (an edited or hand-made split); an explicit
-        # mode must not silently reuse a split of another kind
-        if split_mode != "auto" and (saved_source != source or saved_excluded != excluded):
+        # never silently reuse a split of another kind (e.g. a seeded re-split of an
+        # official validation folder made before such folders were scored as they are)
+        if saved_source is not None and (
+            saved_source != source or (split_mode != "auto" and saved_excluded != excluded)
+        ):
             raise DataError(
                 f"{split_file}: holds a {saved_source} split"
                 + (f" leaving out {len(saved_excluded)} image(s)" if saved_excluded else "")
                 + f", but split_mode={split_mode!r} makes a {source} split"
                 + (f" leaving out {len(excluded)} image(s)" if excluded else "")
-                + f" of {index.root}; delete the file or pass another split file"
+                + f" of {index.root}; delete the file, pass another split file or choose "
+                "the split_mode that made it"
             )
         listed = {i for v in split.values() for i in v}
         pool = set(index.ids) - set(saved_excluded)
@@ -122,7 +136,7 @@ def _resolve_split(
         asked = {}
         if saved_source == "seeded":
             asked = {"seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction}
-        elif saved_source == "official" and "val" not in official:
+        elif saved_source == "official" and "val" not in official and not evaluation_only(index):
             asked = {"seed": seed, "val_fraction": val_fraction}
         if asked:
             got = {k: saved.get(k) for k in asked}
@@ -134,7 +148,7 @@ def _resolve_split(
                 )
         return split, saved
     if source == "official":
-        if "val" in official:
+        if "val" in official or evaluation_only(index):
             split = {k: sorted(official.get(k, [])) for k in SPLITS}
         else:  # e.g. the authors' layout: carve val from train
             split = make_split(

@@ -69,6 +69,9 @@ class TrainConfig:
     eval_split: str = "test"
     threshold: float = 0.5
     original_resolution: bool = False
+    # HD95 convention: "monai" (max of the directed 95th percentiles) or "medpy" (95th
+    # percentile of both directions pooled); see bench.engine.metrics
+    hd95: str = "monai"
     # runtime
     device: str = "auto"
     amp: str | None = None
@@ -118,6 +121,7 @@ class TrainConfig:
         from bench.data.augment import SCALINGS
         from bench.data.splits import SPLIT_MODES
         from bench.engine.losses import LOSSES
+        from bench.engine.metrics import HD95_CONVENTIONS
 
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{source}: {name}={getattr(self, name)!r}: {why}")
@@ -135,6 +139,7 @@ class TrainConfig:
             "input_scaling": SCALINGS,
             "loss": LOSSES,
             "split_mode": SPLIT_MODES,
+            "hd95": HD95_CONVENTIONS,
             "eval_split": ("val", "test"),
         }
         for name, allowed in choices.items():
@@ -173,7 +178,7 @@ class TrainConfig:
             return self.dataset
         if not self.data:
             raise ValueError("TrainConfig.data: no dataset root given (--data ROOT)")
-        return re.sub(r"[^a-z0-9]+", "-", Path(self.data).resolve().name.lower()).strip("-")
+        return dataset_label(self.data)
 
     @property
     def config_hash(self) -> str:
@@ -191,6 +196,11 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def dataset_label(root: str | Path) -> str:
+    """A dataset's name in results: its folder's name, lower case, ``-`` for other characters."""
+    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-")
+
+
 #: where / how fast to run: not part of the config hash (``data`` enters as its name)
 RUNTIME_FIELDS = frozenset(
     {"data", "dataset", "device", "threads", "cache_dir", "deterministic", "channels_last"}
@@ -203,6 +213,7 @@ LATER_FIELDS: dict[str, Any] = {
     "loss": "bce_dice_logits",
     "scale_before_augment": False,
     "split_mode": "auto",
+    "hd95": "monai",
 }
 
 

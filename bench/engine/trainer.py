@@ -184,6 +184,14 @@ class _Trainer:
         if not d.is_main:
             self.prepared = prep()
         p = self.prepared
+        from bench.data.splits import evaluation_only
+
+        if evaluation_only(p.index):
+            raise ValueError(
+                f"{cfg.data}: holds only the official {' + '.join(p.layout.official_splits)} "
+                "part(s) of a dataset, no training part: it can be scored (segbench evaluate "
+                f"--run RUN_DIR --data {cfg.data} --split all), not trained on"
+            )
         self.train_x = torch.cat([to_nchw(p.images(s)) for s in cfg.train_splits])
         self.train_y = torch.cat([to_nchw(p.masks(s)) for s in cfg.train_splits])
         self.n_train = self.train_x.shape[0]
@@ -240,6 +248,7 @@ class _Trainer:
                 {
                     "format": CHECKPOINT_FORMAT,
                     "config_hash": self.chash,
+                    **self._checkpoint_config(),
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
@@ -255,6 +264,14 @@ class _Trainer:
                 },
             )
 
+    def _checkpoint_config(self) -> dict[str, Any]:
+        """What a checkpoint carries so it can be scored on its own (``segbench evaluate
+        --checkpoint``): the run's configuration and the precision it really used."""
+        return {
+            "config": {**self.cfg.to_dict(), "dataset": self.cfg.dataset_name},
+            "precision": self.amp or "fp32",
+        }
+
     def _save_best(self) -> None:
         if self.d.is_main:
             _save_checkpoint(
@@ -262,6 +279,7 @@ class _Trainer:
                 {
                     "format": CHECKPOINT_FORMAT,
                     "config_hash": self.chash,
+                    **self._checkpoint_config(),
                     "model": self.model.state_dict(),
                     "epoch": self.best["epoch"],
                     "select": f"{self.cfg.select_metric}@{self.sel_split}",
@@ -477,6 +495,7 @@ class _Trainer:
             amp=self.amp,
             threshold=cfg.threshold,
             original_resolution=cfg.original_resolution,
+            hd95_convention=cfg.hd95,
             progress=not self.quiet,
             desc=f"{cfg.model} {cfg.eval_split}",
         )
@@ -551,6 +570,9 @@ class _Trainer:
             "epochs": cfg.epochs,
             "config_hash": self.chash,
             "status": "finished",
+            # the precision the run really used (amp may fall back to fp32, see amp.py)
+            "precision": self.amp or "fp32",
+            "hd95_convention": cfg.hd95,
             "best_epoch": self.best["epoch"],
             "selection": {
                 "split": cfg.select_split,
