@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -208,7 +207,7 @@ def evaluate_model(
     for bad input.
     """
     from bench.core.device import resolve_device
-    from bench.core.env import environment
+    from bench.core.env import command_line, environment
     from bench.data.cache import prepare_data
     from bench.engine.checkpoints import load_weights
     from bench.engine.determinism import _configure_backends
@@ -328,7 +327,7 @@ def evaluate_model(
         hd95_convention=hd95 if compute_hd95 else None,
         mismatches=diffs,
         notes=notes,
-        command=command if command is not None else " ".join(sys.argv),
+        command=command if command is not None else command_line(),
         environment=environment(dev),
     )
     out_dir = Path(out) if out else None
