@@ -130,7 +130,8 @@ def test_evaluate_command_on_authors_style_checkpoint(prepared, tmp_path, capsys
     model2 = _tiny_unet()
     load_weights(model2, ckpt)
     want = evaluate_split(model2, prepared, "test")
-    assert got["test"] == pytest.approx(want.metrics, nan_ok=True)
+    assert got["metrics"] == pytest.approx(want.metrics, nan_ok=True)
+    assert got["split"] == "test" and got["n_images"] == len(prepared.split_ids["test"])
     pd.testing.assert_frame_equal(
         pd.read_csv(out / "per_image.csv"), want.per_image, check_dtype=False
     )

@@ -12,11 +12,12 @@ import torch
 
 from bench.cli.common import add_input_size
 from bench.core.io import write_json
-from bench.data.cache import _dataset_name, dataset_tag, default_split_file, prepare_data
+from bench.data.cache import _dataset_name, prepare_data, split_file_for
 from bench.data.checks import check_dataset
 from bench.data.decode import _run_jobs
+from bench.data.derive import DERIVED_LAYOUTS, SHIFTS, derive_dataset
 from bench.data.layouts import index_dataset
-from bench.data.splits import _resolve_split
+from bench.data.splits import SPLIT_MODES, _resolve_split
 from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from bench.data.synthetic import make_synthetic
 from bench.data.throughput import load_average, loader_throughput
@@ -42,9 +43,10 @@ def _add_split(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--split-mode",
-        choices=("auto", "official", "seeded"),
+        choices=SPLIT_MODES,
         default="auto",
-        help="official split when the layout has one (auto), or always seeded",
+        help="official split when the layout has one (auto), always the layout's (official), "
+        "or the papers' seeded 7:3 (seeded; an official ISIC test part is left out)",
     )
 
 
@@ -80,8 +82,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     index = index_dataset(args.root, mask_suffix=args.mask_suffix)
-    out = args.split_file or default_split_file(
-        args.root, _dataset_name(index.layout, args.root), dataset_tag(args.root, index.samples)
+    out = args.split_file or split_file_for(
+        args.root, _dataset_name(index.layout, args.root), index, args.split_mode
     )
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to replace it)", file=sys.stderr)
@@ -130,6 +132,27 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     print(
         f"{data!r}\ncache  {data.cache_path}\nsplit  {data.split_file}\n"
         f"fingerprint {data.fingerprint}"
+    )
+    return 0
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    rec = derive_dataset(
+        args.root,
+        args.out,
+        split=args.split,
+        layout=args.layout,
+        shift=args.shift,
+        split_file=args.split_file,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        split_mode=args.split_mode,
+        force=args.force,
+    )
+    shift = f", shift {rec['shift']['name']}" if rec["shift"] else ""
+    print(
+        f"{rec['n_images']} images ({args.split} of {args.root}) -> {args.out} ({args.layout}{shift})"
     )
     return 0
 
@@ -316,6 +339,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--ext", default="jpg", help="image format (jpg or png)")
     q.add_argument("--mask-suffix", default="", help="appended to the ID in mask names (flat)")
     q.set_defaults(func=_cmd_synth)
+
+    q = sub.add_parser(
+        "derive",
+        help="write one split of a dataset in another official layout (external test sets)",
+        description="Write the images and masks of one split of ROOT (as training splits "
+        "it) into OUT in another official layout, optionally with a named photometric "
+        "shift, for cross-dataset checks (segbench evaluate --split all). ROOT is never "
+        "written to; OUT/derived.json records how the folder was built. Shifts: "
+        + "; ".join(f"{s.name}: {s.description}" for s in SHIFTS.values()),
+    )
+    q.add_argument("--from", dest="root", type=Path, required=True, help="source dataset folder")
+    q.add_argument("--out", type=Path, required=True, help="folder to create")
+    q.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="which images (default test)",
+    )
+    q.add_argument("--layout", choices=DERIVED_LAYOUTS, required=True, help="layout to write")
+    q.add_argument("--shift", choices=list(SHIFTS), default=None, help="photometric shift")
+    _add_split(q)
+    q.add_argument("--split-file", type=Path, default=None, help="default: the source's")
+    q.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    q.set_defaults(func=_cmd_derive)
 
     q = sub.add_parser(
         "bench",

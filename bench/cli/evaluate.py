@@ -1,32 +1,41 @@
-"""``segbench evaluate``: argument parsing for :mod:`bench.engine.evaluate`."""
+"""``segbench evaluate``: argument parsing for :mod:`bench.engine.run_eval` (the work)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from bench.cli.common import add_input_size, add_results
-from bench.core.device import resolve_device
-from bench.engine.checkpoints import load_weights
-from bench.engine.evaluate import BASELINES, baseline_model, evaluate_split
+from bench.data.splits import SPLIT_MODES
+from bench.engine.evaluate import BASELINES, EVAL_SPLITS
+from bench.engine.metrics import HD95_CONVENTIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="score a checkpoint on a data split (pooled + per-image metrics)",
-        description="Score any checkpoint (segbench's, or a state_dict saved by the authors' "
-        "MALUNet/EGE-UNet code) on a split: pooled Acc/Sen/Spe/DSC/mIoU at the evaluation "
-        "size, per-image Dice/IoU/HD95 and the ISIC 2018 thresholded Jaccard.",
+        help="score a run, a checkpoint or a baseline on a data split (pooled + per-image)",
+        description="Score a training run (--run: model, settings and best checkpoint from "
+        "the run), any checkpoint (segbench's carry their settings; a state_dict saved by the "
+        "authors' MALUNet/EGE-UNet code needs --model) or a trivial baseline on a split or "
+        "on every image of a folder (--split all, for cross-dataset evaluation): pooled "
+        "Acc/Sen/Spe/DSC/mIoU at the evaluation size, per-image Dice/IoU/HD95 and the ISIC "
+        "2018 thresholded Jaccard. Options left out take the run's / checkpoint's values; "
+        "given values that differ from them are refused unless --allow-mismatch.",
+    )
+    p.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="a training run folder: settings from its config.json, weights from "
+        "checkpoints/best.pt; results go to RUN_DIR/eval/<dataset>-<split>/",
     )
     p.add_argument("--model", help="registry name, e.g. malunet (with --checkpoint)")
     p.add_argument(
         "--model-kwargs",
-        default="{}",
+        default=None,
         metavar="YAML",
         help="builder arguments the model was trained with, e.g. '{base_width: 16}'",
     )
@@ -38,39 +47,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(a centred disc covering the training split's mean lesion area), mean-mask (the "
         "training masks' pixel-wise mean, thresholded)",
     )
-    p.add_argument("--data", required=True, help="dataset root folder")
+    p.add_argument("--data", help="dataset root folder (default with --run: the run's)")
     p.add_argument(
         "--split",
-        default="test",
-        choices=["train", "val", "test"],
-        help="split to score (default: test)",
+        default=None,
+        choices=EVAL_SPLITS,
+        help="split to score, or all: every image of the folder (default: the run's "
+        "eval split on its own dataset, test without a run)",
     )
     p.add_argument("--split-file", default=None, help="split.json to use (default: the data's)")
     p.add_argument(
         "--split-seed",
         type=int,
-        default=42,
-        help="seed of the data split the model was trained with (default 42)",
+        default=None,
+        help="seed of the data split the model was trained with (default: the run's, 42)",
     )
-    p.add_argument("--val-fraction", type=float, default=0.1, help="as in training (default 0.1)")
-    p.add_argument("--test-fraction", type=float, default=0.3, help="as in training (default 0.3)")
-    add_input_size(p, help="the evaluation resolution")
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
+    p.add_argument("--val-fraction", type=float, default=None, help="as in training (0.1)")
+    p.add_argument("--test-fraction", type=float, default=None, help="as in training (0.3)")
+    p.add_argument("--split-mode", choices=SPLIT_MODES, default=None, help="as in training (auto)")
+    add_input_size(p, None, help="the evaluation resolution (default: the trained one, 256)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward (default: the run's, 8)"
+    )
     p.add_argument(
         "--scaling",
-        default="minmax255",
+        default=None,
         choices=["minmax255", "unit"],
-        help="input scaling the model was trained with (default: the authors' "
-        "per-image min-max to [0, 255])",
+        help="input scaling the model was trained with (default: the run's, else the "
+        "authors' per-image min-max to [0, 255])",
+    )
+    p.add_argument("--threshold", type=float, default=None, help="default: the run's, 0.5")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument(
+        "--amp",
+        choices=["bf16", "fp16", "fp32"],
+        default=None,
+        help="precision (default: the one the run used, else fp32)",
     )
     p.add_argument(
-        "--threshold",
-        type=float,
-        default=0.5,
-        help="probability threshold of a lesion pixel (default 0.5)",
+        "--allow-mismatch",
+        action="store_true",
+        help="score even when given settings differ from the ones the model was trained "
+        "with (warns; recorded in metrics.json)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast on CUDA")
+    p.add_argument(
+        "--hd95",
+        choices=HD95_CONVENTIONS,
+        default=None,
+        help="HD95 convention: monai (max of the directed 95th percentiles, default) or "
+        "medpy (95th percentile of both directions pooled)",
+    )
     p.add_argument(
         "--original-resolution",
         action="store_true",
@@ -107,72 +133,64 @@ def _fmt(v: Any) -> str:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
+    import warnings
+
     import yaml
 
-    from bench.core.env import environment
-    from bench.core.io import write_csv, write_json
-    from bench.data.cache import prepare_data
-    from models import create_model
+    from bench.engine.run_eval import evaluate_model
 
-    device = str(resolve_device(args.device, allow=None))
-    prepared = prepare_data(
-        args.data,
-        size=args.input_size,
-        split_file=args.split_file,
-        seed=args.split_seed,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        progress=not args.quiet,
-    )
-    kwargs = yaml.safe_load(args.model_kwargs) or {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--model-kwargs {args.model_kwargs!r}: expected a mapping")
-    if args.baseline:
-        if args.model or args.checkpoint:
-            raise ValueError("--baseline replaces --model/--checkpoint: give one or the other")
-        model = baseline_model(args.baseline, prepared.masks("train")).to(device)
-        args.model = f"baseline-{args.baseline}"
-    elif not (args.model and args.checkpoint):
-        raise ValueError("give --model and --checkpoint (or --baseline)")
-    else:
-        model = create_model(args.model, **kwargs).to(device)
-        load_weights(model, args.checkpoint)
-    res = evaluate_split(
-        model,
-        prepared,
-        args.split,
-        device=device,
-        batch_size=args.batch_size,
-        scaling=args.scaling,
-        amp=args.amp,
-        threshold=args.threshold,
-        compute_hd95=not args.no_hd95,
-        original_resolution=args.original_resolution,
-        save_masks=args.save_masks,
-        progress=not args.quiet,
-        desc=f"{args.model} {args.split}",
-    )
-    blocks = {args.split: res.metrics}
-    if res.original is not None:
-        blocks[f"{args.split}_original"] = res.original
-    table = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in blocks.items()})
-    print(table.to_string(formatters={c: _fmt for c in table.columns}))
-    if args.results:
-        out = Path(args.results)
-        write_json(
-            out / "metrics.json",
-            {
-                "model": args.model,
-                "dataset": prepared.name,
-                "checkpoint": str(args.checkpoint) if args.checkpoint else None,
-                "split": args.split,
-                "command": " ".join(sys.argv),
-                **blocks,
-                "environment": environment(device),
-            },
+    kwargs = None
+    if args.model_kwargs is not None:
+        kwargs = yaml.safe_load(args.model_kwargs) or {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"--model-kwargs {args.model_kwargs!r}: expected a mapping")
+    if not (args.run or args.checkpoint or args.baseline):
+        raise ValueError("give --run RUN_DIR, --checkpoint FILE (with --model) or --baseline")
+    given = {
+        "model": args.model,
+        "model_kwargs": kwargs,
+        "image_size": args.input_size,
+        "input_scaling": args.scaling,
+        "threshold": args.threshold,
+        "precision": args.amp,
+        "split_file": args.split_file,
+        "split_seed": args.split_seed,
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "split_mode": args.split_mode,
+    }
+    split = args.split or (None if args.run else "test")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = evaluate_model(
+            run_dir=args.run,
+            checkpoint=args.checkpoint,
+            baseline=args.baseline,
+            data=args.data,
+            split=split,
+            given=given,
+            allow_mismatch=args.allow_mismatch,
+            hd95_convention=args.hd95,
+            out=args.results,
+            device=args.device,
+            batch_size=args.batch_size,
+            original_resolution=args.original_resolution,
+            save_masks=args.save_masks,
+            compute_hd95=not args.no_hd95,
+            progress=not args.quiet,
         )
-        write_csv(out / "per_image.csv", res.per_image)
-        if res.original_per_image is not None:
-            write_csv(out / "per_image_original.csv", res.original_per_image)
-        print(f"wrote {out / 'metrics.json'}")
+    for w in caught:
+        print(f"WARNING: {w.message}", file=sys.stderr)
+    rec = outcome.record
+    blocks = {rec["split"]: rec["metrics"]}
+    if "metrics_original_resolution" in rec:
+        blocks[f"{rec['split']}_original"] = rec["metrics_original_resolution"]
+    table = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in blocks.items()})
+    print(
+        f"{rec['model']} on {rec['eval_dataset']} ({rec['split']}, {rec['n_images']} images, "
+        f"{rec['precision']})"
+    )
+    print(table.to_string(formatters={c: _fmt for c in table.columns}))
+    if outcome.out_dir is not None:
+        print(f"wrote {outcome.out_dir / 'metrics.json'}")
     return 0

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEFAULT_SCALING", "SCALINGS", "augment_batch", "scale_images"]
+__all__ = ["DEFAULT_SCALING", "SCALINGS", "augment_batch", "scale_images", "training_batch"]
 
 SCALINGS = ("minmax255", "unit")
 #: The recipe's default: the authors' normalisation ends in a per-image min-max
@@ -182,3 +182,32 @@ def scale_images(images_u8: torch.Tensor, mode: str = DEFAULT_SCALING) -> torch.
     shape = (-1,) + (1,) * (images_u8.ndim - 1)
     s = (255.0 / (hi - lo).clamp_min(1e-6)).view(shape)
     return images_u8.to(torch.float32, copy=True).sub_(lo.view(shape)).mul_(s)
+
+
+def training_batch(
+    images_u8: torch.Tensor,
+    masks_u8: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    scaling: str = DEFAULT_SCALING,
+    augment: bool = True,
+    scale_first: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch as the network sees it: augmented (when ``augment``) and scaled.
+
+    ``scale_first=False`` (segbench's order, the fair recipe): flip / rotate the uint8
+    image, rotated-in corners filled with 0, then scale, so the corners become the new
+    minimum and an image whose own minimum is above 0 is rescaled with a wider range
+    (lower contrast). ``scale_first=True`` (the authors' order, the paper recipe):
+    scale each image first, then flip / rotate the float image (fill 0 = the image's
+    minimum under ``minmax255``): the contrast is the image's own. The two agree on
+    samples that are not rotated and on images whose minimum is 0.
+    """
+    x, y = images_u8, masks_u8
+    if scale_first:
+        x = scale_images(x, scaling)
+    if augment:
+        x, y = augment_batch(x, y, generator)
+    if not scale_first:
+        x = scale_images(x, scaling)
+    return x, y

@@ -19,7 +19,7 @@ from bench.core.io import write_json
 from bench.data.decode import _run_jobs
 from bench.data.layouts import SPLITS, Layout, Problem, Sample, _raise_or_warn, index_dataset
 from bench.data.prepared import PreparedData
-from bench.data.splits import _resolve_split
+from bench.data.splits import _resolve_split, split_source
 
 #: Bump when decoding / resizing changes: every cache built before is then rebuilt.
 PREPROC_VERSION = 2
@@ -62,6 +62,23 @@ def default_split_file(root: Path, name: str, tag: str, cache_root: Path | None 
     if (root / "split.json").is_file():
         return root / "split.json"
     return (cache_root or default_cache_root(root)) / "splits" / f"{name}-{tag}.json"
+
+
+def split_file_for(
+    root: Path,
+    name: str,
+    index: Any,
+    split_mode: str = "auto",
+    cache_root: Path | None = None,
+) -> Path:
+    """The default split file for ``split_mode``: :func:`default_split_file`, or, when the
+    mode makes another kind of split than ``auto`` does on this folder (``seeded`` on an
+    official download), the same name with ``-<mode>`` appended, so the two never share
+    one file."""
+    path = default_split_file(root, name, dataset_tag(root, index.samples), cache_root)
+    if split_source(index, split_mode) != split_source(index, "auto"):
+        path = path.with_name(f"{path.stem}-{split_mode}{path.suffix}")
+    return path
 
 
 def _dataset_name(layout: Layout, root: Path) -> str:
@@ -182,11 +199,11 @@ def prepare_data(
     or ``"official"``), otherwise a seeded ``test_fraction`` test part and a
     ``val_fraction`` validation part of the rest (``"seeded"`` forces this, pooling
     everything as the papers' 7:3 did). It is written to ``split_file`` (default: a
-    file in the cache folder keyed by the dataset's path and content, see
-    :func:`default_split_file`; ``<root>/split.json`` is read when the dataset ships one)
-    and reused from there, so every model sees the same images; ``seed`` is the split
-    seed, not the training seed. Nothing is written into ``root`` unless ``split_file``
-    or ``cache_dir`` point there.
+    file in the cache folder keyed by the dataset's path and content, with a ``-seeded``
+    suffix for a seeded split of an official download, see :func:`split_file_for`;
+    ``<root>/split.json`` is read when the dataset ships one) and reused from there, so
+    every model sees the same images; ``seed`` is the split seed, not the training seed.
+    Nothing is written into ``root`` unless ``split_file`` or ``cache_dir`` point there.
 
     Cache: every image resized to ``size x size`` (bilinear, antialiased) and every mask
     (nearest, {0, 1}) in uint8 ``.npy`` files, with original sizes and the
@@ -203,7 +220,7 @@ def prepare_data(
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
     files = _file_entries(index.samples, root)
     if not split_file:
-        split_file = default_split_file(root, name, _tag(root, files), cache_root)
+        split_file = split_file_for(root, name, index, split_mode, cache_root)
     split_file = Path(split_file)
     split_ids, _ = _resolve_split(index, split_file, seed, test_fraction, val_fraction, split_mode)
     by_id = index.by_id()

@@ -43,14 +43,23 @@ class TrainConfig:
     # CosineAnnealingLR, stepped once per epoch
     t_max: int = 50
     eta_min: float = 1e-5
-    # BCE + Dice
+    # BCE + Dice; loss: the BCE form, "bce_dice_logits" or the authors' "bce_dice_probs"
+    # (sigmoid then nn.BCELoss, log clamped at -100): see bench.engine.losses
+    loss: str = "bce_dice_logits"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     dice_smooth: float = 1.0
     # data
     input_scaling: str = "minmax255"
     augment: bool = True
+    # False: flip / rotate the uint8 image (fill 0), then scale; True: the authors' order,
+    # scale each image (input_scaling) first, then flip / rotate (fill 0)
+    scale_before_augment: bool = False
     train_splits: tuple[str, ...] = ("train",)
+    # "auto": the layout's official split when it has train + test, else seeded;
+    # "official": the layout's split or an error; "seeded": the papers' 7:3 (see
+    # bench.data.splits)
+    split_mode: str = "auto"
     split_file: str | None = None
     split_seed: int = 42  # the data split's seed: fixed across training seeds
     val_fraction: float = 0.1
@@ -63,6 +72,9 @@ class TrainConfig:
     eval_split: str = "test"
     threshold: float = 0.5
     original_resolution: bool = False
+    # HD95 convention: "monai" (max of the directed 95th percentiles) or "medpy" (95th
+    # percentile of both directions pooled); see bench.engine.metrics
+    hd95: str = "monai"
     # runtime
     device: str = "auto"
     amp: str | None = None
@@ -104,6 +116,9 @@ class TrainConfig:
 
     def validate(self, source: str = "config") -> None:
         from bench.data.augment import SCALINGS
+        from bench.data.splits import SPLIT_MODES
+        from bench.engine.losses import LOSSES
+        from bench.engine.metrics import HD95_CONVENTIONS
 
         def bad(name: str, why: str) -> ValueError:
             return ValueError(f"{source}: {name}={getattr(self, name)!r}: {why}")
@@ -119,6 +134,9 @@ class TrainConfig:
             "select_metric": ("loss", "dsc"),
             "amp": (None, "bf16", "fp16"),
             "input_scaling": SCALINGS,
+            "loss": LOSSES,
+            "split_mode": SPLIT_MODES,
+            "hd95": HD95_CONVENTIONS,
             "eval_split": ("val", "test"),
         }
         for name, allowed in choices.items():
@@ -157,20 +175,43 @@ class TrainConfig:
             return self.dataset
         if not self.data:
             raise ValueError("TrainConfig.data: no dataset root given (--data ROOT)")
-        return re.sub(r"[^a-z0-9]+", "-", Path(self.data).resolve().name.lower()).strip("-")
+        return dataset_label(self.data)
 
     @property
     def config_hash(self) -> str:
-        """sha256 prefix of the result-defining fields (stable across machines and paths)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """sha256 prefix of the result-defining fields (stable across machines and paths).
+
+        A field in :data:`LATER_FIELDS` enters only when it differs from its value before
+        it existed, so adding a field does not change the hash of existing runs.
+        """
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+        }
         d["dataset"] = self.dataset_name
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dataset_label(root: str | Path) -> str:
+    """A dataset's name in results: its folder's name, lower case, ``-`` for other characters."""
+    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-")
 
 
 #: where / how fast to run: not part of the config hash (``data`` enters as its name)
 RUNTIME_FIELDS = frozenset(
     {"data", "dataset", "device", "threads", "cache_dir", "deterministic", "channels_last"}
 )
+
+
+#: Fields added after runs were recorded, with the behaviour runs had before: left out of
+#: the config hash at that value, and a config.json without them means that value.
+LATER_FIELDS: dict[str, Any] = {
+    "loss": "bce_dice_logits",
+    "scale_before_augment": False,
+    "split_mode": "auto",
+    "hd95": "monai",
+}
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))

@@ -66,6 +66,7 @@ def evaluate_arrays(
     threshold: float = 0.5,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     compute_hd95: bool = True,
+    hd95_convention: str = "monai",
     original_mask: Callable[[int], np.ndarray] | None = None,
     save_masks: str | Path | None = None,
     progress: bool = False,
@@ -78,6 +79,7 @@ def evaluate_arrays(
     original size: the probability map is then also upsampled bilinearly to that
     size and scored there (``EvalResult.original``). ``save_masks`` writes each
     predicted mask as ``<image_id>.png`` (0/255; at original size when scored there).
+    ``hd95_convention``: ``"monai"`` or ``"medpy"`` (:func:`bench.engine.metrics.hd95`).
     """
     imgs, msks = to_nchw(images), to_nchw(masks)
     n = imgs.shape[0]
@@ -87,10 +89,12 @@ def evaluate_arrays(
     mine = list(range(d.rank, n, d.world_size))  # every world_size-th image, no padding
     was_training = model.training
     model.eval()
-    acc = MetricAccumulator(threshold=threshold, compute_hd95=compute_hd95)
-    orig = (
-        MetricAccumulator(threshold=threshold, compute_hd95=compute_hd95) if original_mask else None
-    )
+
+    def accumulator() -> MetricAccumulator:
+        return MetricAccumulator(threshold, compute_hd95, hd95_convention)
+
+    acc = accumulator()
+    orig = accumulator() if original_mask else None
     loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of per-batch loss * batch, images)
     out_dir = Path(save_masks) if save_masks else None
     if out_dir:
@@ -150,7 +154,7 @@ def _combine(
     for k, a in enumerate(accs):
         pairs = ((i, r) for idx, rs in gathered for i, r in zip(idx, rs[k]))
         rows = sorted(pairs, key=lambda t: t[0])
-        new = MetricAccumulator(a.threshold, a.compute_hd95)
+        new = MetricAccumulator(a.threshold, a.compute_hd95, a.hd95_convention)
         new.merge(counts[k], [r for _, r in rows])
         merged.append(new)
     return merged[0], (merged[1] if orig is not None else None), loss_sum
@@ -169,6 +173,37 @@ def _save_png(path: Path, mask: torch.Tensor) -> None:
     atomic_write(path, lambda fh: img.save(fh, format="PNG"), mode="wb")
 
 
+#: ``evaluate_split`` splits: one part of the dataset's split, or every image of the folder
+EVAL_SPLITS = ("train", "val", "test", "all")
+
+
+def split_parts(prepared: Any, split: str) -> list[str]:
+    """The parts of ``prepared``'s split that ``split`` covers (``"all"``: every non-empty
+    one). Raises ``ValueError`` naming the fix when the part asked for is empty."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split {split!r}: choose one of {', '.join(EVAL_SPLITS)}")
+    if split == "all":
+        parts = [s for s in ("train", "val", "test") if prepared.split_ids.get(s)]
+        if not parts:
+            raise ValueError(f"{prepared.root}: holds no images")
+        return parts
+    if not prepared.split_ids.get(split):
+        from bench.data.splits import evaluation_only
+
+        have = {k: len(v) for k, v in prepared.split_ids.items() if v}
+        what = (
+            f"the folder holds only the official {' + '.join(prepared.layout.official_splits)} "
+            "part(s)"
+            if evaluation_only(prepared.index)
+            else f"its split has {have}"
+        )
+        raise ValueError(
+            f"split {split!r} of {prepared.root} is empty ({what}); use --split all to score "
+            f"every image of the folder, or one of {', '.join(have) or 'nothing'}"
+        )
+    return [split]
+
+
 def evaluate_split(
     model: nn.Module,
     prepared: Any,
@@ -177,14 +212,24 @@ def evaluate_split(
     original_resolution: bool = False,
     **kwargs: Any,
 ) -> EvalResult:
-    """:func:`evaluate_arrays` over one split of a ``bench.data.prepared.PreparedData``."""
-    ids = list(prepared.split_ids[split])
-    if not ids:
-        raise ValueError(f"split {split!r} of {prepared.name} is empty")
-    orig = (lambda i: prepared.original_mask(split, i)) if original_resolution else None
-    return evaluate_arrays(
-        model, prepared.images(split), prepared.masks(split), ids, original_mask=orig, **kwargs
-    )
+    """:func:`evaluate_arrays` over one split of a ``bench.data.prepared.PreparedData``.
+
+    ``split="all"`` scores every image of the folder (the parts of its split joined, in
+    ID order): cross-dataset evaluation, or a folder holding only an official
+    validation / test download. An empty split is an error that names ``--split all``.
+    """
+    parts = split_parts(prepared, split)
+    where = [(part, j) for part in parts for j in range(len(prepared.split_ids[part]))]
+    ids = [prepared.split_ids[part][j] for part, j in where]
+    if len(parts) == 1:
+        images, masks = prepared.images(parts[0]), prepared.masks(parts[0])
+    else:  # one copy of every part, in ID order
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        where, ids = [where[i] for i in order], [ids[i] for i in order]
+        images = np.concatenate([prepared.images(p) for p in parts])[order]
+        masks = np.concatenate([prepared.masks(p) for p in parts])[order]
+    orig = (lambda i: prepared.original_mask(*where[i])) if original_resolution else None
+    return evaluate_arrays(model, images, masks, ids, original_mask=orig, **kwargs)
 
 
 BASELINES = ("all", "disc", "mean-mask")

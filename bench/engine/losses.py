@@ -1,10 +1,24 @@
-"""The recipe's loss: BCE + Dice on logits, with deep-supervision weights.
+"""The recipe's loss: BCE + Dice, with deep-supervision weights, in two BCE forms.
 
-The authors apply ``nn.BCELoss`` and a Dice loss to sigmoid outputs. Here the BCE
-term is ``binary_cross_entropy_with_logits`` (the same value, but stable for large
-logits and safe under autocast) and the Dice term uses ``sigmoid(logits)``.
-Dice is computed per sample with smooth = 1 and averaged over the batch:
-``1 - (2*sum(p*t) + 1) / (sum(p) + sum(t) + 1)``.
+``loss`` (a :class:`~bench.engine.config.TrainConfig` field) picks the BCE form:
+
+- ``"bce_dice_logits"`` (the fair recipe): ``binary_cross_entropy_with_logits``.
+  Numerically stable and safe under autocast; a confidently wrong pixel (logit +30,
+  target 0) keeps a gradient of ``sigmoid(x) - t`` = 1 (per pixel, before the mean).
+- ``"bce_dice_probs"`` (the paper recipe): the authors' form, ``sigmoid`` then
+  ``torch.nn.functional.binary_cross_entropy`` (``nn.BCELoss``: log terms clamped at
+  -100, gradient ``(p - t) / max(p (1 - p), 1e-12)``). A wrong pixel whose logit
+  saturates gets a vanishing gradient: from x = 17 (target 0) ``sigmoid`` rounds to 1
+  in float32, the term jumps to the clamp value 100 and its gradient is 0; below
+  x = -27.6 (target 1) the gradient shrinks as ``1e12 * exp(x)`` (-0.09 at -30, 0 from
+  about -90). With the authors' [0, 255] inputs such logits are common at
+  initialisation.
+
+For logits that do not saturate the two forms have the same value and gradient. The
+Dice term is the same in both: ``sigmoid(logits)``, per sample with ``smooth`` (1),
+averaged over the batch: ``1 - (2*sum(p*t) + s) / (sum(p) + sum(t) + s)``. The loss is
+computed in float32 whatever the autocast state (the probability form with autocast
+off: ``binary_cross_entropy`` is not autocast-safe).
 """
 
 from __future__ import annotations
@@ -15,15 +29,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["BceDiceLoss", "DeepSupervisionLoss", "build_loss"]
+__all__ = ["LOSSES", "BceDiceLoss", "DeepSupervisionLoss", "build_loss"]
+
+#: BCE forms, ``TrainConfig.loss`` values (see the module docstring)
+LOSSES = ("bce_dice_logits", "bce_dice_probs")
 
 
 class BceDiceLoss(nn.Module):
-    """``bce_weight * BCE(logits, target) + dice_weight * (1 - soft Dice per sample)``."""
+    """``bce_weight * BCE(logits, target) + dice_weight * (1 - soft Dice per sample)``.
 
-    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0):
+    ``form``: ``"bce_dice_logits"`` (BCE with logits) or ``"bce_dice_probs"`` (the
+    authors' ``nn.BCELoss`` on ``sigmoid(logits)``, log clamped at -100).
+    """
+
+    def __init__(
+        self,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1.0,
+        form: str = "bce_dice_logits",
+    ):
         super().__init__()
+        if form not in LOSSES:
+            raise ValueError(f"loss={form!r}: choose one of {', '.join(LOSSES)}")
         self.bce_weight, self.dice_weight, self.smooth = bce_weight, dice_weight, smooth
+        self.form = form
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape != target.shape:
@@ -31,8 +61,14 @@ class BceDiceLoss(nn.Module):
                 f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape"
             )
         logits, target = logits.float(), target.float()  # loss in fp32 under autocast
-        bce = F.binary_cross_entropy_with_logits(logits, target)
-        p = torch.sigmoid(logits).flatten(1)
+        if self.form == "bce_dice_logits":
+            bce = F.binary_cross_entropy_with_logits(logits, target)
+            probs = torch.sigmoid(logits)
+        else:
+            probs = torch.sigmoid(logits)
+            with torch.autocast(logits.device.type, enabled=False):
+                bce = F.binary_cross_entropy(probs, target)
+        p = probs.flatten(1)
         t = target.flatten(1)
         dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
         return self.bce_weight * bce + self.dice_weight * (1 - dice).mean()
@@ -68,5 +104,8 @@ def build_loss(
     dice_weight: float = 1.0,
     smooth: float = 1.0,
     loss_weights: tuple[float, Sequence[float]] = (1.0, ()),
+    form: str = "bce_dice_logits",
 ) -> DeepSupervisionLoss:
-    return DeepSupervisionLoss(BceDiceLoss(bce_weight, dice_weight, smooth), loss_weights)
+    """The recipe's loss: BCE + Dice of form ``form`` (:data:`LOSSES`) over the main
+    output and each auxiliary output, weighted by ``loss_weights`` (the registry's)."""
+    return DeepSupervisionLoss(BceDiceLoss(bce_weight, dice_weight, smooth, form), loss_weights)

@@ -16,10 +16,14 @@ default, as the authors' ``np.where(pred >= 0.5, 1, 0)``):
 - **HD95** (pixels): surfaces are mask pixels with a 4-neighbour outside the mask
   (``mask & ~binary_erosion(mask)``, the image border counts as outside);
   distances from each surface pixel to the other mask's surface come from
-  ``scipy.ndimage.distance_transform_edt``; HD95 = max of the two directed 95th
-  percentiles (MONAI's ``compute_hausdorff_distance(percentile=95)``). Both masks
-  empty: 0.0. Exactly one empty: undefined -> NaN, left out of the mean and median
-  and counted in ``hd95_n_undefined`` (so a model that misses lesions cannot hide).
+  ``scipy.ndimage.distance_transform_edt``. Two conventions (``hd95_convention``):
+  ``"monai"`` (the default) = the max of the two directed 95th percentiles (MONAI's
+  ``compute_hausdorff_distance(percentile=95)``); ``"medpy"`` = the 95th percentile of
+  the pooled distances of both directions (``medpy.metric.binary.hd95``), never larger
+  than MONAI's. Percentiles interpolate linearly (numpy's default, as both libraries).
+  Both masks empty: 0.0. Exactly one empty: undefined -> NaN, left out of the mean and
+  median and counted in ``hd95_n_undefined`` (so a model that misses lesions cannot
+  hide).
 Ratios whose denominator is zero are NaN, except pooled DSC/IoU with no
 foreground anywhere (1.0, as per image). ``docs/protocol.md`` explains these
 definitions and when each convention applies.
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 __all__ = [
+    "HD95_CONVENTIONS",
     "ISIC_JACCARD_THRESHOLD",
     "MetricAccumulator",
     "confusion_counts",
@@ -48,6 +53,9 @@ __all__ = [
 ]
 
 ISIC_JACCARD_THRESHOLD = 0.65
+
+#: HD95 conventions (module docstring); the first is the default
+HD95_CONVENTIONS = ("monai", "medpy")
 
 
 def _as_bool(x: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -120,11 +128,20 @@ def hd95(
     pred: np.ndarray | torch.Tensor,
     target: np.ndarray | torch.Tensor,
     spacing: Sequence[float] | None = None,
+    convention: str = "monai",
 ) -> float:
     """95th-percentile symmetric Hausdorff distance between two 2-D binary masks.
 
     In pixels (or ``spacing`` units). 0.0 when both are empty, NaN when one is.
+    ``convention``: ``"monai"`` (max of the directed 95th percentiles) or ``"medpy"``
+    (95th percentile of both directions' distances pooled). Written with scipy rather
+    than calling MONAI / medpy: neither is a dependency (medpy's build pulls in a
+    C++ extension), and the two conventions differ only in the last line.
     """
+    if convention not in HD95_CONVENTIONS:
+        raise ValueError(
+            f"hd95 convention {convention!r}: choose one of {', '.join(HD95_CONVENTIONS)}"
+        )
     a = _as_bool(pred).cpu().numpy().squeeze()
     b = _as_bool(target).cpu().numpy().squeeze()
     if a.shape != b.shape or a.ndim != 2:
@@ -135,9 +152,11 @@ def hd95(
         return math.nan
     sa, sb = _surface(a), _surface(b)
     # distance of every pixel to the nearest surface pixel of the other mask
-    d_to_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
-    d_to_a = ndimage.distance_transform_edt(~sa, sampling=spacing)
-    return float(max(np.percentile(d_to_b[sa], 95), np.percentile(d_to_a[sb], 95)))
+    d_ab = ndimage.distance_transform_edt(~sb, sampling=spacing)[sa]
+    d_ba = ndimage.distance_transform_edt(~sa, sampling=spacing)[sb]
+    if convention == "medpy":
+        return float(np.percentile(np.concatenate([d_ab, d_ba]), 95))
+    return float(max(np.percentile(d_ab, 95), np.percentile(d_ba, 95)))
 
 
 def upsample_probs(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -161,6 +180,7 @@ class MetricAccumulator:
 
     threshold: float = 0.5
     compute_hd95: bool = True
+    hd95_convention: str = "monai"
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.int64))
     rows: list[dict] = field(default_factory=list)
 
@@ -179,7 +199,9 @@ class MetricAccumulator:
                     "image_id": str(image_id),
                     "dice": float(dice[i]),
                     "iou": float(iou[i]),
-                    "hd95": hd95(pred[i], tgt[i]) if self.compute_hd95 else math.nan,
+                    "hd95": hd95(pred[i], tgt[i], convention=self.hd95_convention)
+                    if self.compute_hd95
+                    else math.nan,
                     "jaccard_thresholded": float(jac[i]),
                 }
             )

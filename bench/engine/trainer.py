@@ -133,8 +133,8 @@ class _Trainer:
         self.mem_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.mem_format)
         weights = (cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
-        self.loss_fn = build_loss(*weights, self.info.loss_weights)
-        self.main_loss = build_loss(*weights)  # validation: main output only
+        self.loss_fn = build_loss(*weights, self.info.loss_weights, form=cfg.loss)
+        self.main_loss = build_loss(*weights, form=cfg.loss)  # validation: main output only
         self.optimizer = torch.optim.AdamW(
             model.parameters(),
             lr=cfg.lr,
@@ -180,6 +180,7 @@ class _Trainer:
                 test_fraction=cfg.test_fraction,
                 cache_dir=cfg.cache_dir,
                 progress=not self.quiet and d.is_main,
+                split_mode=cfg.split_mode,
             )
 
         if d.is_main:  # rank 0 builds the cache, the others then find it
@@ -188,6 +189,14 @@ class _Trainer:
         if not d.is_main:
             self.prepared = prep()
         p = self.prepared
+        from bench.data.splits import evaluation_only
+
+        if evaluation_only(p.index):
+            raise ValueError(
+                f"{cfg.data}: holds only the official {' + '.join(p.layout.official_splits)} "
+                "part(s) of a dataset, no training part: it can be scored (segbench evaluate "
+                f"--run RUN_DIR --data {cfg.data} --split all), not trained on"
+            )
         self.train_x = torch.cat([to_nchw(p.images(s)) for s in cfg.train_splits])
         self.train_y = torch.cat([to_nchw(p.masks(s)) for s in cfg.train_splits])
         self.n_train = self.train_x.shape[0]
@@ -244,6 +253,7 @@ class _Trainer:
                 {
                     "format": CHECKPOINT_FORMAT,
                     "config_hash": self.chash,
+                    **self._checkpoint_config(),
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(),
@@ -259,6 +269,14 @@ class _Trainer:
                 },
             )
 
+    def _checkpoint_config(self) -> dict[str, Any]:
+        """What a checkpoint carries so it can be scored on its own (``segbench evaluate
+        --checkpoint``): the run's configuration and the precision it really used."""
+        return {
+            "config": {**self.cfg.to_dict(), "dataset": self.cfg.dataset_name},
+            "precision": self.amp or "fp32",
+        }
+
     def _save_best(self) -> None:
         if self.d.is_main:
             _save_checkpoint(
@@ -266,6 +284,7 @@ class _Trainer:
                 {
                     "format": CHECKPOINT_FORMAT,
                     "config_hash": self.chash,
+                    **self._checkpoint_config(),
                     "model": self.model.state_dict(),
                     "epoch": self.best["epoch"],
                     "select": f"{self.cfg.select_metric}@{self.sel_split}",
@@ -306,7 +325,7 @@ class _Trainer:
             writer.close()
 
     def _train_epoch(self, stop: _StopRequest) -> dict[str, Any]:
-        from bench.data.augment import augment_batch, scale_images
+        from bench.data.augment import training_batch
 
         cfg, d, device = self.cfg, self.d, self.device
         self.sampler.set_epoch(self.epoch)
@@ -336,9 +355,15 @@ class _Trainer:
                 x, y = self.train_x[idx], self.train_y[idx]
                 if x.device != torch.device(device):
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.augment:
-                    x, y = augment_batch(x, y, self.gen)
-                x = scale_images(x, cfg.input_scaling).contiguous(memory_format=self.mem_format)
+                x, y = training_batch(
+                    x,
+                    y,
+                    self.gen,
+                    scaling=cfg.input_scaling,
+                    augment=cfg.augment,
+                    scale_first=cfg.scale_before_augment,
+                )
+                x = x.contiguous(memory_format=self.mem_format)
                 with autocast_context(device, self.amp):
                     logits, aux = self.net(x)
                     loss = self.loss_fn(logits, y.float(), aux)
@@ -473,6 +498,7 @@ class _Trainer:
             amp=self.amp,
             threshold=cfg.threshold,
             original_resolution=cfg.original_resolution,
+            hd95_convention=cfg.hd95,
             progress=not self.quiet,
             desc=f"{cfg.model} {cfg.eval_split}",
         )
@@ -547,6 +573,9 @@ class _Trainer:
             "epochs": cfg.epochs,
             "config_hash": self.chash,
             "status": "finished",
+            # the precision the run really used (amp may fall back to fp32, see amp.py)
+            "precision": self.amp or "fp32",
+            "hd95_convention": cfg.hd95,
             "best_epoch": self.best["epoch"],
             "selection": {
                 "split": cfg.select_split,

@@ -1,0 +1,405 @@
+"""Run-aware evaluation, the work behind ``segbench evaluate``: where the settings come from, what may differ, and the result files.
+
+A model must be scored the way it was trained. The settings that define that
+(:data:`MODEL_SETTINGS`: model, builder kwargs, image size, input scaling, threshold,
+precision) and the split settings (:data:`SPLIT_SETTINGS`) come from, in order:
+
+1. ``--run RUN_DIR``: the run's ``config.json`` (precision: the one the run really used,
+   ``manifest.json``); weights from ``checkpoints/best.pt`` (``last.pt`` when no best
+   was saved, as the run's own test did);
+2. ``--checkpoint FILE`` written by segbench: the ``config`` and ``precision`` it carries;
+3. the command line, with :data:`DEFAULTS` for what it leaves out (checkpoints that carry
+   no configuration, e.g. the authors' own).
+
+A setting given on the command line that differs from the stored one (e.g. a 64-px run
+scored at 256) is refused with the list of differences (:class:`SettingsMismatch`)
+unless ``allow_mismatch``; then a warning says so and the result records it under
+``mismatches``. Split settings count only when scoring the dataset the run was trained
+on (another split there would score training images); on another dataset they only
+choose the images. The HD95 convention is a scoring option, never a mismatch.
+
+With a run, the result goes to ``<run dir>/eval/<eval dataset>-<split>/`` (+ ``-<key><value>``
+for each overridden setting and ``-hd95<convention>`` when it is not the run's), else to
+``out``; files: ``metrics.json`` (:func:`evaluation_record`) and ``per_image.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.io import read_json, write_csv, write_json
+from bench.engine.config import dataset_label
+from bench.engine.evaluate import EvalResult
+
+#: settings that define how a model was trained and must be scored
+MODEL_SETTINGS = ("model", "model_kwargs", "image_size", "input_scaling", "threshold", "precision")
+#: settings that choose the images (count as a mismatch on the run's own dataset only)
+SPLIT_SETTINGS = ("split_file", "split_seed", "val_fraction", "test_fraction", "split_mode")
+#: for a checkpoint that carries no configuration and a setting the command line leaves out
+DEFAULTS: dict[str, Any] = {
+    "model": None,
+    "model_kwargs": {},
+    "image_size": 256,
+    "input_scaling": "minmax255",
+    "threshold": 0.5,
+    "precision": "fp32",
+    "split_file": None,
+    "split_seed": 42,
+    "val_fraction": 0.1,
+    "test_fraction": 0.3,
+    "split_mode": "auto",
+}
+PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_FORMAT = "segbench-eval/1"
+
+
+class SettingsMismatch(ValueError):
+    """Given settings differ from the ones the model was trained with."""
+
+
+@dataclass
+class EvalSource:
+    """Where the weights and the stored settings come from."""
+
+    checkpoint: Path | None = None
+    run_dir: Path | None = None
+    config: dict[str, Any] | None = None  # the run's TrainConfig as a dict (+ "dataset")
+    precision: str | None = None  # the precision the run really used
+
+    @property
+    def stored(self) -> dict[str, Any]:
+        """The stored values of :data:`MODEL_SETTINGS` and :data:`SPLIT_SETTINGS`."""
+        if self.config is None:
+            return {}
+        c = self.config
+        out = {
+            "model": c.get("model"),
+            "model_kwargs": c.get("model_kwargs", {}),
+            "image_size": c.get("image_size"),
+            "input_scaling": c.get("input_scaling"),
+            "threshold": c.get("threshold"),
+            "precision": self.precision or (c.get("amp") or "fp32"),
+            "split_file": c.get("split_file"),
+            "split_seed": c.get("split_seed"),
+            "val_fraction": c.get("val_fraction"),
+            "test_fraction": c.get("test_fraction"),
+            "split_mode": c.get("split_mode", "auto"),  # runs from before the field: auto
+        }
+        return {k: v for k, v in out.items() if v is not None or k == "split_file"}
+
+
+def load_source(
+    run_dir: str | Path | None = None, checkpoint: str | Path | None = None
+) -> EvalSource:
+    """The weights file and stored settings of a run folder and / or a checkpoint file."""
+    if run_dir is not None:
+        run = Path(run_dir)
+        cfg_path = run / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"--run {run}: no config.json (not a segbench run folder)")
+        config = read_json(cfg_path)
+        if checkpoint is None:
+            for name in ("best.pt", "last.pt"):
+                if (run / "checkpoints" / name).is_file():
+                    checkpoint = run / "checkpoints" / name
+                    break
+            else:
+                raise FileNotFoundError(
+                    f"--run {run}: no checkpoints/best.pt or last.pt (checkpoints are not "
+                    "committed: score the run where it was trained, or pass --checkpoint)"
+                )
+        precision = None
+        for name, key in (("metrics.json", "precision"), ("manifest.json", "amp")):
+            try:
+                rec = read_json(run / name)
+            except (OSError, ValueError):
+                continue
+            if isinstance(rec, dict) and key in rec:
+                precision = rec[key] or "fp32"
+                break
+        return EvalSource(Path(checkpoint), run, config, precision)
+    if checkpoint is None:
+        return EvalSource()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({err})") from err
+    config = obj.get("config") if isinstance(obj, dict) else None
+    precision = obj.get("precision") if isinstance(obj, dict) else None
+    return EvalSource(path, None, config if isinstance(config, dict) else None, precision)
+
+
+def _canon(v: Any) -> Any:
+    return json.loads(json.dumps(v))  # tuples -> lists, so stored and given compare
+
+
+def resolve_settings(
+    source: EvalSource, given: dict[str, Any], same_data: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The settings to score with and the differences from the stored ones.
+
+    ``given``: command-line values, None where not given. A difference is
+    ``"key: trained with X, given Y"``.
+    """
+    unknown = set(given) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown evaluation setting(s): {', '.join(sorted(unknown))}")
+    stored = source.stored
+    settings, diffs = {}, []
+    for key, default in DEFAULTS.items():
+        value = given.get(key)
+        if value is None:
+            settings[key] = stored.get(key, default)
+            continue
+        settings[key] = value
+        counts = key in MODEL_SETTINGS or same_data
+        if key in stored and counts and _canon(value) != _canon(stored[key]):
+            diffs.append(f"{key}: trained with {stored[key]!r}, given {value!r}")
+    if settings["precision"] not in PRECISIONS:
+        raise ValueError(f"precision {settings['precision']!r}: choose one of {PRECISIONS}")
+    return settings, diffs
+
+
+@dataclass
+class EvalOutcome:
+    result: EvalResult
+    record: dict[str, Any]
+    out_dir: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def evaluate_model(
+    *,
+    run_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    baseline: str | None = None,
+    data: str | Path | None = None,
+    split: str | None = None,
+    given: dict[str, Any] | None = None,
+    allow_mismatch: bool = False,
+    hd95_convention: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    original_resolution: bool = False,
+    save_masks: str | Path | None = None,
+    compute_hd95: bool = True,
+    progress: bool = False,
+    command: str | None = None,
+) -> EvalOutcome:
+    """Score a run, a checkpoint or a trivial baseline on a dataset split; write the files.
+
+    See the module docstring for where settings come from. ``split``: train / val / test
+    of the dataset's split or ``all`` (every image of the folder); default: the run's
+    ``eval_split`` on the run's own dataset, else required. Raises
+    :class:`SettingsMismatch` (refused differences), ``ValueError`` / ``FileNotFoundError``
+    for bad input.
+    """
+    from bench.core.device import resolve_device
+    from bench.core.env import command_line, environment
+    from bench.data.cache import prepare_data
+    from bench.engine.checkpoints import load_weights
+    from bench.engine.determinism import _configure_backends
+    from bench.engine.evaluate import baseline_model, evaluate_split, split_parts
+    from bench.engine.metrics import HD95_CONVENTIONS
+    from models import create_model
+
+    if baseline and (run_dir or checkpoint):
+        raise ValueError("--baseline replaces --run / --checkpoint: give one or the other")
+    source = load_source(run_dir, checkpoint)
+    if not baseline and source.checkpoint is None:
+        raise ValueError("give --run RUN_DIR, --checkpoint FILE (with --model) or --baseline")
+    cfg = source.config or {}
+    if data is None:
+        if not cfg.get("data"):
+            raise ValueError("give --data ROOT (the dataset folder to score)")
+        data = cfg["data"]
+        if not Path(data).is_dir():
+            raise FileNotFoundError(
+                f"the run's dataset folder {data} does not exist here; pass --data ROOT"
+            )
+    eval_dataset = dataset_label(data)
+    train_dataset = cfg.get("dataset")
+    same_data = train_dataset is not None and (
+        train_dataset == eval_dataset
+        or (bool(cfg.get("data")) and Path(cfg["data"]).resolve() == Path(data).resolve())
+    )
+    if split is None:
+        if not same_data:
+            raise ValueError(
+                f"give --split: {eval_dataset} is not the dataset the model was trained on "
+                f"({train_dataset or 'unknown'}); --split all scores every image of it"
+            )
+        split = cfg.get("eval_split", "test")
+    settings, diffs = resolve_settings(source, given or {}, same_data)
+    if not baseline and not settings["model"]:
+        raise ValueError(f"{source.checkpoint}: carries no configuration; give --model NAME")
+    notes: list[str] = []
+    if diffs:
+        listing = "; ".join(diffs)
+        where = source.run_dir or source.checkpoint
+        if not allow_mismatch:
+            raise SettingsMismatch(
+                f"{where}: the model was trained with other settings ({listing}); score it "
+                "with its own settings (leave those options out) or pass --allow-mismatch to "
+                "score it anyway (recorded in the result)"
+            )
+        notes.append(f"scoring with settings the model was not trained with: {listing}")
+    hd95 = hd95_convention or cfg.get("hd95", "monai")
+    if hd95 not in HD95_CONVENTIONS:
+        raise ValueError(f"--hd95 {hd95!r}: choose one of {', '.join(HD95_CONVENTIONS)}")
+
+    dev = str(resolve_device(device, allow=None))
+    precision = settings["precision"]
+    kind = torch.device(dev).type
+    amp = None if precision == "fp32" else precision
+    if amp and not (kind == "cuda" or (kind == "cpu" and amp == "bf16")):
+        notes.append(f"{precision} has no autocast on {dev}: scored in fp32")
+        amp = None
+    prepared = prepare_data(
+        data,
+        size=settings["image_size"],
+        split_file=settings["split_file"],
+        seed=settings["split_seed"],
+        val_fraction=settings["val_fraction"],
+        test_fraction=settings["test_fraction"],
+        split_mode=settings["split_mode"],
+        progress=progress,
+    )
+    split_parts(prepared, split)  # an empty split fails here, naming --split all
+
+    if baseline:
+        model = baseline_model(baseline, prepared.masks("train")).to(dev)
+        model_name = f"baseline-{baseline}"
+    else:
+        model_name = settings["model"]
+        try:
+            model = create_model(model_name, **settings["model_kwargs"]).to(dev)
+        except TypeError as err:
+            raise ValueError(f"model_kwargs={settings['model_kwargs']}: {err}") from None
+        if source.config is not None:
+            # as the run's own test: its backend settings and memory format (the trainer's
+            # rule: channels_last unless set, on the CPU), so the metrics come out exact
+            _configure_backends(bool(cfg.get("deterministic", True)), dev)
+            cl = cfg.get("channels_last")
+            if cl or (cl is None and kind == "cpu"):
+                model = model.to(memory_format=torch.channels_last)
+        load_weights(model, source.checkpoint)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    res = evaluate_split(
+        model,
+        prepared,
+        split,
+        device=dev,
+        batch_size=batch_size or int(cfg.get("batch_size", 8)),
+        scaling=settings["input_scaling"],
+        amp=amp,
+        threshold=settings["threshold"],
+        compute_hd95=compute_hd95,
+        hd95_convention=hd95,
+        original_resolution=original_resolution,
+        save_masks=save_masks,
+        progress=progress,
+        desc=f"{model_name} {eval_dataset} {split}",
+    )
+    record = evaluation_record(
+        res,
+        source=source,
+        model=model_name,
+        settings=settings,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        prepared=prepared,
+        split=split,
+        precision=amp or "fp32",
+        hd95_convention=hd95 if compute_hd95 else None,
+        mismatches=diffs,
+        notes=notes,
+        command=command if command is not None else command_line(),
+        environment=environment(dev),
+    )
+    out_dir = Path(out) if out else None
+    if out_dir is None and source.run_dir is not None:
+        label = f"{eval_dataset}-{split}"
+        for d in diffs:
+            key = d.split(":", 1)[0]
+            label += f"-{key}{_slug(settings[key])}"
+        if hd95 != cfg.get("hd95", "monai"):
+            label += f"-hd95{hd95}"
+        out_dir = source.run_dir / "eval" / label
+    if out_dir is not None:
+        write_csv(out_dir / "per_image.csv", res.per_image)
+        if res.original_per_image is not None:
+            write_csv(out_dir / "per_image_original.csv", res.original_per_image)
+        write_json(out_dir / "metrics.json", record)  # last: its presence means complete
+    return EvalOutcome(res, record, out_dir, notes)
+
+
+def _slug(v: Any) -> str:
+    text = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "x"
+
+
+def evaluation_record(
+    res: EvalResult,
+    *,
+    source: EvalSource,
+    model: str,
+    settings: dict[str, Any],
+    train_dataset: str | None,
+    eval_dataset: str,
+    prepared: Any,
+    split: str,
+    precision: str,
+    hd95_convention: str | None,
+    mismatches: list[str],
+    notes: list[str],
+    command: str,
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``metrics.json`` of an evaluation (schema ``segbench-eval/1``, DEVELOPING.md)."""
+    cfg = source.config or {}
+    rec: dict[str, Any] = {
+        "format": EVAL_FORMAT,
+        "model": model,
+        "train_dataset": train_dataset,
+        "eval_dataset": eval_dataset,
+        "eval_root": str(prepared.root),
+        "eval_layout": prepared.layout.name,
+        "split": split,
+        "n_images": int(res.metrics["n_images"]),
+        "metrics": res.metrics,
+        "hd95_convention": hd95_convention,
+        "precision": precision,
+        "config_hash": cfg.get("config_hash"),
+        "recipe": cfg.get("recipe"),
+        "epochs": cfg.get("epochs"),
+        "seed": cfg.get("seed"),
+        "run_dir": str(source.run_dir) if source.run_dir else None,
+        "checkpoint": str(source.checkpoint) if source.checkpoint else None,
+        "settings": settings,
+        "split_source": {
+            "split_file": str(prepared.split_file),
+            "counts": {k: len(v) for k, v in prepared.split_ids.items()},
+        },
+        "mismatches": mismatches,
+        "notes": notes,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "environment": environment,
+    }
+    if res.original is not None:
+        rec["metrics_original_resolution"] = res.original
+    return rec
