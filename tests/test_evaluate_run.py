@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.data.cache import _dataset_name, split_file_for
 from bench.data.derive import SHIFTS, derive_dataset
 from bench.data.layouts import detect_layout, index_dataset
 from bench.data.synthetic import make_synthetic
@@ -75,19 +76,19 @@ def test_a_checkpoint_carries_its_settings_and_a_mismatch_is_refused(run, capsys
     trained = json.loads((run / "metrics.json").read_text())
     out = run.parent / "ckpt-eval"
     # no --model, --size, --model-kwargs: all from the checkpoint
-    assert _eval("--checkpoint", str(best), "--out", str(out)) == 0
+    assert _eval("--checkpoint", str(best), "--results", str(out)) == 0
     got = json.loads((out / "metrics.json").read_text())
     assert got["metrics"] == trained["test"] and got["model"] == "unet"
     # a 32-px run scored at 64: refused, the message lists the difference and the way out
     capsys.readouterr()
-    assert _eval("--checkpoint", str(best), "--size", "64", "--threshold", "0.5") == 2
+    assert _eval("--checkpoint", str(best), "--input-size", "64", "--threshold", "0.5") == 2
     err = capsys.readouterr().err
     assert "image_size: trained with 32, given 64" in err and "--allow-mismatch" in err
     assert "threshold" not in err  # the same value is no difference
     assert _eval("--run", str(run), "--scaling", "unit") == 2
     assert "input_scaling: trained with 'minmax255', given 'unit'" in capsys.readouterr().err
     # explicit override: scored, loud warning, recorded
-    assert _eval("--run", str(run), "--size", "64", "--allow-mismatch") == 0
+    assert _eval("--run", str(run), "--input-size", "64", "--allow-mismatch") == 0
     err = capsys.readouterr().err
     assert "WARNING" in err and "image_size" in err
     rec = json.loads(
@@ -192,7 +193,9 @@ def test_derive_writes_a_split_in_another_layout_and_never_into_the_source(
     run, data_root, tmp_path
 ):
     before = sorted(p.relative_to(data_root) for p in data_root.rglob("*"))
-    test_ids = json.loads((data_root / "split.json").read_text())["splits"]["test"]
+    src = index_dataset(data_root)
+    split_file = split_file_for(data_root, _dataset_name(src.layout, data_root), src)
+    test_ids = json.loads(split_file.read_text())["splits"]["test"]
     rec = derive_dataset(data_root, tmp_path / "as-ph2", split="test", layout="ph2", command="t")
     assert detect_layout(tmp_path / "as-ph2").name == "ph2"
     assert sorted(rec["ids"].values()) == sorted(test_ids) and rec["n_images"] == len(test_ids)

@@ -344,13 +344,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "derive",
         help="write one split of a dataset in another official layout (external test sets)",
         description="Write the images and masks of one split of ROOT (as training splits "
-        "it) into OUT in another official layout, optionally with a named photometric "
+        "it) into the --to folder in another official layout, optionally with a named photometric "
         "shift, for cross-dataset checks (segbench evaluate --split all). ROOT is never "
-        "written to; OUT/derived.json records how the folder was built. Shifts: "
+        "written to; TO/derived.json records how the folder was built. Shifts: "
         + "; ".join(f"{s.name}: {s.description}" for s in SHIFTS.values()),
     )
     q.add_argument("--from", dest="root", type=Path, required=True, help="source dataset folder")
-    q.add_argument("--out", type=Path, required=True, help="folder to create")
+    q.add_argument("--to", dest="out", type=Path, required=True, help="dataset folder to create")
     q.add_argument(
         "--split",
         default="test",
@@ -361,7 +361,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--shift", choices=list(SHIFTS), default=None, help="photometric shift")
     _add_split(q)
     q.add_argument("--split-file", type=Path, default=None, help="default: the source's")
-    q.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    q.add_argument("--force", action="store_true", help="replace the --to folder if it exists")
     q.set_defaults(func=_cmd_derive)
 
     q = sub.add_parser(

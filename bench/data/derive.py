@@ -1,6 +1,6 @@
 """Derived dataset folders for cross-dataset checks: one split of a dataset, written in another official layout, optionally with a named photometric shift.
 
-``segbench data derive --from ROOT --split test --layout ph2 --out DIR [--shift NAME]``
+``segbench data derive --from ROOT --split test --layout ph2 --to DIR [--shift NAME]``
 writes the chosen split's images and masks at their original resolution into ``DIR``
 in the chosen layout, so ``segbench evaluate --split all`` scores them as an external
 set, and ``DIR/derived.json`` records the command and everything needed to rebuild it
@@ -167,9 +167,9 @@ def derive_dataset(
         raise ValueError(f"--split {split!r}: choose one of {', '.join((*SPLITS, 'all'))}")
     src, dst = root.resolve(), out.resolve()
     if dst == src or src in dst.parents or dst in src.parents:
-        raise ValueError(f"--out {out}: must be outside the source folder {root} (and not hold it)")
+        raise ValueError(f"--to {out}: must be outside the source folder {root} (and not hold it)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise FileExistsError(f"--out {out}: exists and is not empty (--force replaces it)")
+        raise FileExistsError(f"--to {out}: exists and is not empty (--force replaces it)")
     index = index_dataset(root)
     by_id = index.by_id()
     out.parent.mkdir(parents=True, exist_ok=True)
