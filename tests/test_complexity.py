@@ -565,3 +565,29 @@ def test_cli(tmp_path, capsys) -> None:
     assert main(["complexity", "--models", "nope*", "--results", out]) == 2
     assert main(["complexity", "--device", "tpu9", "--results", out]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+class _BareParameter(nn.Module):
+    """A conv plus a bare nn.Parameter on a custom module (as EGE-UNet's attention has)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * self.scale
+
+
+def test_thop_params_column_explains_the_gap() -> None:
+    model = _BareParameter()
+    thop = crosscheck.cross_checks(model, (1, 3, 8, 8), tools=("thop",))["thop"]
+    conv = 4 * 3 * 9 + 4
+    assert thop.params == conv  # thop never sees the bare parameter
+    total = sum(p.numel() for p in model.parameters())
+    assert total == conv + 4
+    note = complexity.params_note(total, thop.params)
+    assert note.startswith("thop misses 4 parameters") and "nn.Parameter" in note
+    assert complexity.params_note(total, float(total)) == ""
+    assert complexity.params_note(total, math.nan) == ""
+    assert "params_thop" in complexity.COLUMNS and "params_note" in complexity.COLUMNS

@@ -285,7 +285,7 @@ def test_run_speed_reports_input_size_problems(fake_models: dict, tmp_path) -> N
         ["tiny"], batch_sizes=(1,), modes=("inference",), out_dir=None,
         **{**QUICK, "input_size": 30},
     )  # fmt: skip
-    assert df["status"].tolist() == ["skipped"]
+    assert df["status"].tolist() == ["error"]  # the request cannot be met: not a skip
     assert "multiples of 8" in df["reason"].iloc[0]
 
 

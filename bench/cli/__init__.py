@@ -105,9 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.debug("segbench %s: %s", __version__, vars(args))
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # a training run saved its position first
+        import signal
+
+        from bench.core import exitcodes
+
         log.error("interrupted")
-        return 130
+        if getattr(err, "signum", None) == signal.SIGTERM:  # bench.engine.trainer.TrainingStopped
+            return exitcodes.TERMINATED
+        return exitcodes.INTERRUPTED
     except (ValueError, KeyError, OSError) as err:
         # Bad input (unknown model, bad dataset, input size, missing file) reaches the
         # user as one line naming what is wrong; SEGBENCH_DEBUG=1 or -v shows the traceback.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.core import exitcodes
 from bench.core.names import expand_models
 from bench.jobs.benchmark import RESULTS_DIR, run_benchmark
 
@@ -114,7 +115,11 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         return 2
     for failure in res.failures:
         print(f"{prog}: FAILED {failure}", file=sys.stderr)
-    return 0 if res.ok else 1
+    ran = [st for st in res.stages if st.name != "setup" and st.status != "skipped"]
+    failed = sum(st.status == "failed" for st in ran)
+    if res.failures and not failed:  # a failure inside a stage that still produced results
+        failed = 1
+    return exitcodes.outcome_code(len(ran) - failed, failed)
 
 
 def register(subparsers: Any) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.cli.common import add_input_size, add_results
+from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.env import command_line
 from bench.core.names import expand_models
 from bench.core.shapes import parse_sizes, shape_label
 from bench.cost.breakdown import breakdown_table, write_breakdown
-from bench.cost.complexity import _ops_label, display_table, run_complexity
+from bench.cost.complexity import COUNTED, _ops_label, display_table, notes, run_complexity
 from bench.cost.flops import analyze
 from bench.cost.golden import GOLDEN_SHAPE, update_golden
 from bench.cost.resolution import resolution_sweep, write_resolution_sweep
@@ -38,6 +39,7 @@ def _cmd(args: argparse.Namespace) -> int:
     command = command_line()
     progress = not args.quiet
     only_table = not (args.breakdown or sizes or args.update_golden)
+    code = exitcodes.OK
 
     if args.update_golden:
         if shape != GOLDEN_SHAPE:
@@ -84,11 +86,20 @@ def _cmd(args: argparse.Namespace) -> int:
             names, sizes, batch=shape[0], channels=shape[1], device=args.device, progress=progress
         )
         csv, js = write_resolution_sweep(df, out, sizes, args.device, command)
-        show = df[["model", "size", "gmacs", "activation_mb", "status", "reason"]].rename(
+        show = df[["model", "size", "gmacs", "activation_mb", "status"]].rename(
             columns={"gmacs": "segbench GMACs", "activation_mb": "activation MB"}
         )
-        _print(show.assign(reason=show["reason"].fillna("").str.slice(0, 60)))
+        _print(show)
+        for line in exitcodes.failure_lines(
+            (f"{r['model']} @{r['size']}", r["reason"])
+            for _, r in df.iterrows()
+            if isinstance(r["reason"], str) and r["reason"]
+        ):
+            print(f"  {line}")
         print(f"wrote {csv} and {js}")
+        if not df["status"].isin(COUNTED).any():  # sizes a model cannot take are skipped
+            print("segbench complexity --sweep: no size could be counted", file=sys.stderr)
+            code = max(code, exitcodes.FAILED)
 
     if only_table:
         df = run_complexity(
@@ -101,8 +112,17 @@ def _cmd(args: argparse.Namespace) -> int:
             command=command,
         )
         _print(display_table(df))
+        for line in notes(df[df["status"].isin(COUNTED)]):  # failures go to stderr below
+            print(f"  {line}")
         print(f"wrote {out / 'complexity.csv'} and {out / 'complexity.json'}")
-    return 0
+        failed = df[~df["status"].isin(COUNTED)]
+        if len(failed):
+            what = exitcodes.summary_line("models", len(df) - len(failed), len(failed))
+            print(f"segbench complexity: {what}:", file=sys.stderr)
+            for line in exitcodes.failure_lines(zip(failed["model"], failed["reason"])):
+                print(f"  {line}", file=sys.stderr)
+        code = max(code, exitcodes.outcome_code(len(df) - len(failed), len(failed)))
+    return code
 
 
 def register(subparsers: Any) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from bench.cli.common import add_input_size, add_results, choice, csv_list, positive_int
+from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.names import expand_models
 from bench.cost.roofline import Peak, parse_peak
@@ -123,11 +124,35 @@ def _cmd_speed(args: argparse.Namespace) -> int:
         f"\nwrote {Path(args.results) / 'speed' / f'speed-{device_slug(dev)}.csv'} and .json "
         f"({df['threads'].iloc[0]} threads, torch {torch.__version__})"
     )
-    errors = df[df["status"] == "error"]
-    if len(errors):
-        print(f"{len(errors)} configuration(s) failed; see the reason column", file=sys.stderr)
-        return 1
-    return 0
+    return _outcome(df)
+
+
+def _outcome(df: Any) -> int:
+    """Exit code of a speed run (bench.core.exitcodes); failures listed in full on stderr.
+
+    Skipped configurations (a variant this device cannot run) are not failures, but a run
+    that measured nothing at all failed.
+    """
+    ok = int((df["status"] == "ok").sum())
+    failed = df[df["status"] == "error"]
+    skipped = len(df) - ok - len(failed)
+    if len(failed):
+        what = exitcodes.summary_line("configurations", ok, len(failed), skipped)
+        print(f"segbench speed: {what}:", file=sys.stderr)
+        units = (
+            f"{r['model']} {r['mode']} {r['dtype']} bs{r['batch_size']}"
+            for _, r in failed.iterrows()
+        )
+        for line in exitcodes.failure_lines(zip(units, failed["reason"].fillna(""))):
+            print(f"  {line}", file=sys.stderr)
+    elif not ok:
+        print(
+            f"segbench speed: nothing was measured: all {skipped} configurations were skipped "
+            "(see the reason column)",
+            file=sys.stderr,
+        )
+        return exitcodes.FAILED
+    return exitcodes.outcome_code(ok, len(failed))
 
 
 def register(subparsers: Any) -> None:

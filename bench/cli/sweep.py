@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.cli.common import add_results
+from bench.core import exitcodes
 from bench.jobs.sweep_definition import SLURM_KEYS, SweepError, load_sweep, slurm_options
 from bench.jobs.sweep_execution import EXECUTORS, run_sweep, summary_table
 from bench.jobs.sweep_planning import plan_cells
@@ -62,13 +63,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"submitted Slurm job {', '.join(array)}: `squeue -j {array[0]}` shows progress; run "
             "the same command again when it is done to collect and summarise the results"
         )
-    if counts.get("failed") or counts.get("conflict"):
+    if counts.get("interrupted"):
+        return exitcodes.INTERRUPTED
+    failed = counts.get("failed", 0) + counts.get("conflict", 0)
+    if failed:
         print(
             "failed cells: see the log paths above; rerun the command to retry only those",
             file=sys.stderr,
         )
-        return 1
-    return 130 if counts.get("interrupted") else 0
+    return exitcodes.outcome_code(counts.get("done", 0) + counts.get("skipped", 0), failed)
 
 
 def register(subparsers: Any) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from bench.cli.common import add_input_size, add_results
+from bench.core import exitcodes
+from bench.core.lock import LockBusy
 from bench.engine import distributed as bdist
+from bench.engine.checkpoints import CheckpointWriteError
 from bench.engine.config import TrainConfig
 from bench.engine.train import run_training
-from bench.engine.trainer import NonFiniteLossError
+from bench.engine.trainer import NonFiniteLossError, TrainingStopped
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="continue an unfinished run from checkpoints/last.pt (default: yes)",
+    )
+    p.add_argument(
+        "--resume-previous",
+        action="store_true",
+        help="resume from checkpoints/previous.pt (the checkpoint before last.pt), e.g. when "
+        "last.pt is truncated or corrupt",
+    )
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=float("inf"),
+        default=0.0,
+        metavar="SECONDS",
+        help="when another process owns the run folder, wait for it (up to SECONDS) instead "
+        "of exiting with code 75",
     )
     p.add_argument("--force", action="store_true", help="start over even if finished")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
@@ -107,11 +127,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["amp"] = None if args.amp == "none" else args.amp
     try:
         cfg = TrainConfig.from_recipe(args.recipe, **overrides)
-        run_training(cfg, args.results, resume=args.resume, force=args.force, quiet=args.quiet)
-    except NonFiniteLossError as err:
+        run_training(
+            cfg,
+            args.results,
+            resume=args.resume,
+            force=args.force,
+            quiet=args.quiet,
+            wait=args.wait,
+            use_previous=args.resume_previous,
+        )
+    except TrainingStopped as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        if err.signum == signal.SIGTERM:
+            return exitcodes.TERMINATED
+        return exitcodes.INTERRUPTED
+    except LockBusy as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return exitcodes.BUSY
+    except (NonFiniteLossError, CheckpointWriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return exitcodes.FAILED
     except (ValueError, FileNotFoundError, UnknownModelError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return exitcodes.USAGE
+    return exitcodes.OK

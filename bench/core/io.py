@@ -16,11 +16,24 @@ from typing import IO, Any
 __all__ = ["atomic_write", "write_bytes", "write_csv", "write_json", "write_text", "read_json"]
 
 
-def atomic_write(path: str | Path, writer: Callable[[IO], None], mode: str = "w") -> Path:
-    """Call ``writer(fh)`` on a temp file next to ``path`` and rename it into place."""
+def atomic_write(
+    path: str | Path,
+    writer: Callable[[IO], None],
+    mode: str = "w",
+    before_replace: Callable[[], None] | None = None,
+) -> Path:
+    """Call ``writer(fh)`` on a temp file next to ``path`` and rename it into place.
+
+    ``before_replace`` runs after the temp file is complete and before the rename (e.g. to
+    keep the file being replaced as a backup). On any failure the temp file is removed and
+    ``path`` is left as it was; an ``OSError`` (disk full, permission) names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(
             fd, mode, **({"encoding": "utf-8", "newline": ""} if "b" not in mode else {})
@@ -29,11 +42,23 @@ def atomic_write(path: str | Path, writer: Callable[[IO], None], mode: str = "w"
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` with ``path`` as its file name (the temp file's name would mislead)."""
+    if err.errno is None:
+        return OSError(f"{path}: cannot write ({err})")
+    return OSError(err.errno, f"cannot write {path}: {err.strerror}")  # maps to the subclass
 
 
 def write_text(path: str | Path, text: str) -> Path:

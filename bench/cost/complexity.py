@@ -27,6 +27,9 @@ COLUMNS: dict[str, str] = {
     "input_shape": "input N x C x H x W",
     "params_total": "parameters, sum of numel (papers' convention)",
     "params_unique": "parameters, shared storage counted once",
+    "params_thop": "parameters as thop 0.1.1 counts them (only modules of a type it has a rule "
+    "for; see params_note)",
+    "params_note": "why params_thop differs from params_total",
     "params_trainable": "parameters with requires_grad",
     "macs": "segbench MACs: multiply-accumulates of conv/linear/matmul/einsum/attention "
     "(FLOPs = 2 x MACs)",
@@ -42,16 +45,21 @@ COLUMNS: dict[str, str] = {
     "torch_flop_counter_macs": "torch.utils.flop_counter.FlopCounterMode total / 2",
     "reported_gflops": "GFLOPs printed in the model's paper (thop MACs / 1e9)",
     "reported_params_m": "parameters (M) printed in the model's paper",
-    "unsupported_ops": "aten ops segbench has no rule for: name:calls",
+    "unsupported_ops": "aten ops segbench has no rule for: name:calls (then status is "
+    "incomplete and macs a lower bound)",
     "fvcore_unsupported_ops": "ops fvcore skipped: name:calls",
-    "status": "ok or error",
-    "reason": "why a value is missing (error, or a cross-check tool failing)",
+    "status": "ok; incomplete (ops without a rule ran: macs and other_flops are lower "
+    "bounds); error (no count)",
+    "reason": "why a value is missing or incomplete (error, ops without a rule, a cross-check "
+    "tool failing), in full",
 }
 
 
 # Human headers for printed tables, each naming its unit.
 DISPLAY_HEADERS = {
     "params_total": "params",
+    "params_unique": "params (unique)",
+    "params_thop": "params (thop)",
     "macs": "segbench MACs",
     "other_flops": "segbench other FLOPs",
     "activation_bytes": "activation MB",
@@ -62,6 +70,32 @@ DISPLAY_HEADERS = {
     "reported_gflops": "paper GFLOPs",
     "unsupported_ops": "unsupported ops",
 }
+
+
+#: complexity row statuses whose counts are usable (incomplete: MACs are a lower bound)
+COUNTED = ("ok", "incomplete")
+
+
+def _one_line(text: str) -> str:
+    """Whitespace runs (newlines of a traceback message) folded; never cut."""
+    return " ".join(str(text).split())
+
+
+def params_note(params_total: int, params_thop: float) -> str:
+    """Why thop's parameter count differs from segbench's (empty when they agree)."""
+    if params_thop is None or math.isnan(params_thop) or int(params_thop) == params_total:
+        return ""
+    diff = params_total - int(params_thop)
+    if diff > 0:
+        return (
+            f"thop misses {diff:,} parameters: it counts only modules of a type it has a rule "
+            "for (conv, linear, norm...) that ran, so bare nn.Parameter attributes of custom "
+            "modules and unknown module types are left out"
+        )
+    return (
+        f"thop counts {-diff:,} parameters more than sum(numel) over model.parameters(): a "
+        "module reached twice or a parameter shared between modules counts each time"
+    )
 
 
 def _ops_label(ops: dict[str, int]) -> str:
@@ -93,7 +127,7 @@ def complexity_row(
         model = create_model(name, in_channels=input_shape[1])
         c = analyze(model, input_shape, device=device)
     except Exception as err:  # noqa: BLE001 - one broken model must not stop the table
-        return row | {"status": "error", "reason": f"{type(err).__name__}: {err}"[:500]}
+        return row | {"status": "error", "reason": _one_line(f"{type(err).__name__}: {err}")}
     row |= {
         "params_total": c.params_total,
         "params_unique": c.params_unique,
@@ -104,14 +138,19 @@ def complexity_row(
         "activation_bytes": c.activation_bytes,
         "module_output_bytes": c.module_output_bytes,
         "unsupported_ops": _ops_label(c.unsupported_ops),
-        "status": "ok",
+        "status": "incomplete" if c.unsupported_ops else "ok",
         "reason": "",
     }
     reasons = []
     if c.unsupported_ops:
-        reasons.append(f"segbench has no rule for {len(c.unsupported_ops)} op(s)")
+        reasons.append(
+            f"segbench has no rule for {len(c.unsupported_ops)} op(s) "
+            f"({_ops_label(c.unsupported_ops)}): MACs and other FLOPs are lower bounds"
+        )
     if cross_check:
         checks = cross_checks(model, input_shape)
+        row["params_thop"] = checks["thop"].params
+        row["params_note"] = params_note(c.params_total, checks["thop"].params)
         row["thop_macs"] = checks["thop"].macs
         row["thop_minus_macs"] = checks["thop"].macs - c.macs
         row["fvcore_macs"] = checks["fvcore"].macs
@@ -207,6 +246,7 @@ def run_complexity(
 _INT_COLUMNS = (
     "params_total",
     "params_unique",
+    "params_thop",
     "params_trainable",
     "macs",
     "other_flops",
@@ -241,13 +281,19 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _fmt_int(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    import pandas as pd
+
+    if v is None or pd.isna(v):
         return "n/a"
     return f"{int(v):,}"
 
 
 def display_table(df: Any) -> Any:
-    """The complexity table with unit-bearing headers and thousands separators, for printing."""
+    """The complexity table with unit-bearing headers and thousands separators, for printing.
+
+    MACs of an ``incomplete`` row are shown as ``>= N`` (a lower bound). Notes and
+    failure reasons are not in the table: :func:`notes` lists them in full.
+    """
     import pandas as pd
 
     out = pd.DataFrame({"model": df["model"]})
@@ -262,8 +308,22 @@ def display_table(df: Any) -> Any:
             out[head] = df[col].fillna("").replace("", "-")
         else:
             out[head] = [_fmt_int(v) for v in df[col]]
+    if "status" in df and "segbench MACs" in out:
+        low = (df["status"] == "incomplete").to_numpy()
+        out.loc[low, "segbench MACs"] = ">= " + out.loc[low, "segbench MACs"]
     if "status" in df and (df["status"] != "ok").any():
         out["status"] = df["status"]
-    if "reason" in df and df["reason"].fillna("").astype(bool).any():
-        out["note"] = df["reason"].fillna("").str.slice(0, 80)
     return out
+
+
+def notes(df: Any) -> list[str]:
+    """``model: reason`` lines for every row with a reason or a thop parameter note, in full."""
+    import pandas as pd
+
+    lines = []
+    for _, r in df.iterrows():
+        for key in ("reason", "params_note"):
+            text = r.get(key)
+            if text is not None and not pd.isna(text) and str(text).strip():
+                lines.append(f"{r['model']}: {_one_line(text)}")
+    return lines

@@ -19,10 +19,12 @@ from bench.core.shapes import DEFAULT_SHAPE
 
 @dataclass
 class CrossCheck:
-    """One tool's count: ``macs`` is NaN when the tool failed (``reason`` says why)."""
+    """One tool's count: ``macs`` is NaN when the tool failed (``reason`` says why);
+    ``params`` is the tool's parameter count where it reports one (thop), else NaN."""
 
     tool: str
     macs: float = math.nan
+    params: float = math.nan
     reason: str = ""
     unsupported: dict[str, int] = field(default_factory=dict)
 
@@ -56,8 +58,8 @@ def _thop(model: nn.Module, x: torch.Tensor) -> CrossCheck:
     with _silenced():
         import thop
 
-        macs, _ = thop.profile(_quiet_copy(model), inputs=(x,), verbose=False)
-    return CrossCheck("thop", float(round(float(macs))))
+        macs, params = thop.profile(_quiet_copy(model), inputs=(x,), verbose=False)
+    return CrossCheck("thop", float(round(float(macs))), params=float(round(float(params))))
 
 
 def _fvcore(model: nn.Module, x: torch.Tensor) -> CrossCheck:
@@ -102,6 +104,6 @@ def cross_checks(
         try:
             out[tool] = CROSS_CHECK_TOOLS[tool](model, x)
         except Exception as err:  # noqa: BLE001 - any tool failure becomes NaN + reason
-            msg = " ".join(str(err).split())[:200]
+            msg = " ".join(str(err).split())  # in full: the end often says what to do
             out[tool] = CrossCheck(tool, reason=f"{tool} failed: {type(err).__name__}: {msg}")
     return out

@@ -8,7 +8,10 @@ tracking, op decomposition and shape formulas follow the same ideas.
 
 Units:
 - ``macs``: multiply-accumulates of conv (any dims, groups, transposed), linear,
-  mm/bmm/matmul/einsum and scaled-dot-product attention. FLOPs = 2 x MACs.
+  mm/bmm/matmul/einsum and scaled-dot-product attention, including the fused inference
+  fast paths of ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer``. FLOPs = 2 x MACs.
+  An op with neither a rule nor a decomposition is listed in ``unsupported_ops`` (the
+  complexity table then says ``incomplete``: the counts are lower bounds).
 - ``other_flops``: everything else that computes (normalisation, activations,
   softmax, pooling, interpolation, reductions, elementwise arithmetic, bias
   adds), one FLOP per elementary operation with the per-element costs in the
@@ -119,13 +122,79 @@ def _sdpa_bhle(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
     return _sdpa_cost(q.shape, k.shape, v.shape, seq_dim=2)
 
 
-def _sdpa_blhe(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
-    # _flash_attention_forward / _efficient_attention_forward take (B, L, H, E); with
-    # cumulative sequence lengths (varlen) the batch is packed and the count needs the offsets.
+def _flash_attention(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+    # aten::_flash_attention_forward(query, key, value, cum_seq_q, cum_seq_k, ...), (B, L, H, E).
+    # With cumulative sequence lengths (varlen) the batch is packed and the count needs the
+    # offsets: no rule (reported as unsupported rather than guessed).
     q, k, v = args[:3]
     if q.dim() != 4 or _arg(args, kwargs, 3, "cum_seq_q") is not None:
         return None
     return _sdpa_cost(q.shape, k.shape, v.shape, seq_dim=1)
+
+
+def _efficient_attention(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+    # aten::_efficient_attention_forward(query, key, value, bias, cu_seqlens_q, cu_seqlens_k,
+    # ...), (B, L, H, E): argument 3 is the additive attention bias (one add per score),
+    # 4 the varlen offsets (no rule, as for flash).
+    q, k, v = args[:3]
+    if q.dim() != 4 or _arg(args, kwargs, 4, "cu_seqlens_q") is not None:
+        return None
+    macs, other = _sdpa_cost(q.shape, k.shape, v.shape, seq_dim=1)
+    if _arg(args, kwargs, 3, "bias") is not None:
+        other += _prod(q.shape[:-1]) * k.shape[1]  # B * L * H * S score additions
+    return macs, other
+
+
+def _mha_cost(
+    q_shape: Sequence[int], s_len: int, embed: int, heads: int, mask: bool, weights: bool
+) -> tuple[int, int]:
+    # The fused multi-head attention of nn.MultiheadAttention's inference fast path, counted
+    # as its decomposed path is: input projections (q over L, k and v over S positions),
+    # scaled-dot-product attention per head (head dim E/H), output projection.
+    l_len = q_shape[-2]
+    batch = _prod(q_shape[:-2])
+    e = embed
+    macs_proj = batch * (l_len + 2 * s_len) * e * e + batch * l_len * e * e
+    head_dim = e // heads
+    macs_att, other_att = _sdpa_cost(
+        (batch, heads, l_len, head_dim), (batch, heads, s_len, head_dim),
+        (batch, heads, s_len, head_dim), seq_dim=2,
+    )  # fmt: skip
+    scores = batch * heads * l_len * s_len
+    other = batch * (l_len + 2 * s_len) * e + batch * l_len * e  # projection biases
+    other += other_att + (scores if mask else 0) + (scores if weights else 0)
+    return macs_proj + macs_att, other
+
+
+def _native_mha(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+    # aten::_native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight,
+    # qkv_bias, proj_weight, proj_bias, mask=None, need_weights=True, ...)
+    q, k = args[0], args[1]
+    if q.dim() < 2 or k.dim() < 2:
+        return None
+    embed, heads = int(args[3]), int(args[4])
+    mask = _arg(args, kwargs, 9, "mask") is not None
+    weights = bool(_arg(args, kwargs, 10, "need_weights", True))
+    return _mha_cost(q.shape, k.shape[-2], embed, heads, mask, weights)
+
+
+def _encoder_layer(args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+    # aten::_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias,
+    # proj_weight, proj_bias, use_gelu, norm_first, eps, norm_weight_1, norm_bias_1,
+    # norm_weight_2, norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask):
+    # TransformerEncoderLayer's whole inference fast path = self-attention + feed-forward.
+    src = args[0]
+    if src.dim() < 2:
+        return None
+    embed, heads = int(args[1]), int(args[2])
+    ffn = int(args[14].shape[0])
+    tokens = _prod(src.shape[:-1])
+    mask = _arg(args, kwargs, 18, "mask") is not None
+    macs, other = _mha_cost(src.shape, src.shape[-2], embed, heads, mask, weights=False)
+    macs += 2 * tokens * embed * ffn  # linear1 (E -> F) and linear2 (F -> E)
+    # FFN biases, activation, two residual adds, two affine layer norms (5 per element)
+    other += tokens * (ffn + embed) + tokens * ffn + 2 * tokens * embed + 2 * 5 * tokens * embed
+    return macs, other
 
 
 # --- other-FLOP rules -----------------------------------------------------------------------
@@ -269,8 +338,10 @@ def _build_rules() -> dict[Any, Rule]:
         "_scaled_dot_product_fused_attention_overrideable",
     ):
         rules[name] = _sdpa_bhle
-    rules["_flash_attention_forward"] = _sdpa_blhe
-    rules["_efficient_attention_forward"] = _sdpa_blhe
+    rules["_flash_attention_forward"] = _flash_attention
+    rules["_efficient_attention_forward"] = _efficient_attention
+    rules["_native_multi_head_attention"] = _native_mha
+    rules["_transformer_encoder_layer_fwd"] = _encoder_layer
     for name in ("_softmax", "_log_softmax", "_safe_softmax"):
         rules[name] = _per_input(_SOFTMAX_FLOPS)
     rules["native_batch_norm"] = _batch_norm(training_index=5)
@@ -313,7 +384,7 @@ _MAC_OPS = frozenset(
     _scaled_dot_product_flash_attention_for_cpu _scaled_dot_product_flash_attention
     _scaled_dot_product_efficient_attention _scaled_dot_product_cudnn_attention
     _scaled_dot_product_fused_attention_overrideable _flash_attention_forward
-    _efficient_attention_forward
+    _efficient_attention_forward _native_multi_head_attention _transformer_encoder_layer_fwd
     """.split()
 )
 _ZERO = frozenset(getattr(aten, n) for n in ZERO_COST_OPS if hasattr(aten, n)) | frozenset(
@@ -526,13 +597,17 @@ def analyze(
     input_shape: Sequence[int] = (1, 3, 256, 256),
     device: str | torch.device = "cpu",
     inputs: tuple[torch.Tensor, ...] | None = None,
+    train: bool = False,
 ) -> Complexity:
     """Count parameters, MACs, other FLOPs and activation memory of one eval-mode forward.
 
     The model is left as it was: training flags are restored, hooks removed, nothing
     registered on it; if ``device`` differs from the model's, a copy is moved there
     (``device="meta"`` counts shapes only, without computing). ``inputs`` overrides
-    ``input_shape`` for models taking several tensors.
+    ``input_shape`` for models taking several tensors. ``train=True`` counts the forward
+    of a training step instead (train mode, autograd on: dropout runs, no inference fast
+    paths such as fused multi-head attention), on a copy so running statistics are kept.
+    Ops without a rule are listed in ``unsupported_ops``: the counts are then lower bounds.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -540,7 +615,7 @@ def analyze(
     total, unique, trainable = count_params(model)
 
     work = model
-    if _model_device(model) != dev:
+    if _model_device(model) != dev or train:
         work = copy.deepcopy(model).to(dev)
     if inputs is None:
         shape = _parse_shape(input_shape)
@@ -589,8 +664,8 @@ def analyze(
         for mod in names:
             handles.append(mod.register_forward_pre_hook(pre_hook))
             handles.append(mod.register_forward_hook(post_hook))
-        work.eval()
-        with torch.no_grad(), mode:
+        work.train(train)
+        with torch.set_grad_enabled(train), mode:
             work(*inputs)
     finally:
         for h in handles:

@@ -51,13 +51,8 @@ def resolution_sweep(
             rows.append(row | {"status": "skipped", "reason": str(err)})
             continue
         except Exception as err:  # noqa: BLE001 - e.g. a size the forward cannot handle
-            rows.append(
-                row
-                | {
-                    "status": "skipped",
-                    "reason": f"forward failed: {type(err).__name__}: {err}"[:300],
-                }
-            )
+            msg = " ".join(f"{type(err).__name__}: {err}".split())  # in full, one line
+            rows.append(row | {"status": "skipped", "reason": f"forward failed: {msg}"})
             continue
         rows.append(
             row
@@ -68,8 +63,14 @@ def resolution_sweep(
                 "activation_bytes": c.activation_bytes,
                 "activation_mb": round(c.activation_bytes / 2**20, 2),
                 "module_output_bytes": c.module_output_bytes,
-                "status": "ok",
-                "reason": "",
+                "status": "incomplete" if c.unsupported_ops else "ok",
+                "reason": (
+                    "no rule for "
+                    + "; ".join(f"{k}:{v}" for k, v in c.unsupported_ops.items())
+                    + ": MACs are a lower bound"
+                    if c.unsupported_ops
+                    else ""
+                ),
             }
         )
     cols = [

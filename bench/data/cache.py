@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from bench.core.io import write_json
+from bench.core.lock import DirLock
 from bench.data.decode import _run_jobs
 from bench.data.layouts import SPLITS, Layout, Problem, Sample, _raise_or_warn, index_dataset
 from bench.data.prepared import PreparedData
@@ -177,6 +179,13 @@ def _build_cache(
         raise
 
 
+def _remove_dead_builds(final: Path) -> None:
+    """Temp folders of builds of this cache that died (SIGKILL); only called by the lock's
+    owner, so no live build of this cache can own one."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def prepare_data(
     root: str | Path,
     size: int = 256,
@@ -209,7 +218,9 @@ def prepare_data(
     (nearest, {0, 1}) in uint8 ``.npy`` files, with original sizes and the
     full-resolution val/test masks; keyed by the files (names, sizes, mtimes), the split,
     ``size`` and :data:`PREPROC_VERSION`, so any change rebuilds it. Built by ``workers``
-    processes into a temp folder renamed into place (a half-built cache is never used).
+    processes into a temp folder renamed into place (a half-built cache is never used);
+    two processes asking for the same missing cache build it once: the second waits for
+    the first's lock (``<cache>.lock``) and reuses its result.
     """
     root = Path(root)
     if size < 8:
@@ -236,18 +247,26 @@ def prepare_data(
     )[:16]
     cache_path = cache_root / f"{name}-{size}-{key}"
     if not (cache_path / "meta.json").is_file():
-        meta = {
-            "format": "segbench-cache/1",
-            "version": PREPROC_VERSION,
-            "dataset": str(root),
-            "layout": layout.name,
-            "size": size,
-            "binarize": binarize,
-            "fingerprint": fingerprint,
-            "key": key,
-            "split_ids": split_ids,
-        }
-        _build_cache(cache_path, by_id, split_ids, size, binarize, workers, progress, meta)
+        # One builder per cache: a second process waits for the first and then reuses its
+        # cache (bench.core.lock; a builder that died leaves a stale lock, taken over).
+        with DirLock(
+            cache_root / f"{cache_path.name}.lock", "preprocessing cache", wait=math.inf,
+            owned=cache_path,
+        ):  # fmt: skip
+            if not (cache_path / "meta.json").is_file():  # not built while we waited
+                _remove_dead_builds(cache_path)
+                meta = {
+                    "format": "segbench-cache/1",
+                    "version": PREPROC_VERSION,
+                    "dataset": str(root),
+                    "layout": layout.name,
+                    "size": size,
+                    "binarize": binarize,
+                    "fingerprint": fingerprint,
+                    "key": key,
+                    "split_ids": split_ids,
+                }
+                _build_cache(cache_path, by_id, split_ids, size, binarize, workers, progress, meta)
     return PreparedData(
         root, name, layout, size, split_ids, fingerprint, split_file, cache_path, index, binarize
     )

@@ -1,7 +1,9 @@
-"""Checkpoint files: atomic save, checked load, and loading weights from segbench's or the authors' checkpoints."""
+"""Checkpoint files: atomic save keeping the previous one, checked load with a fallback offer, and loading weights from segbench's or the authors' checkpoints."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +14,139 @@ from bench.core.io import atomic_write
 
 CHECKPOINT_FORMAT = "segbench-checkpoint/1"
 
+#: ``last.pt``'s predecessor, kept so a truncated or corrupt ``last.pt`` is never the only copy.
+PREVIOUS_NAME = "previous.pt"
 
-def _save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    # torch.save into a temp file beside the target, then os.replace (bench.core.io.atomic_write)
-    atomic_write(path, lambda fh: torch.save(obj, fh), mode="wb")
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read (truncated, corrupt, foreign); the message names the
+    file and, where one is readable, the previous checkpoint to resume from instead."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permission); the files already there
+    are unchanged. The message names the file that failed."""
+
+
+def previous_path(last: Path) -> Path:
+    """Where the checkpoint before ``last`` is kept (``checkpoints/previous.pt``)."""
+    return Path(last).with_name(PREVIOUS_NAME)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Make the current ``path`` the previous checkpoint, leaving ``path`` in place.
+
+    A hard link then a rename: at every moment both the old ``path`` and a complete
+    previous file exist, so a crash here never leaves a run without a readable checkpoint.
+    """
+    if not path.is_file():
+        return
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system: a copy does the same
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
+
+
+def _save_checkpoint(path: Path, obj: dict[str, Any], keep_previous: bool = False) -> None:
+    """``torch.save`` into a temp file beside ``path``, then rename (atomic).
+
+    ``keep_previous``: the checkpoint being replaced becomes ``previous.pt`` (only once the
+    new one is complete). Raises :class:`CheckpointWriteError` naming ``path`` when the
+    write fails; ``path`` and ``previous.pt`` are then as they were.
+    """
+    path = Path(path)
+    try:
+        atomic_write(
+            path,
+            lambda fh: torch.save(obj, fh),
+            mode="wb",
+            before_replace=(lambda: _keep_as_previous(path)) if keep_previous else None,
+        )
+    except OSError as err:
+        kept = [p.name for p in (path, previous_path(path)) if p.is_file()]
+        unchanged = f"; {' and '.join(kept)} unchanged" if kept else ""
+        raise CheckpointWriteError(
+            err.errno, f"could not write checkpoint {path} ({err.strerror or err}){unchanged}"
+        ) from err
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint; any failure becomes a one-line :class:`CheckpointError`."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {first})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a segbench checkpoint (a {type(obj).__name__})")
+    return obj
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: cannot read checkpoint ({err}); delete it or pass --force to start over"
-        ) from err
+        return _read_checkpoint(path)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; delete it or pass --force to start over") from None
+
+
+def load_resume_checkpoint(last: Path, use_previous: bool = False) -> dict[str, Any] | None:
+    """The checkpoint a run resumes from: ``last.pt``, or with ``use_previous`` the one before.
+
+    None when the run has no checkpoint. A truncated or corrupt ``last.pt`` raises one
+    :class:`CheckpointError` line naming it and offering ``previous.pt`` when that one is
+    readable (never a silent restart from scratch). With ``use_previous``, ``last.pt`` is
+    moved aside to ``last.pt.bad`` so the next save cannot rotate it into ``previous.pt``.
+    """
+    last = Path(last)
+    prev = previous_path(last)
+    if use_previous:
+        if not prev.is_file():
+            raise CheckpointError(
+                f"--resume-previous: {prev} does not exist; resume from {last.name} (drop the "
+                "flag) or pass --force to start over"
+            )
+        ckpt = _read_checkpoint(prev)
+        if last.is_file():
+            os.replace(last, last.with_name(last.name + ".bad"))
+        return ckpt
+    if not last.is_file():
+        if prev.is_file():  # a crash between the two renames of a save cannot cause this,
+            # but a deleted last.pt can: say so instead of restarting
+            raise CheckpointError(
+                f"{last} is missing but {prev} exists ({_describe(prev)}); pass "
+                "--resume-previous to continue from it, or --force to start over"
+            )
+        return None
+    try:
+        return _read_checkpoint(last)
+    except CheckpointError as err:
+        if prev.is_file():
+            offer = f"the previous checkpoint {prev} ({_describe(prev)})"
+            raise CheckpointError(
+                f"{err}; {offer}: pass --resume-previous to continue from it, or --force to "
+                "start over"
+            ) from None
+        raise CheckpointError(
+            f"{err}; no previous checkpoint to fall back to: pass --force to start over"
+        ) from None
+
+
+def _describe(path: Path) -> str:
+    """``end of epoch 3`` / ``epoch 4, step 7`` / ``unreadable too``."""
+    try:
+        ck = _read_checkpoint(path)
+    except CheckpointError:
+        return "unreadable too"
+    epoch, step = ck.get("epoch"), ck.get("step")
+    if not isinstance(epoch, int):
+        return "readable"
+    return f"epoch {epoch + 1}, step {step}" if step else f"end of epoch {epoch}"
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:

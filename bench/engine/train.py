@@ -15,8 +15,15 @@ one process) seeded by (seed, epoch), and the augmentation generator is reseeded
 
 Checkpoints: ``checkpoints/last.pt`` after every epoch (model, optimizer, scheduler,
 grad scaler, RNG states of every rank, augmentation generator, position in the epoch,
-history) and on Ctrl-C mid-epoch; ``checkpoints/best.pt`` (weights only) whenever the
-selection metric improves. Both are written to a temp file and renamed.
+history) and on Ctrl-C / SIGTERM mid-epoch, the one it replaces kept as
+``checkpoints/previous.pt``; ``checkpoints/best.pt`` (weights only) whenever the
+selection metric improves. All are written to a temp file and renamed. A truncated or
+corrupt ``last.pt`` stops the run with one line offering ``previous.pt``
+(``use_previous``), never a silent restart.
+
+Ownership: the run folder is locked (``segbench.lock``: pid, host, start time) before
+anything is read or written in it, so two processes never train into one folder
+(:mod:`bench.core.lock`); the lock is removed when the run ends, however it ends.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from pathlib import Path
 
 from bench.core.device import resolve_device
 from bench.core.io import read_json
+from bench.core.lock import LOCK_NAME, DirLock, LockBusy
 from bench.engine import distributed as bdist
-from bench.engine.checkpoints import _load_checkpoint
+from bench.engine.checkpoints import load_resume_checkpoint
 from bench.engine.config import TrainConfig
 from bench.engine.rundir import _clear_run, _conflict_text, run_dir_for
 from bench.engine.trainer import _log, _Trainer
@@ -38,13 +46,19 @@ def run_training(
     resume: bool = True,
     force: bool = False,
     quiet: bool = False,
+    wait: float = 0.0,
+    use_previous: bool = False,
 ) -> Path:
     """Train, select, test and write one run; returns its directory.
 
     A run whose ``metrics.json`` says ``finished`` with the same config hash is skipped
-    unless ``force``. With ``resume`` an unfinished run continues from ``last.pt``.
-    Raises :class:`NonFiniteLossError` when the loss diverges and ``KeyboardInterrupt``
-    after saving on Ctrl-C.
+    unless ``force``. With ``resume`` an unfinished run continues from ``last.pt`` (with
+    ``use_previous`` from ``previous.pt``, the checkpoint before it).
+    Raises :class:`bench.core.lock.LockBusy` when another live process owns the run folder
+    (after waiting up to ``wait`` seconds), :class:`CheckpointError` for an unreadable
+    checkpoint, :class:`CheckpointWriteError` when a checkpoint cannot be written,
+    :class:`NonFiniteLossError` when the loss diverges and :class:`TrainingStopped` (a
+    ``KeyboardInterrupt``) after saving on Ctrl-C or SIGTERM.
     """
     from models import model_info
 
@@ -55,16 +69,52 @@ def run_training(
     if dist_info.enabled and device.startswith("cuda"):
         device = f"cuda:{dist_info.local_rank}"
     try:
-        return _run(cfg, Path(results_dir), device, resume, force, quiet)
+        run_dir = run_dir_for(cfg, Path(results_dir))
+        with _owned(run_dir, wait):
+            return _run(cfg, run_dir, device, resume, force, quiet, use_previous)
     finally:
         bdist.shutdown(created_pg)
 
 
+class _owned:
+    """Rank 0 holds the run folder's lock for the whole run; every rank learns whether it
+    got it, so all stop together when another process owns the folder."""
+
+    def __init__(self, run_dir: Path, wait: float) -> None:
+        self.lock = DirLock(
+            run_dir / LOCK_NAME,
+            "run folder",
+            wait=wait,
+            hint="wait for it to finish, pass --wait to queue behind it, or --results DIR to "
+            "train elsewhere",
+        )
+
+    def __enter__(self) -> None:
+        err: Exception | None = None
+        if bdist.info().is_main:
+            try:
+                self.lock.acquire()
+            except (LockBusy, ValueError, OSError) as e:
+                err = e
+        if not all(bdist.gather_objects(err is None)):
+            if err is not None:
+                raise err
+            raise LockBusy(self.lock.path, None, "run folder", "rank 0 could not lock it")
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 def _run(
-    cfg: TrainConfig, results: Path, device: str, resume: bool, force: bool, quiet: bool
+    cfg: TrainConfig,
+    run_dir: Path,
+    device: str,
+    resume: bool,
+    force: bool,
+    quiet: bool,
+    use_previous: bool = False,
 ) -> Path:
     d = bdist.info()
-    run_dir = run_dir_for(cfg, results)
     chash = cfg.config_hash
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and not force:
@@ -87,8 +137,9 @@ def _run(
             )
     last_path = run_dir / "checkpoints" / "last.pt"
     ckpt = None
-    if resume and not force and last_path.is_file():
-        ckpt = _load_checkpoint(last_path)
+    if resume and not force:
+        ckpt = load_resume_checkpoint(last_path, use_previous=use_previous)
+    if ckpt is not None:
         if ckpt.get("config_hash") != chash:
             raise ValueError(
                 f"{last_path} belongs to another configuration "

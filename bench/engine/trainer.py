@@ -46,29 +46,58 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on a signal after saving its position (``signum``: SIGINT or
+    SIGTERM); the same command resumes. A KeyboardInterrupt, so Ctrl-C handling is unchanged."""
+
+    def __init__(self, signum: int, saved: Path | None) -> None:
+        self.signum, self.saved = signum, saved
+        name = signal.Signals(signum).name
+        where = f"; saved {saved}, run the same command to resume" if saved else ""
+        super().__init__(f"{name}{where}")
+
+
 class _StopRequest:
-    """SIGINT sets a flag the loop checks between steps (a second Ctrl-C aborts at once)."""
+    """SIGINT (Ctrl-C) and SIGTERM set a flag the loop checks between steps; a second
+    signal aborts at once.
+
+    SIGTERM is what Kubernetes, systemd and a plain ``scancel`` send: handled like Ctrl-C
+    (finish the step, save ``last.pt``, exit with :data:`bench.core.exitcodes.TERMINATED`).
+    Its handler is installed only where SIGTERM has the default action: under submitit
+    (sweep cells) SIGTERM is deliberately ignored and the preemption signal checkpoints
+    and requeues the job, so that path is left to submitit.
+    """
 
     def __init__(self, quiet: bool) -> None:
-        self.requested, self.quiet, self._prev = False, quiet, None
+        self.requested, self.quiet = False, quiet
+        self.signum: int | None = None
+        self._prev: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: types.FrameType | None) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise TrainingStopped(signum, None)
+        self.requested, self.signum = True, signum
+        again = "Ctrl-C" if signum == signal.SIGINT else "send it again"
         print(
-            "\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort now)",
+            f"\n{signal.Signals(signum).name}: saving a checkpoint after this step ({again} to "
+            "abort now)",
             file=sys.stderr,
+            flush=True,
         )
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._prev = signal.signal(signal.SIGINT, self._handler)
+            self._prev[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._prev[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._prev is not None:
-            signal.signal(signal.SIGINT, self._prev)
+        for signum, prev in self._prev.items():
+            signal.signal(signum, prev)
+        self._prev = {}
 
 
 class _AuxForward(nn.Module):
@@ -232,7 +261,7 @@ class _Trainer:
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
         self.partial, self.best, self.history = ckpt["partial"], ckpt["best"], ckpt["history"]
         if len(ckpt["rng"]) == self.d.world_size:
-            _set_rng_state(ckpt["rng"][self.d.rank])
+            _set_rng_state(ckpt["rng"][self.d.rank], self.device)
             self.gen.set_state(ckpt["gen"][self.d.rank])
         else:
             warnings.warn(
@@ -245,7 +274,7 @@ class _Trainer:
 
     def save_last(self) -> None:
         """``last.pt`` at the current position (every rank calls: RNG states are gathered)."""
-        rng = bdist.gather_objects(_rng_state())
+        rng = bdist.gather_objects(_rng_state(self.device))
         gens = bdist.gather_objects(self.gen.get_state())
         if self.d.is_main:
             _save_checkpoint(
@@ -267,6 +296,7 @@ class _Trainer:
                     "gen": gens,
                     "world_size": self.d.world_size,
                 },
+                keep_previous=True,
             )
 
     def _checkpoint_config(self) -> dict[str, Any]:
@@ -396,7 +426,7 @@ class _Trainer:
                         "run the same command again to resume",
                         self.quiet,
                     )
-                    raise KeyboardInterrupt
+                    raise TrainingStopped(stop.signum or signal.SIGINT, self.last_path)
         finally:
             if bar:
                 bar.close()

@@ -123,7 +123,7 @@ def _error_line(text: str) -> str:
             body.append(ln)
         lines = body
     lines = [ln for ln in lines if ln]
-    return lines[-1][:300] if lines else ""
+    return lines[-1] if lines else ""  # in full: the end of a message says what to do
 
 
 def _gpu_count() -> int:

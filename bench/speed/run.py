@@ -269,11 +269,14 @@ def _run_model(
                 "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
         bar.set_postfix_str(f"{name} {mode} {dtype}{' nhwc' if cl else ''}"
                             f"{' compiled' if comp else ''}")  # fmt: skip
+        # An input size the model cannot take is an error (the request cannot be met);
+        # a variant this device cannot run (fp16 on CPU) is a skip.
         skip = size_problem or variant_skip_reason(dev, dtype, comp)
         if skip:
+            status = "error" if size_problem else "skipped"
             for b in plan.batch_sizes:
                 rows.append({**base, "batch_size": b, "requested_batch_size": b,
-                             "status": "skipped", "reason": skip})  # fmt: skip
+                             "status": status, "reason": skip})  # fmt: skip
             bar.update(len(plan.batch_sizes))
             continue
         if cx is None:

@@ -14,10 +14,17 @@ from bench.engine.metric_table import METRICS
 
 
 def complexity_summary(res: Results) -> pd.DataFrame:
-    """One row per model: parameter and MAC counts (raw integers)."""
+    """One row per model: parameter and MAC counts (raw integers).
+
+    ``macs_lower_bound``: the count met ops it has no rule for (status ``incomplete``), so
+    its MACs are a lower bound; the tables mark them ``>= ``.
+    """
     if res.complexity.empty:
         return pd.DataFrame(columns=["model"])
-    return res.complexity.copy()
+    out = res.complexity.copy()
+    if "status" in out:
+        out["macs_lower_bound"] = out["status"].astype(str).str.strip().str.lower() == "incomplete"
+    return out
 
 
 def _truthy(s: pd.Series) -> pd.Series:

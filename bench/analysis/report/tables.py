@@ -35,6 +35,7 @@ class Col:
     decimals: int | None = None  # fixed decimals; None means 3 significant figures
     std: str | None = None  # key of a spread shown as "mean ± std"
     flag: str | None = None  # key of a boolean that marks the value with " (noisy)"
+    lower_bound: str | None = None  # key of a boolean that marks the value ">= " (a lower bound)
 
     def text(self, row: pd.Series) -> str:
         v = row.get(self.key)
@@ -59,6 +60,8 @@ class Col:
             )
         if self.flag and str(row.get(self.flag)).strip().lower() in ("true", "1", "yes"):
             s += " (noisy)"
+        if self.lower_bound and str(row.get(self.lower_bound)).strip().lower() in ("true", "1"):
+            s = ">= " + s
         return s
 
     def values(self, df: pd.DataFrame) -> dict[str, pd.Series]:
@@ -89,7 +92,7 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
         Col("model", "model"),
         Col("params total (M)", "params_total", 1e-6, 3),
         Col("params unique (M)", "params_unique", 1e-6, 3),
-        Col("MACs segbench (G)", "macs", 1e-9, 3),
+        Col("MACs segbench (G)", "macs", 1e-9, 3, lower_bound="macs_lower_bound"),
         Col("GFLOPs papers' convention (thop MACs, G)", "thop_macs", 1e-9, 3),
         Col("paper params (M)", "paper_params_m", 1, 3),
         Col("paper GFLOPs", "paper_gflops", 1, 3),
