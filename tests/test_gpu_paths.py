@@ -371,7 +371,10 @@ def test_peaks_reset_after_warmup_and_rss_delta_counts_the_model(monkeypatch):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 1, 3, padding=1)
-            self.register_buffer("own", torch.ones(16 * 2**20))  # 64 MB, touched
+            # fresh anonymous mappings: freed heap pages from earlier tests could be reused
+            # without raising RSS
+            self.own = mmap.mmap(-1, 64 * 2**20)
+            np.frombuffer(self.own, dtype=np.uint8)[:] = 1  # touched: resident
             self.calls = 0
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
