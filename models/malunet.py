@@ -21,7 +21,11 @@ of ``linear_0.weight``'s storage, while both stay registered Parameters. Hence:
   is 177,943 (the paper's 0.177 M), yet only 146,711 values are unique: the six
   IEA memories (31,232 values) are counted twice;
 - an optimizer steps the shared storage twice per step (once through each
-  Parameter, each with its own moments; weight decay is applied twice).
+  Parameter, each with its own moments; weight decay is applied twice). That
+  holds for a for-loop optimizer (PyTorch's CPU default); a multi-tensor
+  (``foreach``, CUDA's default) or ``fused`` kernel would update both views in
+  one launch and lose updates, so segbench's trainer gives the tied Parameters
+  an optimizer group of their own that loops over them on every device.
 
 This module keeps the tie through ``load_state_dict`` (also ``assign=True``),
 ``.to()`` / ``.cuda()`` / ``.half()``, ``copy.deepcopy`` and pickling, which
@@ -35,6 +39,8 @@ block, each updated by its own gradient. ``tie_memory=False`` builds that model
 (and loads their GPU-trained checkpoints; ``load_state_dict`` on a tied model
 refuses memories that are not transposes). The default stays tied, the model the
 code describes before ``.cuda()``; both count 177,943 by numel, the paper's 0.177 M.
+segbench's ``paper`` recipe trains the untied model (what the authors ran), the
+``fair`` recipe the tied one (the design as written); each run records which.
 """
 
 from __future__ import annotations

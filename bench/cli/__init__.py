@@ -34,6 +34,7 @@ COMMANDS = {
     "benchmark": "bench.cli.benchmark",
     "sweep": "bench.cli.sweep",
     "compare": "bench.cli.compare",
+    "gpu-check": "bench.cli.gpu_check",
 }
 
 

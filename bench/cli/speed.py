@@ -40,6 +40,7 @@ def _command_line(args: argparse.Namespace) -> str:
         f"--min-time {args.min_time:g}",
         f"--min-iters {args.min_iters}",
         f"--warmup {args.warmup}",
+        *([f"--warmup-time {args.warmup_time:g}"] if args.warmup_time is not None else []),
         f"--max-time {args.max_time:g}",
         f"--input-size {args.input_size}",
         f"--noisy-threshold {args.noisy_threshold:g}",
@@ -101,6 +102,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
             min_time_s=args.min_time,
             min_iters=args.min_iters,
             warmup=args.warmup,
+            warmup_time_s=args.warmup_time,
             threads=args.threads,
             input_size=args.input_size,
             out_dir=Path(args.results) / "speed",
@@ -216,6 +218,14 @@ def register(subparsers: Any) -> None:
         help="minimum timed iterations per configuration",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations")
+    p.add_argument(
+        "--warmup-time",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="warm up for at least this long too (default: 1 on CUDA, where clocks rise "
+        "from idle, 0 on CPU)",
+    )
     p.add_argument(
         "--max-time",
         type=float,

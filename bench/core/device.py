@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["DEVICE_TYPES", "autocast_context", "resolve_device"]
+__all__ = ["DEVICE_TYPES", "autocast_context", "cuda_bf16_native", "resolve_device"]
 
 #: Device types segbench runs on unless a caller allows more (``meta`` for counting).
 DEVICE_TYPES = ("cpu", "cuda")
@@ -51,3 +51,19 @@ def autocast_context(device: str, amp: str | None) -> contextlib.AbstractContext
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(kind, dtype=dtype)
+
+
+def cuda_bf16_native(device: str | torch.device | None = None) -> bool:
+    """Whether the GPU computes bf16 natively (compute capability >= 8.0).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes for emulated bf16 (older GPUs
+    convert to fp32 and back), which is slower than fp32; training and the speed
+    benchmark both ask this function instead.
+    """
+    if device is not None and torch.device(device).index is not None:
+        with torch.cuda.device(torch.device(device)):
+            return cuda_bf16_native()
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older signature without the emulation switch
+        return bool(torch.cuda.is_bf16_supported())

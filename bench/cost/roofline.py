@@ -10,7 +10,8 @@ Peak compute and bandwidth come from, in order:
 
 1. an explicit override (``--peak TFLOPS,GBPS``);
 2. :data:`KNOWN_DEVICES`, a small table of *dense* (no sparsity) datasheet figures
-   (NVIDIA H100/H200/A100/L4/T4 datasheets; CPU entries are derived as
+   (NVIDIA H100/H200/GH200/A100/L40S/L4/V100/T4 datasheets, the Ada whitepaper for the
+   RTX 4090; each row names its source; CPU entries are derived as
    base clock x FP32 FLOP/cycle x threads and channels x DDR transfer rate x 8 B,
    ignoring turbo and AVX frequency offsets, so treat them as rough);
 3. a quick on-device micro-measurement: best-of-N rate of a large matmul
@@ -51,27 +52,71 @@ __all__ = [
 
 #: (regex on the device name, label, TFLOPS per dtype, GB/s, compute is per CPU thread, source)
 #: GPU "fp32" is the CUDA-core rate, "tf32" the dense tensor-core rate that cuDNN
-#: convolutions use by default (torch.backends.cudnn.allow_tf32).
+#: convolutions use when TF32 is allowed (the speed benchmark turns it off).
+#: Patterns are searched in order, case-insensitively, against
+#: ``torch.cuda.get_device_name()``: specific rows (NVL, PCIe, 80GB, HBM3e) come before
+#: the generic row of their family, and model numbers are word-bounded so "A100" does
+#: not match "RTX A1000" nor "L4" "L40S". Tensor-core figures are the datasheets'
+#: dense ones (their "with sparsity" figures halved).
 # fmt: off
 KNOWN_DEVICES: list[tuple[str, str, dict[str, float], float, bool, str]] = [
-    (r"H200", "NVIDIA H200 SXM",
+    # NVIDIA H200 Tensor Core GPU datasheet (H200 SXM and H200 NVL columns)
+    (r"\bH200\b.*\bNVL\b", "NVIDIA H200 NVL",
+     {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}, 4800.0, False,
+     "NVIDIA H200 datasheet, H200 NVL, dense"),
+    (r"\bH200\b", "NVIDIA H200 SXM",
      {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4800.0, False,
-     "NVIDIA H200 datasheet, dense"),
-    (r"H100.*PCIe", "NVIDIA H100 PCIe",
-     {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}, 2000.0, False,
-     "NVIDIA H100 datasheet, dense"),
-    (r"H100", "NVIDIA H100 SXM",
+     "NVIDIA H200 datasheet, H200 SXM, dense"),
+    # NVIDIA GH200 Grace Hopper Superchip datasheet: 96 GB HBM3 at 4 TB/s ("GH200 480GB",
+    # named after its LPDDR5X) or 144 GB HBM3e at 4.9 TB/s; Hopper GPU compute as H100 SXM
+    (r"\bGH200\b.*(?:HBM3e|\b144G)", "NVIDIA GH200 (144 GB HBM3e)",
+     {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4900.0, False,
+     "NVIDIA GH200 datasheet, HBM3e, dense"),
+    (r"\bGH200\b", "NVIDIA GH200 (96 GB HBM3)",
+     {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 4000.0, False,
+     "NVIDIA GH200 datasheet, HBM3, dense"),
+    # NVIDIA H100 Tensor Core GPU datasheet (H100 SXM, H100 NVL, H100 PCIe columns)
+    (r"\bH100\b.*\bNVL\b", "NVIDIA H100 NVL",
+     {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}, 3900.0, False,
+     "NVIDIA H100 datasheet, H100 NVL, dense"),
+    (r"\bH100\b.*\bPCIe\b", "NVIDIA H100 PCIe",
+     {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5}, 2000.0, False,
+     "NVIDIA H100 datasheet, H100 PCIe, dense"),
+    (r"\bH100\b", "NVIDIA H100 SXM",
      {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}, 3350.0, False,
-     "NVIDIA H100 datasheet, dense"),
-    (r"A100.*80GB", "NVIDIA A100 80GB",
+     "NVIDIA H100 datasheet, H100 SXM, dense"),
+    # NVIDIA A100 Tensor Core GPU datasheet: 80GB PCIe 1,935 GB/s, 80GB SXM 2,039 GB/s,
+    # 40GB (PCIe and SXM) 1,555 GB/s; compute identical
+    (r"\bA100\b.*\b80GB\b.*\bPCIe\b|\bA100\b.*\bPCIe\b.*\b80GB\b", "NVIDIA A100 80GB PCIe",
+     {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1935.0, False,
+     "NVIDIA A100 datasheet, A100 80GB PCIe, dense"),
+    (r"\bA100\b.*\b80GB\b", "NVIDIA A100 80GB SXM",
      {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 2039.0, False,
-     "NVIDIA A100 datasheet, dense (SXM bandwidth)"),
-    (r"A100", "NVIDIA A100 40GB",
+     "NVIDIA A100 datasheet, A100 80GB SXM, dense"),
+    (r"\bA100\b", "NVIDIA A100 40GB",
      {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}, 1555.0, False,
-     "NVIDIA A100 datasheet, dense"),
+     "NVIDIA A100 datasheet, A100 40GB, dense"),
+    # NVIDIA L40S datasheet
+    (r"\bL40S\b", "NVIDIA L40S",
+     {"fp32": 91.6, "tf32": 183.0, "bf16": 362.05, "fp16": 362.05}, 864.0, False,
+     "NVIDIA L40S datasheet, dense"),
+    # NVIDIA L4 Tensor Core GPU datasheet
     (r"\bL4\b", "NVIDIA L4",
      {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}, 300.0, False,
      "NVIDIA L4 datasheet, dense"),
+    # NVIDIA Ada GPU architecture whitepaper, GeForce RTX 4090 (tensor rates with FP32
+    # accumulate, as autocast uses)
+    (r"\bRTX 4090\b(?! D\b)(?!.*\bLaptop\b)", "NVIDIA GeForce RTX 4090",
+     {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2, "fp16": 165.2}, 1008.0, False,
+     "NVIDIA Ada architecture whitepaper, RTX 4090, dense, FP32 accumulate"),
+    # NVIDIA V100S / V100 Tensor Core GPU datasheets (no bf16; fp16 = tensor cores)
+    (r"\bV100S\b", "NVIDIA V100S PCIe",
+     {"fp32": 16.4, "fp16": 130.0}, 1134.0, False, "NVIDIA V100S datasheet"),
+    (r"\bV100\b.*\bPCIe\b", "NVIDIA V100 PCIe",
+     {"fp32": 14.0, "fp16": 112.0}, 900.0, False, "NVIDIA V100 datasheet, PCIe"),
+    (r"\bV100\b", "NVIDIA V100 SXM2",
+     {"fp32": 15.7, "fp16": 125.0}, 900.0, False, "NVIDIA V100 datasheet, SXM2"),
+    # NVIDIA T4 Tensor Core GPU datasheet
     (r"\bT4\b", "NVIDIA T4",
      {"fp32": 8.1, "fp16": 65.0}, 320.0, False, "NVIDIA T4 datasheet"),
     (r"Xeon.*8375C", "Intel Xeon Platinum 8375C (Ice Lake)",
@@ -183,15 +228,19 @@ def measure_peak(
     reps: int = 5,
     matmul_n: int | None = None,
     copy_numel: int | None = None,
+    tf32: bool | None = None,
 ) -> Peak:
     """Micro-measure attainable FLOP/s (square matmul) and GB/s (tensor copy) on ``device``.
 
     Uses the current ``torch.get_num_threads()`` on CPU; cached per (device, dtype, threads,
     sizes). Sizes default to 2048^2 matmul / 128 MiB copy on CPU, 8192^2 / 1 GiB on CUDA.
-    The best of ``reps`` runs is kept, as a peak is an upper bound.
+    The best of ``reps`` runs is kept, as a peak is an upper bound. ``tf32`` (CUDA fp32):
+    whether the matmul may use TF32 tensor cores (None: as cuDNN convolutions may now).
     """
     dev = torch.device(device)
-    key = (str(dev), dtype, torch.get_num_threads(), matmul_n, copy_numel)
+    if tf32 is None:
+        tf32 = bool(torch.backends.cudnn.allow_tf32)
+    key = (str(dev), dtype, torch.get_num_threads(), matmul_n, copy_numel, tf32)
     if key in _MEASURED:
         return _MEASURED[key]
     if dtype not in _TORCH_DTYPES:
@@ -200,8 +249,8 @@ def measure_peak(
     n = matmul_n or (8192 if cuda else 2048)
     numel = copy_numel or ((1 << 28) if cuda else (1 << 25))
     old_tf32 = torch.backends.cuda.matmul.allow_tf32
-    if cuda:  # convolutions run in TF32 by default; let the matmul use the same units
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    if cuda:  # the matmul uses the units the measured convolutions may use
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         t_mm = _time_matmul(n, _TORCH_DTYPES[dtype], dev, reps)
     finally:
@@ -213,7 +262,8 @@ def measure_peak(
     peak = Peak(
         2 * n**3 / t_mm / 1e12,
         nbytes / t_cp / 1e9,
-        f"measured: {n}x{n} {dtype} matmul, {numel * 4 / 2**20:g} MiB copy, best of {reps}"
+        f"measured: {n}x{n} {dtype}{' (TF32)' if cuda and tf32 and dtype == 'fp32' else ''} "
+        f"matmul, {numel * 4 / 2**20:g} MiB copy, best of {reps}"
         + ("" if cuda else f", {torch.get_num_threads()} threads"),
     )
     _MEASURED[key] = peak
@@ -221,23 +271,30 @@ def measure_peak(
 
 
 def resolve_peak(
-    device: str | torch.device, dtype: str, *, override: Peak | None = None, measure: bool = True
+    device: str | torch.device,
+    dtype: str,
+    *,
+    override: Peak | None = None,
+    measure: bool = True,
+    tf32: bool | None = None,
 ) -> Peak | None:
-    """Override, else the table entry, else a micro-measurement (or None if ``measure`` is off)."""
+    """Override, else the table entry, else a micro-measurement (or None if ``measure`` is off).
+
+    ``tf32``: whether the fp32 work ran with TF32 allowed on CUDA (the tensor-core peak
+    then applies); None reads cuDNN's current switch.
+    """
     if override is not None:
         return override
     from bench.core.env import device_name
 
     dev = torch.device(device)
-    found = table_peak(
-        device_name(dev),
-        dtype,
-        threads=torch.get_num_threads(),
-        tf32=dev.type == "cuda" and torch.backends.cudnn.allow_tf32,
-    )
+    if tf32 is None:
+        tf32 = bool(torch.backends.cudnn.allow_tf32)
+    tf32 = dev.type == "cuda" and tf32
+    found = table_peak(device_name(dev), dtype, threads=torch.get_num_threads(), tf32=tf32)
     if found is not None or not measure:
         return found
-    return measure_peak(dev, dtype)
+    return measure_peak(dev, dtype, tf32=tf32)
 
 
 def step_flops(macs_per_image: float, batch_size: int, mode: str) -> float:

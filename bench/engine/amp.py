@@ -7,6 +7,7 @@ import sys
 
 import torch
 
+from bench.core.device import cuda_bf16_native
 from bench.engine.config import TrainConfig
 
 _BF16_PROBE = """
@@ -32,14 +33,19 @@ for _ in range(2):
 def _effective_amp(cfg: TrainConfig, device: str) -> tuple[str | None, str | None]:
     """The precision a run really uses, and why it differs from ``cfg.amp`` (or None).
 
-    CUDA takes bf16 and fp16. A CPU takes bf16 (torch CPU autocast) when a training step
+    CUDA takes fp16, and bf16 where the GPU has it natively (else fp32, said so). A CPU takes bf16 (torch CPU autocast) when a training step
     survives it: CPU bf16 backward kernels have crashed the process (a segfault in a dilated
     depthwise convolution with channels_last was seen), which no ``try`` can catch, so the
     step is probed once in a child process and a crash falls back to fp32, said so in the
     run's manifest.
     """
     kind = torch.device(device).type
-    if not cfg.amp or kind == "cuda":
+    if not cfg.amp:
+        return None, None
+    if kind == "cuda":
+        if cfg.amp == "bf16" and not cuda_bf16_native(device):
+            # as the speed benchmark: emulated bf16 is slower than fp32 and says nothing
+            return None, "this GPU has no native bf16 (compute capability < 8.0); training in fp32"
         return cfg.amp, None
     if kind != "cpu" or cfg.amp != "bf16":
         return None, f"amp={cfg.amp} is not supported on {device}; training in fp32"

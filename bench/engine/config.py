@@ -29,6 +29,9 @@ class TrainConfig:
     data: str = ""
     dataset: str | None = None  # results folder name; default: the data folder's name
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # builder kwargs for one model only, keyed by registry name (a recipe's per-model
+    # choices, e.g. paper: {malunet: {tie_memory: false}}); model_kwargs wins on a clash
+    per_model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     recipe: str = "fair"
     # schedule of the run
     epochs: int = 300
@@ -78,10 +81,14 @@ class TrainConfig:
     # runtime
     device: str = "auto"
     amp: str | None = None
-    deterministic: bool = True
+    # deterministic algorithms: None = on for CPU (bit-reproducible there), off on CUDA
+    # (cuDNN autotuning; bilinear upsampling and adaptive pooling have no deterministic
+    # CUDA backward, so a GPU run is not bit-reproducible either way)
+    deterministic: bool | None = None
     threads: int | None = None
     # channels_last activations: None = on for CPU (MALUNet trains ~1.4x faster there:
     # depthwise convolutions and max-pooling are much slower in NCHW), off on CUDA
+    # (never measured on a GPU: `segbench gpu-check` times both layouts; see docs/gpu.md)
     channels_last: bool | None = None
     cache_dir: str | None = None
 
@@ -161,6 +168,9 @@ class TrainConfig:
             raise bad("threshold", "must be in (0, 1)")
         if len(self.betas) != 2:
             raise bad("betas", "needs two values")
+        for name, kw in self.per_model_kwargs.items():
+            if not isinstance(kw, dict):
+                raise bad("per_model_kwargs", f"the entry for {name!r} is not a mapping")
 
     # ---------------------------------------------------------------- identity
 
@@ -178,17 +188,28 @@ class TrainConfig:
         return dataset_label(self.data)
 
     @property
+    def effective_model_kwargs(self) -> dict[str, Any]:
+        """The builder kwargs this run's model gets: its ``per_model_kwargs`` entry, then
+        ``model_kwargs`` on top."""
+        return {**self.per_model_kwargs.get(self.model, {}), **self.model_kwargs}
+
+    @property
     def config_hash(self) -> str:
         """sha256 prefix of the result-defining fields (stable across machines and paths).
 
         A field in :data:`LATER_FIELDS` enters only when it differs from its value before
-        it existed, so adding a field does not change the hash of existing runs.
+        it existed, so adding a field does not change the hash of existing runs. The
+        model's builder kwargs enter as :attr:`effective_model_kwargs` (other models'
+        ``per_model_kwargs`` entries change nothing), so a recipe entry for MALUNet leaves
+        the hash of every other model's runs as it was.
         """
         d = {
             k: v
             for k, v in self.to_dict().items()
             if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
         }
+        d.pop("per_model_kwargs", None)
+        d["model_kwargs"] = self.effective_model_kwargs
         d["dataset"] = self.dataset_name
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -211,6 +232,7 @@ LATER_FIELDS: dict[str, Any] = {
     "scale_before_augment": False,
     "split_mode": "auto",
     "hd95": "monai",
+    "per_model_kwargs": {},
 }
 
 
@@ -309,7 +331,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 value = yaml.safe_load(value) or {}
             if not isinstance(value, dict):
                 raise ValueError("expected a mapping")
-            return dict(value)
+            return {k: (dict(v) if isinstance(v, dict) else v) for k, v in value.items()}
     except (TypeError, ValueError) as err:
         raise ValueError(f"{source}: {name}={value!r}: {err}") from None
     return value

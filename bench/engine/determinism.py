@@ -17,12 +17,25 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def deterministic_mode(requested: bool | None, device: str) -> bool:
+    """Whether a run uses deterministic algorithms: ``requested``, or by default on CPU
+    only. On CUDA the default is off: deterministic mode disables cuDNN autotuning
+    (slower) and still does not make a run bit-reproducible there (bilinear
+    ``interpolate`` and ``AdaptiveAvgPool2d`` have no deterministic CUDA backward;
+    ``warn_only`` lets them run)."""
+    if requested is not None:
+        return bool(requested)
+    return torch.device(device).type != "cuda"
+
+
 def _configure_backends(deterministic: bool, device: str) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         # warn_only: a few CUDA backward kernels (e.g. grid_sample) have no
         # deterministic version; they warn instead of stopping the run
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:  # process-wide: an earlier run in this process must not leave it on
+        torch.use_deterministic_algorithms(False)
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -70,17 +71,36 @@ def init_from_env(device: str) -> tuple[DistInfo, bool]:
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    global _SLOW_GROUP
+    # Every rank creates it here, together (new_group is collective).
+    _SLOW_GROUP = dist.new_group(backend="gloo", timeout=SLOW_BARRIER_TIMEOUT)
     return info(), True
 
 
+#: How long ranks wait while rank 0 builds the preprocessing cache. A barrier on the
+#: default NCCL group would fail after NCCL's 10 minutes, which a cold cache of a
+#: large dataset exceeds; this wait runs on a CPU (gloo) side group with its own
+#: long timeout, so the training collectives keep the short default.
+SLOW_BARRIER_TIMEOUT = timedelta(hours=4)
+_SLOW_GROUP: Any = None
+
+
 def shutdown(created: bool) -> None:
+    global _SLOW_GROUP
     if created and dist.is_initialized():
         dist.destroy_process_group()
+        _SLOW_GROUP = None
 
 
-def barrier() -> None:
+def barrier(slow: bool = False) -> None:
+    """Wait for every rank. ``slow``: a wait that may take long (rank 0 building the
+    data cache), on the gloo side group with :data:`SLOW_BARRIER_TIMEOUT` when
+    :func:`init_from_env` created one."""
     if info().enabled:
-        dist.barrier()
+        if slow and _SLOW_GROUP is not None:
+            dist.barrier(group=_SLOW_GROUP)
+        else:
+            dist.barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Training engine: the authors' recipe, resumable, deterministic, CPU/GPU/DDP.
+"""Training engine: the authors' recipe, resumable, deterministic on CPU, CPU/GPU/DDP.
 
 One run = one model, one dataset, one experiment (recipe, epochs), one seed, in
 ``<results>/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/`` (files described in

@@ -23,6 +23,7 @@ import torch.nn as nn
 from bench.core.device import autocast_context
 from bench.core.io import write_csv, write_json
 from bench.core.progress import progress_bar
+from bench.core.optim import adamw, adapt_optimizer_state, aliased_parameter_names
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
@@ -35,6 +36,7 @@ from bench.engine.determinism import (
     _rng_state,
     _seed_everything,
     _set_rng_state,
+    deterministic_mode,
 )
 from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
@@ -55,6 +57,13 @@ class TrainingStopped(KeyboardInterrupt):
         name = signal.Signals(signum).name
         where = f"; saved {saved}, run the same command to resume" if saved else ""
         super().__init__(f"{name}{where}")
+
+
+#: On CUDA (and under DDP) the loss is checked for NaN / inf, and a Ctrl-C agreed on
+#: between ranks, every this many steps: each check reads a value back from the GPU (a
+#: host sync that stalls the launch queue) and, under DDP, is one all-reduce. A single
+#: CPU process has no sync to save and checks every step.
+CHECK_EVERY = 25
 
 
 class _StopRequest:
@@ -113,13 +122,18 @@ class _AuxForward(nn.Module):
         return self.model(x), []
 
 
+def _check_every(device: str, distributed: bool) -> int:
+    """Steps between loss checks: :data:`CHECK_EVERY` on CUDA or under DDP, else 1."""
+    return CHECK_EVERY if (torch.device(device).type == "cuda" or distributed) else 1
+
+
 def _log(msg: str, quiet: bool) -> None:
     """Progress lines of a run (epoch summaries, resume notes) on the ``bench`` logger."""
     if not quiet and bdist.info().is_main:
         log.info(msg)
 
 
-def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+def _batches(order: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
     for s in range(0, len(order), size):
         yield order[s : s + size]
 
@@ -145,7 +159,8 @@ class _Trainer:
                 f"{torch.get_num_threads()} torch threads will contend (try --threads 1)",
                 stacklevel=3,
             )
-        _configure_backends(cfg.deterministic, device)
+        self.deterministic = deterministic_mode(cfg.deterministic, device)
+        _configure_backends(self.deterministic, device)
         _seed_everything(cfg.seed + d.rank)
         self.amp, self.amp_note = _effective_amp(cfg, device)
         if self.amp_note:
@@ -154,18 +169,21 @@ class _Trainer:
 
         # model, loss, optimiser
         self.info = model_info(cfg.model)
+        self.model_kwargs = cfg.effective_model_kwargs
         try:
-            model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+            model = create_model(cfg.model, **self.model_kwargs).to(device)
         except TypeError as err:  # a builder argument the model does not take
-            raise ValueError(f"model_kwargs={cfg.model_kwargs}: {err}") from None
+            raise ValueError(f"model kwargs {self.model_kwargs}: {err}") from None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else device == "cpu"
         self.mem_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(memory_format=self.mem_format)
         weights = (cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
         self.loss_fn = build_loss(*weights, self.info.loss_weights, form=cfg.loss)
         self.main_loss = build_loss(*weights, form=cfg.loss)  # validation: main output only
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(),
+        # parameters sharing storage (MALUNet's tied memory) never in one foreach launch
+        self.tied = aliased_parameter_names(model)
+        self.optimizer = adamw(
+            model,
             lr=cfg.lr,
             betas=tuple(cfg.betas),
             eps=cfg.eps,
@@ -182,6 +200,7 @@ class _Trainer:
 
         # progress through the run
         self.epoch, self.step = 0, 0
+        self.check_every = _check_every(device, d.enabled)
         self.partial: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "time": 0.0}
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
@@ -214,7 +233,7 @@ class _Trainer:
 
         if d.is_main:  # rank 0 builds the cache, the others then find it
             self.prepared = prep()
-        bdist.barrier()
+        bdist.barrier(slow=True)  # may take long: not on the NCCL group's short timeout
         if not d.is_main:
             self.prepared = prep()
         p = self.prepared
@@ -255,7 +274,9 @@ class _Trainer:
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(
+            adapt_optimizer_state(ckpt["optimizer"], self.optimizer, self.model)
+        )
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = ckpt["epoch"], ckpt["step"]
@@ -358,13 +379,17 @@ class _Trainer:
         from bench.data.augment import training_batch
 
         cfg, d, device = self.cfg, self.d, self.device
+        dev = torch.device(device)
         self.sampler.set_epoch(self.epoch)
-        order = list(self.sampler)
+        # The epoch's order as one index tensor, moved to the data's device once per
+        # epoch: a Python list would be copied to the GPU (and synced) every step.
+        order = torch.as_tensor(list(self.sampler), dtype=torch.long).to(self.train_x.device)
         if self.step == 0:  # a fresh epoch (else: resuming inside it, states restored)
             self.gen.manual_seed(_epoch_seed(cfg.seed, self.epoch, d.rank))
         lr = self.optimizer.param_groups[0]["lr"]
         self.net.train()
         steps = math.ceil(len(order) / self.per_rank_batch)
+        check_every = self.check_every
         bar = None
         if not self.quiet and d.is_main:
             bar = progress_bar(
@@ -377,13 +402,18 @@ class _Trainer:
                 file=sys.stderr,
             )
         part = self.partial
+        # The loss sum stays on the device (float64, the same arithmetic as the Python
+        # float it replaces, so CPU logs are unchanged); read back only at checks.
+        loss_sum = torch.tensor(part["loss_sum"], dtype=torch.float64, device=dev)
+        last_check = self.step
         t0 = time.perf_counter() - part["time"]
         try:
             for step, idx in enumerate(_batches(order, self.per_rank_batch)):
                 if step < self.step:
                     continue
-                x, y = self.train_x[idx], self.train_y[idx]
-                if x.device != torch.device(device):
+                n = int(idx.shape[0])
+                x, y = self.train_x.index_select(0, idx), self.train_y.index_select(0, idx)
+                if x.device != dev:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 x, y = training_batch(
                     x,
@@ -397,27 +427,39 @@ class _Trainer:
                 with autocast_context(device, self.amp):
                     logits, aux = self.net(x)
                     loss = self.loss_fn(logits, y.float(), aux)
-                value = float(loss.detach())
-                flags = torch.tensor([float(math.isfinite(value)), float(stop.requested)])
-                if d.enabled:  # every rank stops together (a NaN or Ctrl-C on any rank)
-                    flags = bdist.all_reduce_sum(flags) / d.world_size
-                if flags[0] < 1:
-                    self._fail(step, value)
+                loss_sum += loss.detach().double() * n
+                part["seen"] += n
+                check = (step + 1 - last_check) >= check_every or step == steps - 1
+                flags = None
+                if check:  # one host read (and under DDP one all-reduce) per check
+                    last_check = step + 1
+                    flags = torch.stack(
+                        [
+                            torch.isfinite(loss_sum).double(),
+                            torch.tensor(float(stop.requested), dtype=torch.float64, device=dev),
+                        ]
+                    )
+                    if d.enabled:  # every rank stops together (a NaN or Ctrl-C on any rank)
+                        flags = bdist.all_reduce_sum(flags) / d.world_size
+                    flags = flags.tolist()
+                    if flags[0] < 1:
+                        self._fail(step, float(loss.detach()), check_every)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                part["loss_sum"] += value * len(idx)
-                part["seen"] += len(idx)
                 if bar:
-                    rate = part["seen"] * d.world_size / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(
-                        loss=f"{part['loss_sum'] / part['seen']:.4f}",
-                        img_s=f"{rate:.1f}",
-                        refresh=False,
-                    )
+                    if check:
+                        part["loss_sum"] = float(loss_sum)
+                        rate = part["seen"] * d.world_size / max(time.perf_counter() - t0, 1e-9)
+                        bar.set_postfix(
+                            loss=f"{part['loss_sum'] / part['seen']:.4f}",
+                            img_s=f"{rate:.1f}",
+                            refresh=False,
+                        )
                     bar.update()
-                if flags[1] > 0:  # Ctrl-C: save this position, then stop
+                if flags is not None and flags[1] > 0:  # Ctrl-C: save this position, then stop
+                    part["loss_sum"] = float(loss_sum)
                     part["time"] = time.perf_counter() - t0
                     self.step = step + 1
                     self.save_last()
@@ -430,6 +472,7 @@ class _Trainer:
         finally:
             if bar:
                 bar.close()
+        part["loss_sum"] = float(loss_sum)
         train_time = time.perf_counter() - t0
         total = bdist.all_reduce_sum(
             torch.tensor([part["loss_sum"], float(part["seen"])], dtype=torch.float64)
@@ -482,15 +525,18 @@ class _Trainer:
         row["best"] = better
         return better
 
-    def _fail(self, step: int, value: float) -> None:
+    def _fail(self, step: int, value: float, check_every: int = 1) -> None:
         cfg = self.cfg
         kept = (
             f"last good checkpoint: {self.last_path} (end of epoch {self.epoch})"
             if self.last_path.is_file()
             else "no checkpoint was written yet"
         )
+        where = f"step {step + 1}"
+        if check_every > 1:
+            where += f" (checked every {check_every} steps: the first bad step is at most this one)"
         msg = (
-            f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1} of "
+            f"non-finite loss ({value}) at epoch {self.epoch + 1}, {where} of "
             f"{cfg.model}: training stopped; {kept}. Try a lower learning rate, amp off, or "
             "check the data."
         )
@@ -564,6 +610,8 @@ class _Trainer:
                 "world_size": self.d.world_size,
                 "per_process_batch": self.per_rank_batch,
                 "channels_last": self.channels_last,
+                "deterministic": self.deterministic,
+                "deterministic_requested": cfg.deterministic,
                 "amp": self.amp,
                 "amp_requested": cfg.amp,
                 "amp_note": self.amp_note,
@@ -582,7 +630,9 @@ class _Trainer:
                 },
                 "model": {
                     "name": cfg.model,
-                    "kwargs": cfg.model_kwargs,
+                    "kwargs": self.model_kwargs,
+                    # parameters sharing one storage (MALUNet's tied IEA memory); [] = untied
+                    "tied_parameters": self.tied,
                     "params": sum(t.numel() for t in self.model.parameters()),
                     "loss_weights": [self.info.loss_weights[0], list(self.info.loss_weights[1])],
                 },
@@ -606,6 +656,9 @@ class _Trainer:
             # the precision the run really used (amp may fall back to fp32, see amp.py)
             "precision": self.amp or "fp32",
             "hd95_convention": cfg.hd95,
+            "model_kwargs": self.model_kwargs,
+            "tied_parameter_groups": len(self.tied),
+            "deterministic": self.deterministic,
             "best_epoch": self.best["epoch"],
             "selection": {
                 "split": cfg.select_split,

@@ -178,6 +178,7 @@ _TABLE = [
     ("throughput_img_s", "img/s"),
     ("peak_mem_mb", "GPU MB"),
     ("rss_mb", "RSS MB"),
+    ("rss_delta_mb", "RSS +MB"),  # the model's own share (from before it was built)
     ("achieved_gflops", "GFLOP/s"),
     ("roofline_fraction", "roofline"),
     ("roofline_limiter", "bound"),
@@ -201,6 +202,7 @@ def format_table(df: pd.DataFrame, reason_width: int = 60) -> str:
         ("img/s", "{:.1f}"),
         ("GPU MB", "{:.0f}"),
         ("RSS MB", "{:.0f}"),
+        ("RSS +MB", "{:.0f}"),
         ("GFLOP/s", "{:.3g}"),
         ("roofline", "{:.1%}"),
         ("n", "{:.0f}"),

@@ -49,11 +49,22 @@ class PeakRSS:
         self.method = ""
         self.start_bytes = self.peak_bytes = 0
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+            with self._lock:
+                self.peak_bytes = max(self.peak_bytes, _rss_bytes())
+
+    def reset_peak(self) -> None:
+        """Restart the peak from the current RSS, keeping ``start_bytes``: the peak then
+        covers only what follows (the timed loop, not the warm-up's autotuning), while
+        :attr:`delta_mb` still counts from the start of the block (before the model)."""
+        with self._lock:
+            if self._thread is None:
+                _reset_vmhwm()
+            self.peak_bytes = _rss_bytes()
 
     def __enter__(self) -> PeakRSS:
         self.start_bytes = self.peak_bytes = _rss_bytes()
@@ -83,6 +94,7 @@ class PeakRSS:
 
     @property
     def delta_mb(self) -> float:
+        """Peak minus the RSS on entering the block (what the work inside added)."""
         return (self.peak_bytes - self.start_bytes) / 2**20
 
 

@@ -6,9 +6,10 @@ Method (one *configuration* = model x mode x dtype x layout x compile x batch si
   step, forward + loss + backward + ``AdamW.step()``. Models with deep supervision
   (``model_info(name).has_aux``) run ``forward_aux`` and every auxiliary head enters
   the loss with its ``loss_weights``, so the side outputs' cost is included.
-* ``warmup`` untimed iterations (capped at ``max_time_s``, at least one; also where
-  ``torch.compile`` compiles), then timed iterations until both ``min_time_s`` and
-  ``min_iters`` are reached. ``max_time_s`` caps a very slow configuration after at
+* ``warmup`` untimed iterations and at least ``warmup_time_s`` seconds of them (default
+  1 s on CUDA, where clocks rise from idle over longer than a few fast iterations; 0 on
+  CPU), capped at ``max_time_s``, at least one (also where ``torch.compile`` compiles),
+  then timed iterations until both ``min_time_s`` and ``min_iters`` are reached. ``max_time_s`` caps a very slow configuration after at
   least 3 timed iterations; the row says so and is flagged ``noisy``.
 * CPU: each iteration is timed with ``time.perf_counter``; the thread count is fixed
   with ``torch.set_num_threads`` (given, or the current one), recorded in every row and
@@ -18,19 +19,28 @@ Method (one *configuration* = model x mode x dtype x layout x compile x batch si
   warm-up covers its autotuning.
 * Statistics per configuration (:func:`summarize`): median, IQR, p90, mean, count, and
   ``noisy`` when IQR/median exceeds ``noisy_threshold`` (default 0.1).
-* Throughput = batch size / median step time. Latency = the batch-1 row.
+* Throughput = batch size / time per step of a back-to-back run on CUDA (the timed
+  iterations' count again, synchronised only at the ends: a loop keeps the GPU queue
+  full, which per-iteration synchronised timing does not), batch size / median step
+  time on CPU (every call is synchronous there); ``throughput_method`` says which.
+  Latency = the batch-1 row.
+* TF32 is off while measuring (cuDNN and cuBLAS): ``fp32`` rows are IEEE fp32 on every
+  GPU (PyTorch would run convolutions in TF32 on Ampere and later), and the roofline
+  uses the fp32 (CUDA-core) peak. Each row's ``tf32`` and the run's ``tf32`` entry in
+  the JSON record the switches.
 * Out of memory (``torch.OutOfMemoryError`` or the CPU allocator's failure) halves the
   batch size until it fits (:func:`sweep_batch_sizes`); the row keeps
   ``requested_batch_size`` and says which sizes failed.
-* Memory: ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` after
-  ``reset_peak_memory_stats`` (parameters, gradients, optimizer state and activations;
-  CUDA only). ``rss_mb`` is the process's peak resident set size during the
-  configuration: on Linux the kernel high-water mark (VmHWM) after resetting it through
+* Memory: ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` over the timed loop
+  (the counter is reset after warm-up, so cuDNN benchmark workspaces and compile
+  autotuning do not count; parameters, gradients, optimizer state and activations; CUDA
+  only). ``rss_mb`` is the process's peak resident set size during the timed loop: on
+  Linux the kernel high-water mark (VmHWM) after resetting it through
   ``/proc/self/clear_refs``, so short spikes are caught; elsewhere the maximum of
   ``psutil`` RSS samples taken every 5 ms. It includes the interpreter and libraries;
-  ``rss_delta_mb`` subtracts the RSS at the start of the configuration (memory the
-  allocator kept from earlier configurations makes that delta an underestimate, so
-  run one configuration per process where exact CPU memory matters).
+  ``rss_delta_mb`` is the model's own share: that peak minus the RSS just before the
+  model was built (memory the allocator kept from earlier configurations makes it an
+  underestimate, so run one configuration per process where exact CPU memory matters).
 * Variants: ``fp32``; ``bf16``/``fp16`` via ``torch.autocast`` (fp16 training with a
   ``GradScaler``). bf16 autocast is offered on CPU (the row notes whether the CPU has
   native bf16); fp16 on CPU is skipped. ``channels_last`` converts model and input.
@@ -159,6 +169,7 @@ def run_speed(
     isolate: bool = True,
     mem_limit_gb: float | None = None,
     command: str | None = None,
+    warmup_time_s: float | None = None,
 ) -> pd.DataFrame:
     """Measure every configuration and return this run's rows (one per configuration).
 
@@ -186,9 +197,14 @@ def run_speed(
         raise ValueError(f"max_time_s must be positive or None, got {max_time_s}")
     if isinstance(peak, str):
         peak = parse_peak(peak)
+    if warmup_time_s is None:
+        warmup_time_s = 1.0 if dev.type == "cuda" else 0.0
+    if warmup_time_s < 0:
+        raise ValueError(f"warmup_time_s must be >= 0, got {warmup_time_s}")
     infos = {name: steps._model_info(name) for name in models}  # unknown names fail here, early
     timing = {
         "warmup": int(warmup),
+        "warmup_time_s": float(warmup_time_s),
         "min_time_s": float(min_time_s),
         "min_iters": int(min_iters),
         "max_time_s": max_time_s,
@@ -238,6 +254,13 @@ def run_speed(
             "isolated_worker": isolate,
             "worker_mem_limit_gb": mem_limit_gb,
             "cudnn_benchmark": dev.type == "cuda",
+            "tf32": {
+                "allowed": steps.TF32,
+                "cudnn_allow_tf32": steps.TF32,
+                "cuda_matmul_allow_tf32": steps.TF32,
+                "note": "set while measuring every row (fp32 rows are IEEE fp32)",
+            },
+            "throughput": "back-to-back run" if dev.type == "cuda" else "batch / median",
             "peaks": {k: (asdict(v) if isinstance(v, Peak) else v) for k, v in peaks.items()},
         }
         write_results(df, out_dir, device_slug(dev), run_id, meta)
@@ -319,6 +342,7 @@ def _peak_for(
     dev: torch.device, dtype: str, override: Peak | None, measure: bool
 ) -> Peak | str | None:
     try:
-        return resolve_peak(dev, dtype, override=override, measure=measure)
+        # the rows run without TF32 (steps.TF32): fp32 compares with the CUDA-core peak
+        return resolve_peak(dev, dtype, override=override, measure=measure, tf32=steps.TF32)
     except Exception as err:  # a failed micro-measurement must not lose the timings
         return f"peak measurement failed ({_short(err)})"

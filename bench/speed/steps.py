@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.core.optim import adamw
 from bench.speed.memory import PeakRSS, _free_memory
-from bench.speed.timing import summarize, time_step
+from bench.speed.timing import back_to_back, summarize, time_step
 from bench.speed.variants import _TORCH_DTYPES, MODES, _dtype_note, _short
 
 
@@ -63,7 +64,7 @@ def make_step(
         raise TypeError(f"{type(model).__name__} has auxiliary loss weights but no forward_aux")
     forward = model.forward_aux if aux_w else model
     fn = torch.compile(forward) if compile else forward
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = adamw(model, lr=1e-3)  # as training: tied parameters never in one foreach launch
     scaler = torch.amp.GradScaler(dev.type) if dtype == "fp16" else None
     target: torch.Tensor | None = None
 
@@ -117,6 +118,42 @@ def _num_threads(threads: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(old)
+
+
+#: TF32 while measuring: off, so an ``fp32`` row is IEEE fp32 (PyTorch lets cuDNN
+#: convolutions use TF32 tensor cores by default on Ampere and later) and the fp32 parts
+#: of an autocast row stay fp32 too. Rows record it (``tf32``) and so does the JSON.
+TF32 = False
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[dict[str, bool]]:
+    """Set cuDNN's and cuBLAS's TF32 switches (restored afterwards); yields the flags."""
+    old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield tf32_flags()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def tf32_flags() -> dict[str, bool]:
+    """The TF32 switches in effect now."""
+    return {
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
+
+
+def _reset_peaks(device: torch.device, rss: PeakRSS) -> None:
+    """Start the memory peaks at the timed loop: the warm-up's cuDNN benchmark workspaces
+    and compile autotuning buffers are not the model's memory, and would make the figure
+    depend on what ran before. The RSS delta still counts from before the model was built."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    rss.reset_peak()
 
 
 @contextlib.contextmanager
@@ -176,10 +213,14 @@ def _measure_config(
     _free_memory()
     torch.manual_seed(0)
     step = None
+    b2b = timing.get("back_to_back", device.type == "cuda")
     try:
-        with _num_threads(threads), _cudnn_benchmark(device), PeakRSS() as rss:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+        with (
+            _num_threads(threads),
+            _cudnn_benchmark(device),
+            _tf32(TF32) as tf32,
+            PeakRSS() as rss,  # entered before the model is built: the delta is the model's
+        ):
             step = make_step(
                 _build_model(name),
                 mode,
@@ -193,8 +234,16 @@ def _measure_config(
             )
             # At least one untimed call, so compilation and cuDNN autotuning (first call)
             # never land in the timed iterations, even with warmup=0.
-            warm = {**timing, "warmup": max(1, int(timing["warmup"]))}
-            times, capped = time_step(step, device, **warm)
+            warm = {k: timing[k] for k in ("min_time_s", "min_iters", "max_time_s")}
+            times, capped = time_step(
+                step,
+                device,
+                warmup=max(1, int(timing["warmup"])),
+                warmup_time_s=float(timing.get("warmup_time_s") or 0.0),
+                before_timing=lambda: _reset_peaks(device, rss),
+                **warm,
+            )
+            per_call = back_to_back(step, device, len(times)) if b2b else None
             peak_cuda = (
                 torch.cuda.max_memory_allocated(device) / 2**20
                 if device.type == "cuda"
@@ -207,6 +256,10 @@ def _measure_config(
 
             dynamo.reset()
     st = summarize(times, noisy_threshold)
+    if per_call is not None:  # throughput of a back-to-back run (a GPU's queue kept full)
+        throughput = batch_size / per_call if per_call > 0 else math.nan
+    else:  # every call synchronous (CPU): the robust median of the timed calls
+        throughput = batch_size / (st.median_ms / 1e3) if st.median_ms > 0 else math.nan
     notes = [_dtype_note(device, dtype)]
     if capped:
         notes.append(
@@ -216,7 +269,9 @@ def _measure_config(
     return {
         "median_ms": st.median_ms, "iqr_ms": st.iqr_ms, "p90_ms": st.p90_ms,
         "mean_ms": st.mean_ms, "count": st.count, "noisy": st.noisy or capped,
-        "throughput_img_s": batch_size / (st.median_ms / 1e3) if st.median_ms > 0 else math.nan,
+        "throughput_img_s": throughput,
+        "throughput_method": "back-to-back" if per_call is not None else "median",
         "peak_mem_mb": peak_cuda, "rss_mb": rss.peak_mb, "rss_delta_mb": rss.delta_mb,
-        "rss_method": rss.method, "reason": "; ".join(n for n in notes if n),
+        "rss_method": rss.method, "tf32": any(tf32.values()),
+        "reason": "; ".join(n for n in notes if n),
     }  # fmt: skip

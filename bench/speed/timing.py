@@ -72,26 +72,36 @@ def time_step(
     min_time_s: float = 1.0,
     min_iters: int = 10,
     max_time_s: float | None = None,
+    warmup_time_s: float = 0.0,
+    before_timing: Callable[[], Any] | None = None,
 ) -> tuple[list[float], bool]:
-    """Run ``step`` ``warmup`` times, then time it; returns (seconds per iteration, capped).
+    """Warm up, then time ``step``; returns (seconds per iteration, capped).
 
-    Timed iterations continue until both ``min_time_s`` and ``min_iters`` are reached;
-    ``capped`` is True when ``max_time_s`` stopped the loop earlier (after at least
-    ``MIN_CAPPED_ITERS`` iterations). Warm-up also stops at ``max_time_s`` (after one).
+    Warm-up runs until both ``warmup`` calls and ``warmup_time_s`` seconds are done (a
+    GPU's clocks take a while to rise from idle, longer than a few fast iterations) and
+    also stops at ``max_time_s`` (after one call). ``before_timing`` runs between warm-up
+    and the first timed call (e.g. resetting the peak-memory counters). Timed iterations
+    continue until both ``min_time_s`` and ``min_iters`` are reached; ``capped`` is True
+    when ``max_time_s`` stopped the loop earlier (after at least ``MIN_CAPPED_ITERS``
+    iterations).
     """
     dev = torch.device(device)
-    if warmup < 0 or min_iters < 1 or min_time_s < 0:
+    if warmup < 0 or min_iters < 1 or min_time_s < 0 or warmup_time_s < 0:
         raise ValueError(
-            f"need warmup >= 0, min_iters >= 1, min_time_s >= 0; got {warmup}, "
-            f"{min_iters}, {min_time_s}"
+            f"need warmup >= 0, min_iters >= 1, min_time_s >= 0, warmup_time_s >= 0; got "
+            f"{warmup}, {min_iters}, {min_time_s}, {warmup_time_s}"
         )
     cap = math.inf if max_time_s is None else max_time_s
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    done = 0
+    while done < warmup or time.perf_counter() - t0 < warmup_time_s:
         step()
         _sync(dev)
+        done += 1
         if time.perf_counter() - t0 > cap:
             break
+    if before_timing is not None:
+        before_timing()
     cuda = dev.type == "cuda"
     if cuda:
         # Events on the model device's stream: a bare record() uses the *current* device's
@@ -119,3 +129,22 @@ def time_step(
             capped = len(times) < min_iters
             break
     return times, capped
+
+
+def back_to_back(step: Callable[[], Any], device: str | torch.device, iters: int) -> float:
+    """Seconds per call of ``iters`` calls issued back to back, synchronised once at each end.
+
+    On a GPU the per-iteration timing of :func:`time_step` waits for every step (a
+    caller's latency, launch gaps included); a training or batch-inference loop keeps the
+    queue full instead, so throughput comes from this run. On a CPU every call is
+    synchronous and both agree.
+    """
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1, got {iters}")
+    dev = torch.device(device)
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(dev)
+    return (time.perf_counter() - t0) / iters

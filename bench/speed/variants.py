@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from bench.core.device import cuda_bf16_native
 from bench.speed.memory import _free_memory
 
 MODES = ("inference", "train")
@@ -59,13 +60,8 @@ def variant_skip_reason(device: str | torch.device, dtype: str, compile: bool) -
             "fp16 autocast is not offered on CPU: without native fp16 arithmetic it times "
             "emulation; use bf16"
         )
-    if dev.type == "cuda" and dtype == "bf16":
-        try:
-            native = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older signature
-            native = torch.cuda.is_bf16_supported()
-        if not native:
-            return "this GPU has no native bf16 (needs compute capability >= 8.0)"
+    if dev.type == "cuda" and dtype == "bf16" and not cuda_bf16_native(dev):
+        return "this GPU has no native bf16 (needs compute capability >= 8.0)"
     if compile:
         return compile_problem(dev)
     return None
@@ -77,13 +73,46 @@ def _dtype_note(device: torch.device, dtype: str) -> str:
     return ""
 
 
+#: out-of-memory as cuDNN / cuBLAS report it (a workspace or handle allocation failed):
+#: the batch is too large, as with ``torch.OutOfMemoryError``
+_OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "cudnn_status_alloc_failed",
+    "cublas_status_alloc_failed",
+)
+
+#: a CUDA error that leaves the process's CUDA context unusable (illegal memory access,
+#: device-side assert, a failed kernel): every later call in that process fails too
+_CUDA_ERROR_MARKERS = (
+    "cuda error",
+    "cudaerror",
+    "device-side assert",
+    "illegal memory access",
+    "cublas_status_",
+    "cudnn_status_",
+    "cudnn error",
+    "cuda driver error",
+    "unspecified launch failure",
+)
+
+
 def _is_oom(err: BaseException) -> bool:
     if isinstance(err, torch.OutOfMemoryError):
         return True
     msg = str(err).lower()
-    return isinstance(err, RuntimeError) and (
-        "out of memory" in msg or "can't allocate memory" in msg
-    )
+    return isinstance(err, RuntimeError) and any(m in msg for m in _OOM_MARKERS)
+
+
+def _is_cuda_error(err: BaseException) -> bool:
+    """A non-OOM CUDA error: the process that raised it must be replaced."""
+    if _is_oom(err):
+        return False
+    accel = getattr(torch, "AcceleratorError", None)
+    if accel is not None and isinstance(err, accel):
+        return True
+    msg = str(err).lower()
+    return isinstance(err, RuntimeError) and any(m in msg for m in _CUDA_ERROR_MARKERS)
 
 
 class MeasurementError(RuntimeError):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bench.speed.memory import _free_memory
-from bench.speed.variants import MeasurementError, WorkerCrashed, _is_oom, _short
+from bench.speed.variants import MeasurementError, WorkerCrashed, _is_cuda_error, _is_oom, _short
 
 
 def _worker_main(conn: Any, mem_limit_bytes: int | None = None) -> None:
@@ -34,7 +34,11 @@ def _worker_main(conn: Any, mem_limit_bytes: int | None = None) -> None:
         try:
             reply = ("ok", fn(*args, **kwargs))
         except Exception as err:
-            reply = ("oom" if _is_oom(err) else "error", _short(err))
+            kind = "oom" if _is_oom(err) else "cuda" if _is_cuda_error(err) else "error"
+            reply = (kind, _short(err))
+        if reply[0] == "cuda":  # a sticky CUDA error: this process is done, do not touch it
+            conn.send(reply)
+            return
         _free_memory()  # after the except block: the traceback's tensors are gone
         conn.send(reply)
 
@@ -45,7 +49,10 @@ class Worker:
 
     ``call(fn, ...)`` pickles ``fn`` by reference, so it must be a module-level function.
     Out-of-memory in the worker is re-raised here as ``torch.OutOfMemoryError``, other
-    errors as :class:`MeasurementError`, a dead worker as :class:`WorkerCrashed`.
+    errors as :class:`MeasurementError`, a dead worker as :class:`WorkerCrashed`. After
+    any other CUDA error (illegal memory access, device-side assert: the CUDA context is
+    unusable from then on) the worker exits and the next call starts a fresh one, so one
+    bad configuration does not fail every later one.
     """
 
     def __init__(self, mem_limit_gb: float | None = None) -> None:
@@ -86,7 +93,20 @@ class Worker:
             return payload
         if kind == "oom":
             raise torch.OutOfMemoryError(payload)
+        if kind == "cuda":
+            self._retire()
+            raise MeasurementError(f"{payload} (CUDA context lost; measurement process restarted)")
         raise MeasurementError(payload)
+
+    def _retire(self) -> None:
+        """Forget a worker that is exiting on its own (after a sticky CUDA error)."""
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5)
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        self._proc = self._conn = None
 
     def close(self) -> None:
         if self._proc is None:

@@ -173,6 +173,7 @@ def _speed_cols() -> list[Col]:
         Col("throughput (img/s)", "throughput_img_s"),
         Col("peak mem (MB)", "peak_mem_mb"),
         Col("RSS (MB)", "rss_mb"),
+        Col("RSS delta (MB)", "rss_delta_mb"),
         Col("achieved GFLOP/s", "achieved_gflops"),
         Col("roofline (%)", "roofline_fraction", 100),
         Col("status", "status"),
