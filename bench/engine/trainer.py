@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from bench.core.device import autocast_context
 from bench.core.io import write_csv, write_json
-from bench.core.progress import progress_bar
 from bench.core.optim import adamw, adapt_optimizer_state, aliased_parameter_names
+from bench.core.progress import progress_bar
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
