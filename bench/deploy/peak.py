@@ -1,0 +1,346 @@
+"""The machine's compute and memory ceiling, measured with every library that can reach it.
+
+A roofline fraction is only as honest as its peak. Taking the peak from one library's
+matmul measures that library, not the machine: on the 2-core development VM a 2048x2048
+fp32 matmul ran at about 210 GFLOP/s in torch, 240 in numpy and 460 in onnxruntime, so a
+torch-only peak put models "above 100 % of the roofline". Here the peak is the best of:
+
+* **GEMM** (compute): a square fp32 ``n x n`` matmul (default 2048: large enough to be
+  compute-bound, small enough to take well under a second) timed in torch (``torch.mm``),
+  numpy (``a @ b``, its BLAS), onnxruntime (a one-node ``MatMul`` graph built with
+  ``onnx.helper``, full optimisation) and OpenVINO (a one-node ``MatMul`` model, inference
+  precision pinned to f32: on a bf16-capable CPU its default would be a bf16 GEMM).
+  FLOPs = ``2 n^3``.
+* **bandwidth** (memory): a large fp32 copy (default 256 MiB, far beyond the caches) with
+  torch ``copy_`` and numpy ``copyto``; bytes = read + write (``2 x size``, as STREAM's
+  copy counts them; write-allocate traffic is not added).
+
+Every backend runs with the same thread count (default ``torch.get_num_threads()``):
+torch via ``set_num_threads``, onnxruntime/OpenVINO via their session options, numpy's BLAS
+via ``threadpoolctl`` when it is installed (otherwise the row says the BLAS used its own
+default). Each figure is the best of ``reps`` timed runs after one warm-up (a peak is an
+upper bound). A backend that is absent or fails is a row with a reason, never the peak.
+The result records which backend reached each ceiling; :func:`machine_peak` returns it as
+a :class:`bench.roofline.Peak` whose ``source`` names the backend and lists all figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bench.roofline import Peak
+
+__all__ = [
+    "COPY_BACKENDS",
+    "GEMM_BACKENDS",
+    "MachinePeak",
+    "Measurement",
+    "best",
+    "machine_peak",
+    "measure_bandwidth",
+    "measure_gemm",
+]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One backend's figure: ``value`` in GFLOP/s (GEMM) or GB/s (copy); NaN unless ok."""
+
+    backend: str
+    kind: str  # "gemm" or "copy"
+    value: float
+    seconds: float
+    status: str  # "ok", "skipped", "error"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class MachinePeak:
+    """The measured peak plus every backend's figure (for the results file)."""
+
+    peak: Peak
+    compute_backend: str
+    bandwidth_backend: str
+    threads: int
+    gemm: list[Measurement] = field(default_factory=list)
+    bandwidth: list[Measurement] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tflops": self.peak.tflops,
+            "gbps": self.peak.gbps,
+            "source": self.peak.source,
+            "compute_backend": self.compute_backend,
+            "bandwidth_backend": self.bandwidth_backend,
+            "threads": self.threads,
+            "gemm": [asdict(m) for m in self.gemm],
+            "bandwidth": [asdict(m) for m in self.bandwidth],
+        }
+
+
+class _Skip(Exception):
+    """A backend that cannot be measured here (not installed); the message says why."""
+
+
+def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
+    fn()  # warm-up: allocation, kernel/plan selection
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _blas_threads(threads: int) -> Iterator[str]:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield "numpy BLAS threads not pinned (threadpoolctl not installed)"
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield ""
+
+
+def _operands(n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (
+        rng.standard_normal((n, n), dtype=np.float32),
+        rng.standard_normal((n, n), dtype=np.float32),
+    )
+
+
+def _gemm_torch(n: int, threads: int, reps: int) -> float:
+    import torch
+
+    a, b = (torch.from_numpy(x) for x in _operands(n))
+    with _torch_threads(threads):
+        return _best_seconds(lambda: torch.mm(a, b), reps)
+
+
+def _gemm_numpy(n: int, threads: int, reps: int) -> float:
+    a, b = _operands(n)
+    with _blas_threads(threads):
+        return _best_seconds(lambda: a @ b, reps)
+
+
+def _matmul_onnx(n: int) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _gemm_onnxruntime(n: int, threads: int, reps: int) -> float:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise _Skip(f"onnxruntime not installed ({err})") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(_matmul_onnx(n), opts, providers=["CPUExecutionProvider"])
+    a, b = _operands(n)
+    return _best_seconds(lambda: sess.run(None, {"a": a, "b": b}), reps)
+
+
+def _gemm_openvino(n: int, threads: int, reps: int) -> float:
+    try:
+        import openvino as ov
+        import openvino.opset13 as ops
+    except ImportError as err:
+        raise _Skip(f"openvino not installed ({err})") from None
+    pa = ops.parameter([n, n], np.float32, name="a")
+    pb = ops.parameter([n, n], np.float32, name="b")
+    model = ov.Model([ops.matmul(pa, pb, False, False)], [pa, pb], "gemm")
+    compiled = ov.Core().compile_model(
+        model,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": "f32",  # else a bf16 GEMM on bf16-capable CPUs
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        },
+    )
+    got = compiled.get_property("INFERENCE_PRECISION_HINT")
+    if got != ov.Type.f32:
+        raise RuntimeError(f"OpenVINO compiled the GEMM in {got}, not f32")
+    request = compiled.create_infer_request()
+    a, b = _operands(n)
+    return _best_seconds(lambda: request.infer({0: a, 1: b}), reps)
+
+
+def _copy_torch(numel: int, threads: int, reps: int) -> float:
+    import torch
+
+    src = torch.ones(numel, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    with _torch_threads(threads):
+        return _best_seconds(lambda: dst.copy_(src), reps)
+
+
+def _copy_numpy(numel: int, threads: int, reps: int) -> float:
+    src = np.ones(numel, dtype=np.float32)
+    dst = np.empty_like(src)
+    return _best_seconds(lambda: np.copyto(dst, src), reps)  # single-threaded by design
+
+
+#: GEMM timers ``(n, threads, reps) -> best seconds``; tests substitute entries.
+GEMM_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
+    "torch": _gemm_torch,
+    "numpy": _gemm_numpy,
+    "onnxruntime": _gemm_onnxruntime,
+    "openvino": _gemm_openvino,
+}
+#: Copy timers ``(numel, threads, reps) -> best seconds``.
+COPY_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
+    "torch": _copy_torch,
+    "numpy": _copy_numpy,
+}
+
+
+def _note(kind: str, backend: str) -> str:
+    """What a row should say about how its threads were (not) pinned."""
+    if (kind, backend) == ("copy", "numpy"):
+        return "numpy copyto is single-threaded"
+    if (kind, backend) == ("gemm", "numpy"):
+        try:
+            import threadpoolctl  # noqa: F401
+        except ImportError:
+            return "numpy BLAS threads not pinned (threadpoolctl not installed)"
+    return ""
+
+
+def _measure(
+    kind: str,
+    timers: Mapping[str, Callable[[int, int, int], float]],
+    size: int,
+    work: float,
+    threads: int,
+    reps: int,
+    backends: Sequence[str] | None,
+) -> list[Measurement]:
+    out = []
+    for name in backends if backends is not None else list(timers):
+        if name not in timers:
+            raise ValueError(f"unknown {kind} backend {name!r} (one of {', '.join(timers)})")
+        note = _note(kind, name)
+        try:
+            sec = float(timers[name](size, threads, reps))
+            if not (sec > 0 and math.isfinite(sec)):
+                raise RuntimeError(f"timer returned {sec!r} s")
+        except _Skip as err:
+            out.append(Measurement(name, kind, math.nan, math.nan, "skipped", str(err)))
+            continue
+        except Exception as err:  # a backend failing is a row, not the end of the peak
+            reason = f"{type(err).__name__}: {str(err).strip()[:200]}"
+            out.append(Measurement(name, kind, math.nan, math.nan, "error", reason))
+            continue
+        out.append(Measurement(name, kind, work / sec / 1e9, sec, "ok", note))
+    return out
+
+
+def _threads_or_default(threads: int | None) -> int:
+    if threads is None:
+        import torch
+
+        return torch.get_num_threads()
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return int(threads)
+
+
+def measure_gemm(
+    n: int = 2048,
+    threads: int | None = None,
+    reps: int = 5,
+    backends: Sequence[str] | None = None,
+) -> list[Measurement]:
+    """fp32 ``n x n`` GEMM GFLOP/s (``2 n^3`` FLOPs) per backend, best of ``reps``."""
+    if n < 1 or reps < 1:
+        raise ValueError(f"need n >= 1 and reps >= 1, got {n}, {reps}")
+    t = _threads_or_default(threads)
+    return _measure("gemm", GEMM_BACKENDS, n, 2.0 * n**3, t, reps, backends)
+
+
+def measure_bandwidth(
+    mib: float = 256,
+    threads: int | None = None,
+    reps: int = 5,
+    backends: Sequence[str] | None = None,
+) -> list[Measurement]:
+    """GB/s of an fp32 copy of ``mib`` MiB per backend (read + write counted), best of ``reps``."""
+    if mib <= 0 or reps < 1:
+        raise ValueError(f"need mib > 0 and reps >= 1, got {mib}, {reps}")
+    numel = int(mib * 2**20) // 4
+    t = _threads_or_default(threads)
+    return _measure("copy", COPY_BACKENDS, numel, 2.0 * numel * 4, t, reps, backends)
+
+
+def best(measurements: Sequence[Measurement]) -> Measurement:
+    """The ok measurement with the largest value; ValueError naming each failure if none."""
+    ok = [m for m in measurements if m.status == "ok"]
+    if not ok:
+        why = "; ".join(f"{m.backend}: {m.reason or m.status}" for m in measurements)
+        raise ValueError(f"no backend could be measured ({why or 'none given'})")
+    return max(ok, key=lambda m: m.value)
+
+
+def _listing(ms: Sequence[Measurement], unit: str) -> str:
+    return (
+        ", ".join(
+            f"{m.backend} {m.value:.0f}" if m.status == "ok" else f"{m.backend} {m.status}"
+            for m in ms
+        )
+        + f" {unit}"
+    )
+
+
+def machine_peak(
+    threads: int | None = None,
+    *,
+    n: int = 2048,
+    copy_mib: float = 256,
+    reps: int = 5,
+    gemm_backends: Sequence[str] | None = None,
+    copy_backends: Sequence[str] | None = None,
+) -> MachinePeak:
+    """Measure GEMM and copy with every backend; the best of each is the machine's peak."""
+    t = _threads_or_default(threads)
+    gemm = measure_gemm(n, t, reps, gemm_backends)
+    copy = measure_bandwidth(copy_mib, t, reps, copy_backends)
+    g, c = best(gemm), best(copy)
+    source = (
+        f"measured: best fp32 {n}x{n} GEMM = {g.backend} ({_listing(gemm, 'GFLOP/s')}); "
+        f"best {copy_mib:g} MiB copy = {c.backend} ({_listing(copy, 'GB/s')}); "
+        f"{t} threads, best of {reps}"
+    )
+    return MachinePeak(Peak(g.value / 1e3, c.value, source), g.backend, c.backend, t, gemm, copy)
