@@ -1,17 +1,20 @@
 """segbench model registry: MALUNet, EGE-UNet and the models they are compared with.
 
-Every model's ``forward`` returns logits ``(N, num_classes, H, W)`` at the input
-resolution. Models with deep supervision also offer ``forward_aux(x)`` returning
-``(logits, [aux_logits, ...])`` (aux maps at input resolution, ordered as the
-weights in ``model_info(name).loss_weights``).
+Every model is a :class:`SegmentationModel` (``models/base.py``): it declares its input
+constraint once (``input_spec``), checks every input with ``check_input_shape`` and its
+``forward`` returns logits ``(N, num_classes, H, W)`` at the input resolution. Models
+with deep supervision also offer ``forward_aux(x)`` returning ``(logits, [aux_logits,
+...])`` (aux maps at input resolution, ordered as the weights in
+``model_info(name).loss_weights``).
 """
 
 from models import registry
+from models.base import InputSizeError, InputSpec, SegmentationModel, check_input_size
 from models.registry import (
-    InputSizeError,
     ModelInfo,
+    PaperFigures,
+    PaperScores,
     UnknownModelError,
-    check_input_size,
     create_model,
     list_models,
     model_info,
@@ -40,7 +43,11 @@ _import_archs()
 
 __all__ = [
     "InputSizeError",
+    "InputSpec",
     "ModelInfo",
+    "PaperFigures",
+    "PaperScores",
+    "SegmentationModel",
     "UnknownModelError",
     "check_input_size",
     "create_model",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import check_input_size, register_model
+from models.base import InputSpec, SegmentationModel
+from models.registry import PaperFigures, PaperScores, register_model
 from models.unet import DoubleConv
 
 __all__ = ["AttentionGate", "AttentionUNet", "attention_unet"]
@@ -53,13 +54,13 @@ class _AttUp(nn.Module):
         return self.conv(torch.cat([self.gate(y, skip), y], dim=1))
 
 
-class AttentionUNet(nn.Module):
-    """Five-level Attention U-Net; H and W must be multiples of 16."""
+class AttentionUNet(SegmentationModel):
+    """Five-level Attention U-Net; H and W must be multiples of 16 (four 2x2 poolings)."""
 
-    input_multiple = 16
+    input_spec = InputSpec(multiple=16, min_size=16)
 
     def __init__(self, num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         if base_width < 2:
             # F_int is half the finest skip width, so it must stay >= 1.
             raise ValueError(
@@ -73,9 +74,7 @@ class AttentionUNet(nn.Module):
         self.head = nn.Conv2d(w[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(
-            *x.shape[-2:], self.input_multiple, self.input_multiple, model="attention_unet"
-        )
+        self.check_input_shape(x)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))
@@ -87,19 +86,14 @@ class AttentionUNet(nn.Module):
 
 @register_model(
     "attention_unet",
+    architecture=AttentionUNet,
     full_name="Attention U-Net (base width 32)",
     paper="Attention U-Net: Learning Where to Look for the Pancreas",
     year=2018,
     citation="oktay2018attention",
     reference="Oktay, O., Schlemper, J., Le Folgoc, L., et al. MIDL 2018. arXiv:1804.03999",
     family="comparison",
-    input_multiple=16,
-    min_input=16,
-    reported={
-        "params_m": 8.73,
-        "gflops": 16.71,
-        "isic2018": {"dsc": 87.91, "miou": 78.43},
-    },
+    reported=PaperFigures(params_m=8.73, gflops=16.71, isic2018=PaperScores(dsc=87.91, miou=78.43)),
     notes="Figures as printed in the EGE-UNet comparison table (ISIC2018, 7:3 split).",
 )
 def attention_unet(

@@ -5,20 +5,26 @@ EfficientNet-B0 encoders, ``Segformer`` with MiT-B0 (``encoder_weights=None``);
 torchvision: LR-ASPP MobileNetV3-Large (``weights=None, weights_backbone=None``).
 
 Each is wrapped so that, like every segbench model, ``forward`` checks the input
-size (:class:`~models.registry.InputSizeError`) and returns logits
-``(N, num_classes, H, W)`` at the input resolution (torchvision returns a dict).
+(:meth:`~models.base.SegmentationModel.check_input_shape`) and returns logits
+``(N, num_classes, H, W)`` at the input resolution (torchvision returns a dict). The
+input constraint is declared once per library, on the wrapper class.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import check_input_size, register_model
+from models.base import InputSpec, SegmentationModel
+from models.registry import register_model
 
 __all__ = [
     "LibrarySegmenter",
+    "SmpSegmenter",
+    "TorchvisionLRASPP",
     "lraspp_mobilenet_v3_large",
     "smp_segformer_mit_b0",
     "smp_unet_efficientnet_b0",
@@ -33,19 +39,19 @@ _SMP_CITATION = (
 _UNET_CITATION = "Ronneberger, O., Fischer, P., Brox, T. MICCAI 2015. arXiv:1505.04597"
 
 
-class LibrarySegmenter(nn.Module):
-    """Wraps a library model: input-size check, dict unwrapping, logits at input size."""
+class LibrarySegmenter(SegmentationModel):
+    """Wraps a library model: input check, dict unwrapping, logits at input size.
 
-    def __init__(self, net: nn.Module, name: str, multiple: int, min_size: int) -> None:
-        super().__init__()
+    Abstract: each library's subclass declares the ``input_spec`` its models share.
+    """
+
+    def __init__(self, net: nn.Module, in_channels: int) -> None:
+        super().__init__(in_channels)
         self.net = net
-        self.model_name = name
-        self.input_multiple = multiple
-        self.min_input = min_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(x)
         h, w = x.shape[-2:]
-        check_input_size(h, w, self.input_multiple, self.min_input, model=self.model_name)
         out = self.net(x)
         if isinstance(out, dict):  # torchvision segmentation models
             out = out["out"]
@@ -54,15 +60,29 @@ class LibrarySegmenter(nn.Module):
         return out
 
 
-def _smp_unet(encoder: str, name: str, num_classes: int, in_channels: int) -> LibrarySegmenter:
+class SmpSegmenter(LibrarySegmenter):
+    """A segmentation-models-pytorch model (Unet / Segformer)."""
+
+    # smp encoders down-sample 5 times; smp itself rejects other sizes with a RuntimeError.
+    input_spec = InputSpec(multiple=32, min_size=32)
+
+
+class TorchvisionLRASPP(LibrarySegmenter):
+    """torchvision's LR-ASPP (returns a dict; its output is already at the input size)."""
+
+    # torchvision interpolates its 1/16 and 1/8 features and the output to the input size,
+    # so any H x W works; below 16 px the 1/16 branch would see a single padded pixel.
+    input_spec = InputSpec(multiple=1, min_size=16)
+
+
+def _smp_unet(encoder: str, num_classes: int, in_channels: int) -> SmpSegmenter:
     import segmentation_models_pytorch as smp
 
     net = smp.Unet(encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
-    # smp encoders down-sample 5 times; smp itself rejects other sizes with a RuntimeError.
-    return LibrarySegmenter(net, name, multiple=32, min_size=32)
+    return SmpSegmenter(net, in_channels)
 
 
-_SMP_META = dict(family="smp", input_multiple=32, min_input=32, reported={})
+_SMP_META: dict[str, Any] = dict(family="smp", architecture=SmpSegmenter)
 
 
 @register_model(
@@ -73,11 +93,11 @@ _SMP_META = dict(family="smp", input_multiple=32, min_input=32, reported={})
     citation="ronneberger2015unet",
     reference=f"{_UNET_CITATION}; He, K. et al. Deep Residual Learning for Image Recognition. "
     f"CVPR 2016; {_SMP_CITATION}",
-    notes="smp 0.6 Unet(resnet34), encoder_weights=None: 24,436,369 params with 1 class.",
+    notes="smp 0.6 Unet(resnet34), encoder_weights=None.",
     **_SMP_META,
 )
-def smp_unet_resnet34(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
-    return _smp_unet("resnet34", "smp_unet_resnet34", num_classes, in_channels)
+def smp_unet_resnet34(num_classes: int = 1, in_channels: int = 3) -> SmpSegmenter:
+    return _smp_unet("resnet34", num_classes, in_channels)
 
 
 @register_model(
@@ -87,11 +107,11 @@ def smp_unet_resnet34(num_classes: int = 1, in_channels: int = 3) -> LibrarySegm
     year=2018,
     citation="sandler2018mobilenetv2",
     reference=f"Sandler, M. et al. CVPR 2018. arXiv:1801.04381; {_UNET_CITATION}; {_SMP_CITATION}",
-    notes="smp 0.6 Unet(mobilenet_v2), encoder_weights=None: 6,628,945 params with 1 class.",
+    notes="smp 0.6 Unet(mobilenet_v2), encoder_weights=None.",
     **_SMP_META,
 )
-def smp_unet_mobilenet_v2(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
-    return _smp_unet("mobilenet_v2", "smp_unet_mobilenet_v2", num_classes, in_channels)
+def smp_unet_mobilenet_v2(num_classes: int = 1, in_channels: int = 3) -> SmpSegmenter:
+    return _smp_unet("mobilenet_v2", num_classes, in_channels)
 
 
 @register_model(
@@ -102,14 +122,14 @@ def smp_unet_mobilenet_v2(num_classes: int = 1, in_channels: int = 3) -> Library
     citation="tan2019efficientnet",
     reference=f"Tan, M., Le, Q. V. ICML 2019. arXiv:1905.11946; {_UNET_CITATION}; {_SMP_CITATION}",
     notes="smp 0.6 Unet(efficientnet-b0), encoder_weights=None, less the encoder's unused "
-    "classifier conv head: 5,839,309 params with 1 class (smp's own count, head included, "
-    "is 6,251,469; keep_unused_head=True gives it).",
+    "ImageNet head (1x1 conv 320 -> 1280 and its BatchNorm), which smp's own parameter count "
+    "includes; keep_unused_head=True keeps it.",
     **_SMP_META,
 )
 def smp_unet_efficientnet_b0(
     num_classes: int = 1, in_channels: int = 3, keep_unused_head: bool = False
-) -> LibrarySegmenter:
-    model = _smp_unet("efficientnet-b0", "smp_unet_efficientnet_b0", num_classes, in_channels)
+) -> SmpSegmenter:
+    model = _smp_unet("efficientnet-b0", num_classes, in_channels)
     if not keep_unused_head:
         # smp's EfficientNet encoder keeps the ImageNet head's 1x1 conv (320 -> 1280) and its
         # BatchNorm but never runs them: 412,160 dead parameters that would inflate the count
@@ -126,17 +146,17 @@ def smp_unet_efficientnet_b0(
     year=2021,
     citation="xie2021segformer",
     reference=f"Xie, E. et al. NeurIPS 2021. arXiv:2105.15203; {_SMP_CITATION}",
-    notes="smp 0.6 Segformer(mit_b0), encoder_weights=None: 3,714,401 params with 1 class. "
-    "smp's head already up-samples x4 to the input size.",
+    notes="smp 0.6 Segformer(mit_b0), encoder_weights=None. smp's head already up-samples "
+    "x4 to the input size.",
     **_SMP_META,
 )
-def smp_segformer_mit_b0(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+def smp_segformer_mit_b0(num_classes: int = 1, in_channels: int = 3) -> SmpSegmenter:
     import segmentation_models_pytorch as smp
 
     net = smp.Segformer(
         "mit_b0", encoder_weights=None, in_channels=in_channels, classes=num_classes
     )
-    return LibrarySegmenter(net, "smp_segformer_mit_b0", multiple=32, min_size=32)
+    return SmpSegmenter(net, in_channels)
 
 
 @register_model(
@@ -147,15 +167,11 @@ def smp_segformer_mit_b0(num_classes: int = 1, in_channels: int = 3) -> LibraryS
     citation="howard2019mobilenetv3",
     reference="Howard, A. et al. ICCV 2019. arXiv:1905.02244",
     family="torchvision",
-    # torchvision interpolates its 1/16 and 1/8 features and the output to the input size,
-    # so any H x W works; below 16 px the 1/16 branch would see a single padded pixel.
-    input_multiple=1,
-    min_input=16,
-    reported={},
-    notes="torchvision lraspp_mobilenet_v3_large(weights=None, weights_backbone=None): "
-    "3,218,138 params with 1 class. Any input size of at least 16x16.",
+    architecture=TorchvisionLRASPP,
+    notes="torchvision lraspp_mobilenet_v3_large(weights=None, weights_backbone=None). Any "
+    "input size of at least 16x16.",
 )
-def lraspp_mobilenet_v3_large(num_classes: int = 1, in_channels: int = 3) -> LibrarySegmenter:
+def lraspp_mobilenet_v3_large(num_classes: int = 1, in_channels: int = 3) -> TorchvisionLRASPP:
     from torchvision.models.segmentation import lraspp_mobilenet_v3_large as build
 
     net = build(weights=None, weights_backbone=None, num_classes=num_classes)
@@ -170,4 +186,4 @@ def lraspp_mobilenet_v3_large(num_classes: int = 1, in_channels: int = 3) -> Lib
             padding=stem.padding,
             bias=False,
         )
-    return LibrarySegmenter(net, "lraspp_mobilenet_v3_large", multiple=1, min_size=16)
+    return TorchvisionLRASPP(net, in_channels)

@@ -29,8 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import LayerNorm2d, authors_init_, check_channel_list, check_input
-from models.registry import register_model
+from models.base import SegmentationModel
+from models.layers import AUTHORS_INPUT_SPEC, LayerNorm2d, authors_init_, check_channel_list
+from models.registry import PaperFigures, PaperScores, register_model
 
 __all__ = ["EGEUNet", "GroupAggregationBridge", "GroupedHadamardAttention", "egeunet"]
 
@@ -130,7 +131,7 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=(2, 2), mode="bilinear", align_corners=True)
 
 
-class EGEUNet(nn.Module):
+class EGEUNet(SegmentationModel):
     """EGE-UNet. ``forward`` returns logits (N, num_classes, H, W);
     :meth:`forward_aux` adds the five side logits for deep supervision.
 
@@ -140,7 +141,7 @@ class EGEUNet(nn.Module):
         c_list: the six stage widths.
     """
 
-    input_multiple = 32
+    input_spec = AUTHORS_INPUT_SPEC
 
     def __init__(
         self,
@@ -148,10 +149,9 @@ class EGEUNet(nn.Module):
         in_channels: int = 3,
         c_list: Sequence[int] = (8, 16, 24, 32, 48, 64),
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         c = check_channel_list(c_list, "egeunet")
         self.num_classes = num_classes
-        self.in_channels = in_channels
 
         self.encoder1 = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, padding=1))
         self.encoder2 = nn.Sequential(nn.Conv2d(c[0], c[1], 3, padding=1))
@@ -179,7 +179,7 @@ class EGEUNet(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Final logits and the side logits (deepest first) at their own resolutions."""
-        check_input(x, self.in_channels, self.input_multiple, "egeunet")
+        self.check_input_shape(x)
         skips = []
         out = x
         for i in range(5):
@@ -213,20 +213,19 @@ class EGEUNet(nn.Module):
 
 @register_model(
     "egeunet",
+    architecture=EGEUNet,
     full_name="EGE-UNet: Efficient Group Enhanced UNet",
     paper="EGE-UNet: an Efficient Group Enhanced UNet for skin lesion segmentation",
     reference="Ruan, J., Xie, M., Gao, J., Liu, T., Fu, Y. MICCAI 2023. arXiv:2307.08473",
     year=2023,
     citation="ruan2023egeunet",
     family="segbench",
-    input_multiple=32,
-    min_input=32,
-    reported={
-        "params_m": 0.053,
-        "gflops": 0.072,
-        "isic2017": {"miou": 79.81, "dsc": 88.77},
-        "isic2018": {"miou": 80.94, "dsc": 89.46},
-    },
+    reported=PaperFigures(
+        params_m=0.053,
+        gflops=0.072,
+        isic2017=PaperScores(miou=79.81, dsc=88.77),
+        isic2018=PaperScores(miou=80.94, dsc=89.46),
+    ),
     loss_weights=(1.0, (0.1, 0.2, 0.3, 0.4, 0.5)),
     notes=(
         "Deep supervision: forward_aux returns five side logits (deepest first); the "

@@ -1,8 +1,8 @@
 """Small blocks and helpers shared by MALUNet and EGE-UNet (Ruan et al., 2022 / 2023).
 
 Both papers come from the same code base: the same initialisation, the same
-input contract (RGB-like tensors, H and W multiples of 32) and the same channel
-list. What only one architecture uses lives in its own module.
+input contract (:data:`AUTHORS_INPUT_SPEC`: H and W multiples of 32) and the same
+channel list. What only one architecture uses lives in its own module.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import torch
 import torch.nn as nn
 from timm.layers import LayerNorm2d, trunc_normal_
 
-from models.registry import check_input_size
+from models.base import InputSpec
 
-__all__ = ["LayerNorm2d", "authors_init_", "check_channel_list", "check_input"]
+__all__ = ["AUTHORS_INPUT_SPEC", "LayerNorm2d", "authors_init_", "check_channel_list"]
+
+# Five 2x2 max-poolings: H and W must be multiples of 32 (and so at least 32).
+AUTHORS_INPUT_SPEC = InputSpec(multiple=32, min_size=32)
 
 # ``LayerNorm2d`` (timm) is the channels-first LayerNorm of EGE-UNet: per pixel,
 # mean and biased variance over C, eps 1e-6, per-channel affine (weight ones,
@@ -59,12 +62,3 @@ def check_channel_list(c_list: Sequence[int], model: str) -> list[int]:
             f"(e.g. [8, 16, 24, 32, 48, 64]), got {c_list!r}"
         )
     return widths
-
-
-def check_input(x: torch.Tensor, in_channels: int, multiple: int, model: str) -> None:
-    """Raise a clear error for a tensor the model cannot take (rank, channels, H/W)."""
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(
-            f"{model}: expected input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}"
-        )
-    check_input_size(int(x.shape[2]), int(x.shape[3]), multiple, min_size=multiple, model=model)

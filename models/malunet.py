@@ -25,10 +25,16 @@ of ``linear_0.weight``'s storage, while both stay registered Parameters. Hence:
 
 This module keeps the tie through ``load_state_dict`` (also ``assign=True``),
 ``.to()`` / ``.cuda()`` / ``.half()``, ``copy.deepcopy`` and pickling, which
-would otherwise give ``linear_1`` a storage of its own. In the authors' code
-the plain ``.cuda()`` call does break the tie, so their GPU-trained checkpoints
-hold two independent memories; build with ``tie_memory=False`` to load those
-(``load_state_dict`` on a tied model refuses memories that are not transposes).
+would otherwise give ``linear_1`` a storage of its own.
+
+The authors' own code does not keep it: their ``model.cuda()`` converts each
+Parameter on its own, so every parameter gets new storage and the IEA tie is
+broken before training starts. Their published (GPU) results therefore come from
+an untied model with 177,943 independent weights: two separate memories per IEA
+block, each updated by its own gradient. ``tie_memory=False`` builds that model
+(and loads their GPU-trained checkpoints; ``load_state_dict`` on a tied model
+refuses memories that are not transposes). The default stays tied, the model the
+code describes before ``.cuda()``; both count 177,943 by numel, the paper's 0.177 M.
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import authors_init_, check_channel_list, check_input
-from models.registry import register_model
+from models.base import SegmentationModel
+from models.layers import AUTHORS_INPUT_SPEC, authors_init_, check_channel_list
+from models.registry import PaperFigures, PaperScores, register_model
 
 __all__ = [
     "MALUNet",
@@ -291,7 +298,7 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=(2, 2), mode="bilinear", align_corners=True)
 
 
-class MALUNet(nn.Module):
+class MALUNet(SegmentationModel):
     """MALUNet. ``forward`` returns logits (N, num_classes, H, W); the authors'
     forward ends in a sigmoid, which is left to the loss / the caller here.
 
@@ -302,12 +309,13 @@ class MALUNet(nn.Module):
         split_att: CAB projections, ``"fc"`` (Linear, the default) or ``"conv"``.
         bridge: use the SC bridge on the skips.
         tie_memory: keep each IEA block's ``linear_1`` a transposed view of
-            ``linear_0`` (the authors' CPU behaviour and the parameter count
-            the paper reports). ``False`` gives them separate storage after
-            the (identical) initialisation.
+            ``linear_0`` (the authors' code on CPU, 146,711 unique weights).
+            ``False`` gives them separate storage after the (identical)
+            initialisation: the model the authors trained after ``.cuda()``,
+            177,943 independent weights (see the module docstring).
     """
 
-    input_multiple = 32
+    input_spec = AUTHORS_INPUT_SPEC
 
     def __init__(
         self,
@@ -318,10 +326,9 @@ class MALUNet(nn.Module):
         bridge: bool = True,
         tie_memory: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         c = check_channel_list(c_list, "malunet")
         self.num_classes = num_classes
-        self.in_channels = in_channels
         self.bridge = bridge
 
         self.encoder1 = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, padding=1))
@@ -352,7 +359,7 @@ class MALUNet(nn.Module):
                     m.untie_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_channels, self.input_multiple, "malunet")
+        self.check_input_shape(x)
         out = F.gelu(F.max_pool2d(self.ebn1(self.encoder1(x)), 2, 2))
         t1 = out  # H/2
         out = F.gelu(F.max_pool2d(self.ebn2(self.encoder2(out)), 2, 2))
@@ -377,23 +384,24 @@ class MALUNet(nn.Module):
 
 @register_model(
     "malunet",
+    architecture=MALUNet,
     full_name="MALUNet: Multi-Attention and Light-weight UNet",
     paper="MALUNet: A Multi-Attention and Light-weight UNet for Skin Lesion Segmentation",
     reference="Ruan, J., Xiang, S., Xie, M., Liu, T., Gao, Y. IEEE BIBM 2022. arXiv:2211.01784",
     year=2022,
     citation="ruan2022malunet",
     family="segbench",
-    input_multiple=32,
-    min_input=32,
-    reported={
-        "params_m": 0.177,
-        "gflops": 0.085,
-        "isic2017": {"miou": 78.78, "dsc": 88.13, "acc": 96.18, "spe": 98.47, "sen": 84.78},
-        "isic2018": {"miou": 80.25, "dsc": 89.04, "acc": 94.62, "spe": 96.19, "sen": 89.74},
-    },
+    reported=PaperFigures(
+        params_m=0.177,
+        gflops=0.085,
+        isic2017=PaperScores(miou=78.78, dsc=88.13, acc=96.18, spe=98.47, sen=84.78),
+        isic2018=PaperScores(miou=80.25, dsc=89.04, acc=94.62, spe=96.19, sen=89.74),
+    ),
     notes=(
-        "IEA linear_1 is a transposed view of linear_0 (shared storage): 177,943 parameters "
-        "by numel, 146,711 unique. Authors' input scale is [0, 255]."
+        "IEA linear_1 is a transposed view of linear_0 (shared storage), so unique parameters "
+        "are fewer than the numel count; the authors' .cuda() breaks that tie, and "
+        "tie_memory=False builds the untied model they trained. Authors' input scale is "
+        "[0, 255]."
     ),
 )
 def malunet(num_classes: int = 1, in_channels: int = 3, **kwargs: Any) -> MALUNet:

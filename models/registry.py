@@ -1,22 +1,31 @@
 """Model registry: ``@register_model`` builders with paper metadata.
 
 No global mutable state beyond the name -> entry table that decorators fill at
-import time (the torchvision / timm pattern).
+import time (the torchvision / timm pattern). Registration validates everything it
+stores: the architecture must be a :class:`~models.base.SegmentationModel` subclass
+declaring its ``input_spec``, and the papers' figures must fit :class:`PaperFigures`,
+so a misspelt key fails at import instead of vanishing from the tables.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch.nn as nn
 
+from models.base import InputSizeError, InputSpec, SegmentationModel, check_input_size
+
 __all__ = [
     "InputSizeError",
+    "InputSpec",
     "ModelInfo",
+    "PaperFigures",
+    "PaperScores",
     "UnknownModelError",
     "check_input_size",
     "create_model",
@@ -33,21 +42,162 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-class InputSizeError(ValueError):
-    """Raised when a model cannot take an input of the given spatial size."""
+# --- papers' figures --------------------------------------------------------------------------
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown_keys(raw: Mapping[str, Any], known: list[str], where: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ValueError(
+                f"{where}: unknown key {key!r}{_did_you_mean(str(key), known)}; "
+                f"known keys: {', '.join(known)}"
+            )
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PaperScores:
+    """Segmentation scores on one dataset, in percent, exactly as the paper prints them."""
+
+    dsc: float | None = None  # Dice similarity coefficient
+    miou: float | None = None  # mean intersection over union
+    acc: float | None = None  # pixel accuracy
+    spe: float | None = None  # specificity
+    sen: float | None = None  # sensitivity
+
+    def __post_init__(self) -> None:
+        if not self.as_dict():
+            raise ValueError("PaperScores: give at least one score (dsc, miou, acc, spe, sen)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            value = _number(value, f"PaperScores.{f.name}")
+            # Papers print percentages; a fraction (0.88) would sit far below every measured
+            # point. No published segmentation score is at or below 1 %.
+            if not 1.0 < value <= 100.0:
+                raise ValueError(
+                    f"PaperScores.{f.name} is a percentage in (1, 100] as printed in the "
+                    f"paper, got {value!r}" + (" (a fraction?)" if 0 <= value <= 1 else "")
+                )
+            object.__setattr__(self, f.name, value)
+
+    def as_dict(self) -> dict[str, float]:
+        """The scores that are set, as a plain dict (``{"dsc": 88.13, ...}``)."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "PaperScores") -> PaperScores:
+        """Validate a mapping such as ``{"dsc": 88.13, "miou": 78.78}``; unknown keys raise."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where} must be a mapping of scores, got {raw!r}")
+        _unknown_keys(raw, [f.name for f in fields(cls)], where)
+        try:
+            return cls(**raw)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+
+@dataclass(frozen=True)
+class PaperFigures(Mapping[str, Any]):
+    """Figures a model's paper reports, exactly as printed; every field optional.
+
+    ``params_m`` is parameters in millions and ``gflops`` the papers' "GFLOPs", which are
+    thop MACs / 1e9 at 1x3x256x256; one :class:`PaperScores` per dataset of the paper's
+    tables. A dataset the schema lacks is added here as one field (``ph2`` style).
+
+    Also reads as the nested mapping the harness consumes,
+    ``{"params_m": 0.177, "gflops": 0.085, "isic2017": {"dsc": 88.13, ...}}``: only the
+    figures that are set appear, and each dataset reads as a plain ``dict``.
+    """
+
+    params_m: float | None = None
+    gflops: float | None = None
+    isic2017: PaperScores | None = None
+    isic2018: PaperScores | None = None
+    ph2: PaperScores | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("params_m", "gflops"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = _number(value, f"PaperFigures.{name}")
+            if value <= 0:
+                raise ValueError(f"PaperFigures.{name} must be positive, got {value!r}")
+            object.__setattr__(self, name, value)
+        for name in self.dataset_names():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, PaperScores):
+                scores = PaperScores.from_mapping(value, where=f"PaperFigures.{name}")
+                object.__setattr__(self, name, scores)
+
+    @classmethod
+    def dataset_names(cls) -> list[str]:
+        """Dataset keys the schema knows (every field but ``params_m`` and ``gflops``)."""
+        return [f.name for f in fields(cls) if f.name not in ("params_m", "gflops")]
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any], where: str = "reported") -> PaperFigures:
+        """Validate the nested mapping form; an unknown key raises, naming the closest one."""
+        if isinstance(raw, PaperFigures):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where} must be PaperFigures(...) or a mapping, got {raw!r}")
+        _unknown_keys(raw, [f.name for f in fields(cls)], where)
+        kwargs = {
+            key: value
+            if key in ("params_m", "gflops") or isinstance(value, PaperScores)
+            else PaperScores.from_mapping(value, where=f"{where}[{key!r}]")
+            for key, value in raw.items()
+        }
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
+    # Read-only mapping view (what bench reads: .get, [], .items()).
+    def _present(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._present():
+            raise KeyError(key)
+        value = getattr(self, key)
+        return value.as_dict() if isinstance(value, PaperScores) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())
+
+
+# --- registry -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What segbench knows about a registered model.
 
-    ``reported`` holds figures exactly as the paper prints them, e.g.
-    ``{"params_m": 0.177, "gflops": 0.085, "isic2017": {"dsc": 88.13, "miou": 78.78}}``
-    (papers' "GFLOPs" are thop MACs at 1x3x256x256).
-
-    ``loss_weights`` is ``(main, (aux_1, ...))``: weight of the main logits and
-    of each auxiliary logit map returned by ``model.forward_aux`` (deep
-    supervision); empty aux for models without side outputs.
+    ``input_spec`` comes from the architecture class (its one declaration). ``reported``
+    holds the paper's figures (:class:`PaperFigures`; a mapping given here is validated
+    into one). ``loss_weights`` is ``(main, (aux_1, ...))``: weight of the main logits and
+    of each auxiliary logit map returned by ``model.forward_aux`` (deep supervision);
+    empty aux for models without side outputs. ``notes`` is prose: exact parameter and
+    MAC counts live in ``results/complexity/golden.json``, not here.
     """
 
     name: str
@@ -55,17 +205,34 @@ class ModelInfo:
     paper: str
     year: int
     citation: str  # citation key, e.g. "ruan2022malunet"
+    input_spec: InputSpec
     reference: str = ""  # full bibliographic reference
     family: str = "segbench"
-    input_multiple: int = 32
-    min_input: int = 32
-    reported: dict[str, Any] = field(default_factory=dict)
+    reported: PaperFigures = field(default_factory=PaperFigures)
     loss_weights: tuple[float, tuple[float, ...]] = (1.0, ())
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_spec, InputSpec):
+            raise ValueError(
+                f"{self.name}: input_spec must be an InputSpec, got {self.input_spec!r}"
+            )
+        reported = PaperFigures.from_mapping(self.reported, where=f"{self.name}: reported")
+        object.__setattr__(self, "reported", reported)
+        main, aux = self.loss_weights
+        object.__setattr__(self, "loss_weights", (float(main), tuple(float(w) for w in aux)))
+
+    @property
+    def input_multiple(self) -> int:
+        return self.input_spec.multiple
+
+    @property
+    def min_input(self) -> int:
+        return self.input_spec.min_size
+
     @property
     def input_constraint(self) -> str:
-        return f"H and W multiples of {self.input_multiple}, at least {self.min_input}"
+        return self.input_spec.describe()
 
     @property
     def has_aux(self) -> bool:
@@ -75,22 +242,60 @@ class ModelInfo:
 @dataclass(frozen=True)
 class _Entry:
     builder: Callable[..., nn.Module]
+    architecture: type[SegmentationModel]
     info: ModelInfo
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
+def _architecture_of(
+    key: str, fn: Callable[..., nn.Module], architecture: type[SegmentationModel] | None
+) -> type[SegmentationModel]:
+    arch = architecture
+    if arch is None and isinstance(fn, type):
+        arch = fn
+    if not (isinstance(arch, type) and issubclass(arch, SegmentationModel)):
+        raise TypeError(
+            f"model {key!r}: register a SegmentationModel subclass, or pass "
+            f"architecture=<the SegmentationModel subclass the builder returns> "
+            f"(got {arch!r})"
+        )
+    if not isinstance(getattr(arch, "input_spec", None), InputSpec):
+        raise TypeError(
+            f"model {key!r}: {arch.__name__} declares no input_spec; add the class attribute "
+            "input_spec = InputSpec(multiple=..., min_size=...)"
+        )
+    return arch
+
+
 def register_model(
-    name: str | None = None, **meta: Any
+    name: str | None = None,
+    *,
+    architecture: type[SegmentationModel] | None = None,
+    **meta: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder ``fn(num_classes=1, in_channels=3, **kwargs) -> nn.Module``."""
+    """Register a builder ``fn(num_classes=1, in_channels=3, **kwargs) -> model``.
+
+    ``fn`` is a :class:`~models.base.SegmentationModel` subclass, or a function returning
+    an instance of ``architecture`` (such a subclass). The input constraint is read from
+    that class's ``input_spec``; ``meta`` fills :class:`ModelInfo` (``reported`` as
+    :class:`PaperFigures` or its mapping form). Everything is validated before the name
+    is taken, so a failed registration leaves the registry unchanged.
+    """
+    for legacy in ("input_multiple", "min_input", "input_spec"):
+        if legacy in meta:
+            raise TypeError(
+                f"register_model: {legacy}= is not accepted; the input constraint is declared "
+                "once, as input_spec on the architecture class"
+            )
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = _Entry(fn, ModelInfo(name=key, **meta))
+        arch = _architecture_of(key, fn, architecture)
+        _REGISTRY[key] = _Entry(fn, arch, ModelInfo(name=key, input_spec=arch.input_spec, **meta))
         return fn
 
     return deco
@@ -108,14 +313,27 @@ def _entry(name: str) -> _Entry:
         ) from None
 
 
-def create_model(name: str, num_classes: int = 1, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build a registered model with random weights (never downloads)."""
-    model = _entry(name).builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    model.segbench_info = _entry(name).info  # type: ignore[attr-defined]
+def create_model(
+    name: str, num_classes: int = 1, in_channels: int = 3, **kwargs: Any
+) -> SegmentationModel:
+    """Build a registered model with random weights (never downloads).
+
+    The model carries its metadata as ``model.segbench_info``; a builder that returns
+    anything but its declared architecture fails here, not later in a harness.
+    """
+    entry = _entry(name)
+    model = entry.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if not isinstance(model, entry.architecture):
+        raise TypeError(
+            f"model {name!r}: the builder returned {type(model).__name__}, not the "
+            f"registered architecture {entry.architecture.__name__}"
+        )
+    model.segbench_info = entry.info
     return model
 
 
 def model_info(name: str) -> ModelInfo:
+    """The registered metadata of ``name`` (unknown names raise :class:`UnknownModelError`)."""
     return _entry(name).info
 
 
@@ -127,20 +345,6 @@ def list_models(pattern: str | list[str] | None = None) -> list[str]:
         return names
     pats = pattern if isinstance(pattern, list) else [p.strip() for p in pattern.split(",")]
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats if p)]
-
-
-def check_input_size(
-    height: int, width: int, multiple: int, min_size: int = 0, model: str = "model"
-) -> None:
-    """Raise :class:`InputSizeError` unless H and W are usable by a model."""
-    if height % multiple or width % multiple:
-        raise InputSizeError(
-            f"{model}: H and W must be multiples of {multiple}, got {height}x{width}"
-            f" (nearest valid: {max(multiple, round(height / multiple) * multiple)}x"
-            f"{max(multiple, round(width / multiple) * multiple)})"
-        )
-    if height < min_size or width < min_size:
-        raise InputSizeError(f"{model}: H and W must be at least {min_size}, got {height}x{width}")
 
 
 def _ensure_loaded() -> None:

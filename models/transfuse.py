@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.registry import check_input_size, register_model
+from models.base import InputSpec, SegmentationModel
+from models.registry import PaperFigures, PaperScores, register_model
 
 __all__ = ["TransFuseS", "transfuse_s", "load_transfuse_weights"]
 
@@ -157,10 +158,10 @@ class _BiFusion(nn.Module):
         return self.dropout(self.residual(torch.cat([c, t, bilinear], dim=1)))
 
 
-class TransFuseS(nn.Module):
+class TransFuseS(SegmentationModel):
     """TransFuse-S-like model; H and W must be multiples of 16 (DeiT patch, ResNet 1/16)."""
 
-    input_multiple = _PATCH
+    input_spec = InputSpec(multiple=_PATCH, min_size=_PATCH)
 
     def __init__(
         self,
@@ -169,7 +170,7 @@ class TransFuseS(nn.Module):
         img_size: int | Sequence[int] = 256,
         drop_rate: float = 0.2,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         import timm
         import torchvision
 
@@ -227,8 +228,8 @@ class TransFuseS(nn.Module):
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(fused 1/4, transformer 1/4, fused 1/16) features that the three heads read."""
+        self.check_input_shape(x)
         h, w = x.shape[-2:]
-        check_input_size(h, w, _PATCH, _PATCH, model="transfuse_s")
 
         vit = self.transformer
         tokens = vit.forward_features(x)[:, vit.num_prefix_tokens :]
@@ -391,27 +392,26 @@ def _apply_state_dict(model: TransFuseS, sd: dict[str, torch.Tensor], path: Path
 
 @register_model(
     "transfuse_s",
+    architecture=TransFuseS,
     full_name="TransFuse-S (ResNet-34 + DeiT-S/8, BiFusion)",
     paper="TransFuse: Fusing Transformers and CNNs for Medical Image Segmentation",
     year=2021,
     citation="zhang2021transfuse",
     reference="Zhang, Y., Liu, H., Hu, Q. MICCAI 2021, LNCS 12901, pp. 14-24. arXiv:2102.08005",
     family="comparison",
-    input_multiple=_PATCH,
-    min_input=_PATCH,
-    reported={
-        "params_m": 26.16,
-        "gflops": 11.50,
-        "isic2017": {"dsc": 88.40, "miou": 79.21},
-        "isic2018": {"dsc": 89.27, "miou": 80.63},
-    },
+    reported=PaperFigures(
+        params_m=26.16,
+        gflops=11.50,
+        isic2017=PaperScores(dsc=88.40, miou=79.21),
+        isic2018=PaperScores(dsc=89.27, miou=80.63),
+    ),
     loss_weights=(0.5, (0.3, 0.2)),
     notes="Aux order: transformer 1/4 head (0.3), fused 1/16 head (0.2); main = fused 1/4 "
     "head (0.5), as in the authors' loss. Random init here (the paper starts from ImageNet "
     "ResNet-34 and DeiT-S; pass weights_path). Recipe in the paper: Adam lr 7e-5, betas "
-    "(0.5, 0.999), batch 16, 25 epochs, weighted BCE + weighted IoU. Params: 26,272,917 when "
-    "built for 256x256, 26,248,341 for 192x256 (the authors' count adds an unused class "
-    "token: +384).",
+    "(0.5, 0.999), batch 16, 25 epochs, weighted BCE + weighted IoU. The parameter count "
+    "depends on img_size (one positional-embedding row per 16x16 patch); the authors' count "
+    "adds a class token they never use.",
 )
 def transfuse_s(
     num_classes: int = 1,

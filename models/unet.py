@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.registry import check_input_size, register_model
+from models.base import InputSpec, SegmentationModel
+from models.registry import PaperFigures, PaperScores, register_model
 
 __all__ = ["DoubleConv", "UNet", "unet"]
 
@@ -40,13 +41,13 @@ class _Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """Five-level U-Net; H and W must be multiples of 16 (four 2x2 poolings)."""
 
-    input_multiple = 16
+    input_spec = InputSpec(multiple=16, min_size=16)
 
     def __init__(self, num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> None:
-        super().__init__()
+        super().__init__(in_channels)
         if base_width < 1:
             raise ValueError(f"unet: base_width must be a positive integer, got {base_width}")
         w = [base_width * 2**i for i in range(5)]
@@ -57,7 +58,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(w[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(*x.shape[-2:], self.input_multiple, self.input_multiple, model="unet")
+        self.check_input_shape(x)
         skips = [self.inc(x)]
         for down in self.downs:
             skips.append(down(self.pool(skips[-1])))
@@ -69,6 +70,7 @@ class UNet(nn.Module):
 
 @register_model(
     "unet",
+    architecture=UNet,
     full_name="U-Net (base width 32)",
     paper="U-Net: Convolutional Networks for Biomedical Image Segmentation",
     year=2015,
@@ -76,17 +78,15 @@ class UNet(nn.Module):
     reference="Ronneberger, O., Fischer, P., Brox, T. MICCAI 2015, LNCS 9351, pp. 234-241. "
     "arXiv:1505.04597",
     family="comparison",
-    input_multiple=16,
-    min_input=16,
-    reported={
-        "params_m": 7.77,
-        "gflops": 13.76,
-        "isic2017": {"dsc": 86.99, "miou": 76.98},
-        "isic2018": {"dsc": 87.55, "miou": 77.86},
-    },
+    reported=PaperFigures(
+        params_m=7.77,
+        gflops=13.76,
+        isic2017=PaperScores(dsc=86.99, miou=76.98),
+        isic2018=PaperScores(dsc=87.55, miou=77.86),
+    ),
     notes="Figures as printed in the MALUNet / EGE-UNet comparison tables (7:3 split). "
-    "thop counts ConvTranspose stride^2 times too often, hence 13.76 'GFLOPs'; true MACs "
-    "are about 12.07 G at 256x256.",
+    "thop counts ConvTranspose stride^2 times too often, hence the papers' 13.76 'GFLOPs'; "
+    "the true MAC count (results/complexity/golden.json) is lower.",
 )
 def unet(num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> UNet:
     """U-Net with widths base_width * (1, 2, 4, 8, 16) and ConvTranspose up-sampling."""
