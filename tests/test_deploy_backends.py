@@ -166,3 +166,29 @@ def test_sessions_agree(toy_onnx, openvino) -> None:
     b = backends.make_session("openvino", path, threads=1).run(x)
     assert isinstance(b, np.ndarray) and b.shape == a.shape
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_session_module_wraps_a_session(toy_onnx) -> None:
+    model, path = toy_onnx
+    mod = backends.SessionModule(backends.onnxruntime_session(path, threads=1))
+    mod.eval()  # accepted like any module
+    x = torch.from_numpy(check.fixed_inputs((1, 3, 16, 16), n=1)[0])
+    out = mod(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 1, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_openvino_reshapes_a_dynamic_batch_graph(tmp_path: Path, openvino) -> None:
+    path = tmp_path / "dyn.onnx"
+    row = export.export_onnx(
+        Toy().eval(),
+        path,
+        torch.randn(2, 3, 16, 16),
+        exporters=("torchscript",),
+        dynamic_batch=True,
+    )
+    assert row["status"] == "ok", row["reason"]
+    sess = backends.make_session("openvino", path, threads=1, input_shape=(4, 3, 16, 16))
+    assert sess.handle.inputs[0].get_partial_shape().is_static
+    assert sess.run(check.fixed_inputs((4, 3, 16, 16), n=1)[0]).shape == (4, 1, 16, 16)

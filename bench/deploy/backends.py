@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
     "BackendUnavailable",
     "Session",
+    "SessionModule",
     "make_session",
     "onnxruntime_session",
     "openvino_session",
@@ -109,8 +111,6 @@ def _import(module: str, backend: str) -> Any:
 
 def _threads(threads: int | None) -> int:
     if threads is None:
-        import torch
-
         return torch.get_num_threads()
     if int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -137,8 +137,6 @@ def _ort_skip(precision: str, device: str) -> str | None:
             "and a visible GPU are needed"
         )
     if device in ("cuda", "tensorrt"):
-        import torch
-
         if not torch.cuda.is_available():
             return f"onnxruntime: {provider} is installed but no CUDA device is visible"
     if precision == "bf16" and device == "cpu":
@@ -244,12 +242,15 @@ def openvino_session(
     threads: int | None = None,
     precision: str = "fp32",
     device: str = "cpu",
+    input_shape: tuple[int, ...] | None = None,
 ) -> Session:
     """An OpenVINO CPU session with the inference precision and thread count pinned.
 
     The compiled model's ``INFERENCE_PRECISION_HINT`` and ``INFERENCE_NUM_THREADS`` are read
     back; a mismatch with what was asked raises :class:`BackendUnavailable` rather than
-    timing another precision under this one's name.
+    timing another precision under this one's name. ``input_shape`` reshapes a graph with a
+    symbolic batch axis to that static shape before compiling (OpenVINO plans its kernels
+    for static shapes; a dynamic graph would be timed on its slower dynamic path).
     """
     _check_precision(precision)
     n = _threads(threads)
@@ -265,7 +266,10 @@ def openvino_session(
         "NUM_STREAMS": 1,
         "PERFORMANCE_HINT": "LATENCY",
     }
-    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+    model = core.read_model(str(onnx_path))
+    if input_shape is not None:
+        model.reshape({model.inputs[0]: ov.PartialShape([int(d) for d in input_shape])})
+    compiled = core.compile_model(model, "CPU", config)
     got = compiled.get_property("INFERENCE_PRECISION_HINT")
     got_precision = got.get_type_name() if isinstance(got, ov.Type) else str(got)
     got_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -307,10 +311,34 @@ def make_session(
     threads: int | None = None,
     precision: str = "fp32",
     device: str = "cpu",
+    input_shape: tuple[int, ...] | None = None,
 ) -> Session:
-    """Dispatch to :func:`onnxruntime_session` / :func:`openvino_session` by name."""
+    """Dispatch to :func:`onnxruntime_session` / :func:`openvino_session` by name.
+
+    ``input_shape`` is the static input shape the session will see (OpenVINO compiles for
+    it; onnxruntime takes any shape the graph allows).
+    """
     if backend == "onnxruntime":
         return onnxruntime_session(onnx_path, threads=threads, precision=precision, device=device)
     if backend == "openvino":
-        return openvino_session(onnx_path, threads=threads, precision=precision, device=device)
+        return openvino_session(
+            onnx_path, threads=threads, precision=precision, device=device, input_shape=input_shape
+        )
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+class SessionModule(torch.nn.Module):
+    """A :class:`Session` behind the ``nn.Module`` call interface (CPU tensors in and out).
+
+    Lets code written for PyTorch models (e.g. the evaluation loop) score a runtime's
+    output: ``module(x)`` runs ``session.run(x.numpy())`` and wraps the result. No
+    gradients, no device moves; ``train()`` / ``eval()`` are accepted and ignored.
+    """
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(np.ascontiguousarray(self.session.run(arr)))
