@@ -94,7 +94,7 @@ def fixed_threads() -> Iterator[int]:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    from bench.env import device_name
+    from bench.core.env import device_name
 
     dev = _device()
     machine_info["segbench"] = {

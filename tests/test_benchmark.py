@@ -8,9 +8,14 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bench import benchmark as bm
-from bench import complexity, report, speed, train
-from bench.io import read_json
+from bench.analysis.report import load, write
+from bench.core.device import resolve_device
+from bench.core.io import read_json
+from bench.core.names import expand_models
+from bench.cost import complexity
+from bench.engine import rundir, train
+from bench.jobs import benchmark
+from bench.speed import run
 
 
 class Calls:
@@ -49,22 +54,22 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Calls:
         if cfg.model == "boom":
             raise RuntimeError("diverged")
         c.train.append((cfg, Path(results_dir), kw))
-        return train.run_dir_for(cfg, results_dir)
+        return rundir.run_dir_for(cfg, results_dir)
 
     def fake_report(results: Any, out: Any, command: str = "", progress: bool = True) -> Any:
         c.report.append((Path(results), command))
-        return report.ReportOutput(readme=Path(out) / "README.md")
+        return load.ReportOutput(readme=Path(out) / "README.md")
 
     monkeypatch.setattr(complexity, "run_complexity", fake_complexity)
-    monkeypatch.setattr(speed, "run_speed", fake_speed)
+    monkeypatch.setattr(run, "run_speed", fake_speed)
     monkeypatch.setattr(train, "run_training", fake_training)
-    monkeypatch.setattr(report, "write_report", fake_report)
-    monkeypatch.setattr(bm, "_device_peak", lambda device: None)  # no micro-measurement
+    monkeypatch.setattr(write, "write_report", fake_report)
+    monkeypatch.setattr(benchmark, "_device_peak", lambda device: None)  # no micro-measurement
     return c
 
 
 def test_default_profile_runs_every_stage(calls: Calls, tmp_path: Path) -> None:
-    res = bm.run_benchmark(
+    res = benchmark.run_benchmark(
         ["malunet", "unet"],
         device="cpu",
         results_dir=tmp_path,
@@ -92,12 +97,14 @@ def test_default_profile_runs_every_stage(calls: Calls, tmp_path: Path) -> None:
 
 
 def test_quick_profile_and_skips(calls: Calls, tmp_path: Path) -> None:
-    bm.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, quick=True, progress=False)
+    benchmark.run_benchmark(
+        ["malunet"], device="cpu", results_dir=tmp_path, quick=True, progress=False
+    )
     assert calls.complexity[0]["cross_check"] is False
     assert [tuple(s["batch_sizes"]) for s in calls.speed] == [(1,)]
     calls.complexity.clear()
     calls.speed.clear()
-    res = bm.run_benchmark(
+    res = benchmark.run_benchmark(
         ["malunet"],
         device="cpu",
         results_dir=tmp_path,
@@ -112,7 +119,7 @@ def test_quick_profile_and_skips(calls: Calls, tmp_path: Path) -> None:
 def test_training_stage_with_data(calls: Calls, tmp_path: Path) -> None:
     data = tmp_path / "isic2017-mini"
     data.mkdir()
-    res = bm.run_benchmark(
+    res = benchmark.run_benchmark(
         ["malunet", "boom", "unet"],
         device="cpu",
         results_dir=tmp_path,
@@ -133,7 +140,7 @@ def test_training_stage_with_data(calls: Calls, tmp_path: Path) -> None:
     assert any("boom seed 0" in f and "diverged" in f for f in res.failures)
     assert calls.report, "the report still runs after a failed training cell"
     calls.train.clear()
-    bm.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, skip_complexity=True,
+    benchmark.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, skip_complexity=True,
                      skip_speed=True, data=data, force_train=True, progress=False)  # fmt: skip
     assert [kw["force"] for _, _, kw in calls.train] == [True]
 
@@ -145,7 +152,7 @@ def test_failed_stage_does_not_stop_the_rest(
         raise RuntimeError("counter exploded")
 
     monkeypatch.setattr(complexity, "run_complexity", broken)
-    res = bm.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, progress=False)
+    res = benchmark.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, progress=False)
     status = {s.name: s.status for s in res.stages}
     assert status == {"setup": "ok", "complexity": "failed", "speed": "ok", "report": "ok"}
     assert res.failures == ["complexity: RuntimeError: counter exploded"]
@@ -159,8 +166,8 @@ def test_speed_errors_fail_the_stage(
             {"model": models, "status": "error", "batch_size": 1, "reason": "kernel crashed"}
         )
 
-    monkeypatch.setattr(speed, "run_speed", erroring)
-    res = bm.run_benchmark(
+    monkeypatch.setattr(run, "run_speed", erroring)
+    res = benchmark.run_benchmark(
         ["malunet"], device="cpu", results_dir=tmp_path, skip_complexity=True, progress=False
     )
     assert not res.ok and "kernel crashed" in res.failures[0]
@@ -175,7 +182,7 @@ class FakeClock:
 
 
 def test_train_steps_cheapest_first_within_the_deadline() -> None:
-    prof = bm.PROFILES["default"]
+    prof = benchmark.PROFILES["default"]
     rows = pd.DataFrame(
         [
             {"model": "big", "mode": "inference", "batch_size": 8, "median_ms": 3000.0,
@@ -190,11 +197,11 @@ def test_train_steps_cheapest_first_within_the_deadline() -> None:
         ]
     )  # fmt: skip
     names = ["big", "small", "mid", "broken"]
-    est = {m: bm.estimate_train_s(ms, prof) for m, ms in
+    est = {m: benchmark.estimate_train_s(ms, prof) for m, ms in
            (("big", 3000.0), ("small", 50.0), ("mid", 320.0))}  # fmt: skip
     assert est["small"] < est["mid"] < est["big"]
     # the slowest one's training step (9 s per step) keeps at least 3 timed steps
-    assert est["big"] >= bm.MIN_TIMED_ITERS * 9.0
+    assert est["big"] >= benchmark.MIN_TIMED_ITERS * 9.0
 
     clock, order = FakeClock(), []
 
@@ -203,7 +210,7 @@ def test_train_steps_cheapest_first_within_the_deadline() -> None:
         clock.now += est[name]
 
     deadline = est["small"] + est["mid"] + 1
-    done, skipped = bm.run_train_steps(rows, names, prof, deadline, exact, clock=clock)
+    done, skipped = benchmark.run_train_steps(rows, names, prof, deadline, exact, clock=clock)
     assert order == ["small", "mid"]  # cheapest first
     assert done == ["small", "mid"]
     assert set(skipped) == {"big", "broken"}
@@ -216,19 +223,24 @@ def test_train_steps_cheapest_first_within_the_deadline() -> None:
         order.append(name)
         clock.now += 2 * est[name]
 
-    done, skipped = bm.run_train_steps(rows, names, prof, deadline, slow, clock=clock)
+    done, skipped = benchmark.run_train_steps(rows, names, prof, deadline, slow, clock=clock)
     assert order == ["small"] and "mid" in skipped
     # a calibration scale from the inference pass applies from the start
-    done, _ = bm.run_train_steps(rows, names, prof, deadline, exact, scale=100, clock=FakeClock())
+    done, _ = benchmark.run_train_steps(
+        rows, names, prof, deadline, exact, scale=100, clock=FakeClock()
+    )
     assert done == []
     # no deadline: everything with a timing
-    done, skipped = bm.run_train_steps(rows, names, prof, None, lambda n: None)
+    done, skipped = benchmark.run_train_steps(rows, names, prof, None, lambda n: None)
     assert done == ["big", "small", "mid"] and list(skipped) == ["broken"]
-    assert bm.run_train_steps(rows, names, bm.PROFILES["quick"], None, exact) == ([], {})
+    assert benchmark.run_train_steps(rows, names, benchmark.PROFILES["quick"], None, exact) == (
+        [],
+        {},
+    )
 
 
 def test_budget_skips_the_training_step(calls: Calls, tmp_path: Path) -> None:
-    res = bm.run_benchmark(
+    res = benchmark.run_benchmark(
         ["malunet", "unet"], device="cpu", results_dir=tmp_path, budget_min=0.5, progress=False
     )  # 30 s: less than the reserve
     assert [s["modes"] for s in calls.speed] == [("inference",)]
@@ -240,13 +252,13 @@ def test_budget_skips_the_training_step(calls: Calls, tmp_path: Path) -> None:
 def test_resolve_models() -> None:
     from models import UnknownModelError, list_models
 
-    assert bm.resolve_models(None) == list_models()
-    assert bm.resolve_models("unet,malunet,unet") == ["unet", "malunet"]
-    assert set(bm.resolve_models("smp_*")) == set(list_models("smp_*"))
+    assert expand_models(None) == list_models()
+    assert expand_models("unet,malunet,unet") == ["unet", "malunet"]
+    assert set(expand_models("smp_*")) == set(list_models("smp_*"))
     with pytest.raises(UnknownModelError, match="malunett"):
-        bm.resolve_models("malunett")
+        expand_models("malunett")
     with pytest.raises(ValueError, match="matches no registered model"):
-        bm.resolve_models("nothing_*")
+        expand_models("nothing_*")
 
 
 def test_cli_arguments(calls: Calls, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -287,5 +299,5 @@ def test_unavailable_cuda_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA present: nothing to refuse")
     with pytest.raises(ValueError, match="CUDA is not available"):
-        bm.best_device("cuda")
-    assert bm.best_device("auto") == "cpu"
+        resolve_device("cuda")
+    assert str(resolve_device("auto")) == "cpu"

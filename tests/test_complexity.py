@@ -15,8 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import complexity as cx
-from bench.flops import ZERO_COST_OPS, analyze, count_params, op_rules
+from bench.core import shapes
+from bench.cost import breakdown, complexity, crosscheck, resolution
+from bench.cost import golden as gold
+from bench.cost.flops import ZERO_COST_OPS, analyze, count_params, op_rules
 
 
 class Fn(nn.Module):
@@ -104,7 +106,7 @@ def test_sdpa_counted_once_on_fused_and_decomposed_paths() -> None:
 )
 def test_gpu_attention_kernel_rules(op: str, layout: str) -> None:
     # The GPU kernels' formulas, fed shapes directly (this machine may have no GPU).
-    from bench.flops import _RULES
+    from bench.cost.flops import _RULES
 
     shape = (1, 6, 256, 64) if layout == "BHLE" else (1, 256, 6, 64)
     q = torch.empty(shape, device="meta")
@@ -125,12 +127,12 @@ def test_sdpa_on_gpu_counted_once() -> None:
 def test_torch_flop_counter_misses_cpu_attention() -> None:
     # Why segbench has its own SDPA rule (counting.md): FlopCounterMode gives 0 on CPU.
     module, shape, _ = MAC_PROBES["sdpa_cpu"]
-    assert cx.cross_checks(module, shape, tools=("torch",))["torch"].macs == 0
+    assert crosscheck.cross_checks(module, shape, tools=("torch",))["torch"].macs == 0
 
 
 def test_thop_overcounts_conv_transpose_fourfold() -> None:
     module, shape, expected = MAC_PROBES["conv_transpose2d"]
-    assert cx.cross_checks(module, shape, tools=("thop",))["thop"].macs == 4 * expected
+    assert crosscheck.cross_checks(module, shape, tools=("thop",))["thop"].macs == 4 * expected
 
 
 # --- other FLOPs bucket ---------------------------------------------------------------------
@@ -222,7 +224,7 @@ def test_breakdown_tree_and_depth() -> None:
     assert c.per_module["0"].params == 12
     df = c.breakdown(depth=1)
     assert list(df["name"]) == ["", "0", "1"]
-    assert list(cx.breakdown_table(c, None)["module"].str.strip()) == [
+    assert list(breakdown.breakdown_table(c, None)["module"].str.strip()) == [
         "(model)",
         "0",
         "0",
@@ -262,7 +264,7 @@ def test_counting_leaves_model_and_globals_untouched() -> None:
     hooks, ghooks = _hook_count(model), _global_hooks()
 
     first = analyze(model, (1, 3, 8, 8))
-    checks = cx.cross_checks(model, (1, 3, 8, 8))
+    checks = crosscheck.cross_checks(model, (1, 3, 8, 8))
     second = analyze(model, (1, 3, 8, 8))
 
     assert first.to_dict(per_module=True) == second.to_dict(per_module=True)
@@ -290,11 +292,11 @@ def test_bad_arguments_raise_clear_errors() -> None:
     with pytest.raises(TypeError, match="nn.Module"):
         analyze(lambda x: x, (1, 3, 8, 8))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="--input"):
-        cx.parse_input_shape("1x3xfoo")
+        shapes.parse_input_shape("1x3xfoo")
     with pytest.raises(ValueError, match="--sweep"):
-        cx.parse_sizes("128,-1")
-    assert cx.parse_input_shape("1x3x256x256") == (1, 3, 256, 256)
-    assert cx.parse_sizes("128, 256") == [128, 256]
+        shapes.parse_sizes("128,-1")
+    assert shapes.parse_input_shape("1x3x256x256") == (1, 3, 256, 256)
+    assert shapes.parse_sizes("128, 256") == [128, 256]
 
 
 # --- cross-check failures -------------------------------------------------------------------
@@ -304,8 +306,8 @@ def test_failing_cross_check_gives_nan_and_reason(monkeypatch: pytest.MonkeyPatc
     def broken(model, x):
         raise RuntimeError("cannot trace this model")
 
-    monkeypatch.setitem(cx.CROSS_CHECK_TOOLS, "fvcore", broken)
-    checks = cx.cross_checks(nn.Conv2d(3, 4, 1), (1, 3, 4, 4))
+    monkeypatch.setitem(crosscheck.CROSS_CHECK_TOOLS, "fvcore", broken)
+    checks = crosscheck.cross_checks(nn.Conv2d(3, 4, 1), (1, 3, 4, 4))
     assert math.isnan(checks["fvcore"].macs)
     assert "fvcore failed: RuntimeError: cannot trace this model" == checks["fvcore"].reason
     assert checks["thop"].macs == checks["torch"].macs == 4 * 3 * 16
@@ -314,7 +316,7 @@ def test_failing_cross_check_gives_nan_and_reason(monkeypatch: pytest.MonkeyPatc
 def test_real_tool_failure_is_caught() -> None:
     # fvcore traces with torch.jit, which cannot return a Python int beside a tensor.
     model = Fn(lambda x: (x * 2, 3))
-    checks = cx.cross_checks(model, (1, 3, 4, 4), tools=("fvcore",))
+    checks = crosscheck.cross_checks(model, (1, 3, 4, 4), tools=("fvcore",))
     assert math.isnan(checks["fvcore"].macs)
     assert checks["fvcore"].reason.startswith("fvcore failed: RuntimeError")
 
@@ -329,7 +331,7 @@ def test_malunet_segbench_and_thop() -> None:
 
     model = create_model("malunet")
     c = analyze(model, (1, 3, 256, 256))
-    thop = cx.cross_checks(model, (1, 3, 256, 256), tools=("thop",))["thop"]
+    thop = crosscheck.cross_checks(model, (1, 3, 256, 256), tools=("thop",))["thop"]
     assert c.macs == 82_740_224
     assert thop.macs == 82_972_800  # the paper's "0.085 GFLOPs"
     assert c.params_total == 177_943 and c.unsupported_ops == {}
@@ -343,7 +345,7 @@ def test_unet_table_exposes_thop_conv_transpose_overcount() -> None:
     shape = (1, 3, 64, 64)
     model = create_model("unet")
     c = analyze(model, shape, device="meta")
-    thop = int(cx.cross_checks(model, shape, tools=("thop",))["thop"].macs)
+    thop = int(crosscheck.cross_checks(model, shape, tools=("thop",))["thop"].macs)
     transposed = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ConvTranspose2d)]
     assert transposed, "unet has no ConvTranspose2d"
     overcount = sum(c.per_module[n].macs * (m.stride[0] * m.stride[1] - 1) for n, m in transposed)
@@ -365,7 +367,7 @@ def test_unet_table_exposes_thop_conv_transpose_overcount() -> None:
         "status": "ok",
         "reason": "",
     }
-    table = cx.display_table(pd.DataFrame([row]))
+    table = complexity.display_table(pd.DataFrame([row]))
     assert table.loc[0, "thop - segbench MACs"] == f"{thop - c.macs:,}"
     assert table.loc[0, "segbench MACs"] == f"{c.macs:,}"
 
@@ -381,7 +383,7 @@ def test_counting_md_figures_at_256() -> None:
     for name, (ours, thop, fvcore) in expected.items():
         if not _registered(name):
             continue
-        row = cx.complexity_row(name)
+        row = complexity.complexity_row(name)
         assert (row["macs"], row["thop_macs"]) == (ours, thop), name
         assert row["torch_flop_counter_macs"] == ours, name
         if fvcore is not None:
@@ -403,7 +405,7 @@ class Needs8(nn.Module):
 
 
 def test_resolution_sweep_scales_and_skips() -> None:
-    df = cx.resolution_sweep(
+    df = resolution.resolution_sweep(
         ["toy"], [8, 12, 16], device="meta", progress=False, builder=lambda name: Needs8()
     )
     ok = df[df["status"] == "ok"].set_index("size")
@@ -416,7 +418,7 @@ def test_resolution_sweep_scales_and_skips() -> None:
 def test_resolution_sweep_uses_registry_constraint() -> None:
     if not _registered("malunet"):
         pytest.skip("malunet not registered")
-    df = cx.resolution_sweep(["malunet"], [64, 100], device="meta", progress=False)
+    df = resolution.resolution_sweep(["malunet"], [64, 100], device="meta", progress=False)
     assert list(df["status"]) == ["ok", "skipped"]
     assert "multiples of 32" in df["reason"].iloc[1]
 
@@ -432,7 +434,7 @@ def test_run_complexity_writes_files_with_provenance(tmp_path, monkeypatch) -> N
         ),
     )
     monkeypatch.setattr(models, "model_info", lambda name: type("I", (), {"reported": {}})())
-    df = cx.run_complexity(
+    df = complexity.run_complexity(
         ["a", "b"], (1, 3, 8, 8), tmp_path, cross_check=True, progress=False, command="test"
     )
     assert list(df["model"]) == ["a", "b"]
@@ -441,7 +443,7 @@ def test_run_complexity_writes_files_with_provenance(tmp_path, monkeypatch) -> N
     assert data["command"] == "test" and "versions" in data["environment"]
     assert data["rows"][0]["detail"]["macs_by_op"] == {"aten.convolution": 4 * 3 * 9 * 64}
     # A later run for one model keeps the other model's row.
-    cx.run_complexity(["b"], (1, 3, 8, 8), tmp_path, cross_check=False, progress=False)
+    complexity.run_complexity(["b"], (1, 3, 8, 8), tmp_path, cross_check=False, progress=False)
     import pandas as pd
 
     csv = pd.read_csv(tmp_path / "complexity.csv")
@@ -457,7 +459,7 @@ def test_broken_model_becomes_error_row(monkeypatch) -> None:
 
     monkeypatch.setattr(models, "create_model", boom)
     monkeypatch.setattr(models, "model_info", lambda name: type("I", (), {"reported": {}})())
-    row = cx.complexity_row("bad")
+    row = complexity.complexity_row("bad")
     assert row["status"] == "error" and "builder exploded" in row["reason"]
 
 
@@ -544,7 +546,7 @@ def test_cli(tmp_path, capsys) -> None:
         )
         == 0
     )
-    golden = cx.load_golden(tmp_path / "golden.json")
+    golden = gold.load_golden(tmp_path / "golden.json")
     assert golden["malunet"]["macs"] == 82_740_224 and golden["malunet"]["gmacs"] == 0.083
 
     assert main(["complexity", "--input", "1x3xfoo", "--out", out]) == 2

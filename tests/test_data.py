@@ -16,22 +16,17 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import data
-from bench.data import (
-    DataError,
-    DataWarning,
-    detect_layout,
-    index_dataset,
-    make_split,
-    make_synthetic,
-    prepare_data,
-)
-from bench.io import read_json, write_json
+from bench.core.io import read_json, write_json
+from bench.data import cache, decode, prepared
+from bench.data.cache import prepare_data
+from bench.data.layouts import DataError, DataWarning, detect_layout, index_dataset
+from bench.data.splits import make_split
+from bench.data.synthetic import make_synthetic
 
 SMALL = (40, 56)  # (H, W) keeps every test fast
 
 
-def _prep(root: Path, tmp: Path, **kw) -> data.PreparedData:
+def _prep(root: Path, tmp: Path, **kw) -> prepared.PreparedData:
     kw.setdefault("size", 32)
     kw.setdefault("cache_dir", tmp / "cache")
     kw.setdefault("progress", False)
@@ -312,8 +307,8 @@ def test_cache_reused_then_rebuilt_when_a_file_changes(flat_set, monkeypatch):
     root, tmp = flat_set
     p = _prep(root, tmp, size=40)
     calls = []
-    real = data._build_cache
-    monkeypatch.setattr(data, "_build_cache", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cache._build_cache
+    monkeypatch.setattr(cache, "_build_cache", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert _prep(root, tmp, size=40).cache_path == p.cache_path and not calls  # reused
     assert (
         _prep(root, tmp, size=36).cache_path != p.cache_path and len(calls) == 1
@@ -332,7 +327,7 @@ def test_cache_reused_then_rebuilt_when_a_file_changes(flat_set, monkeypatch):
 def test_half_built_cache_is_never_used(flat_set, monkeypatch):
     root, tmp = flat_set
     cache = tmp / "atomic"
-    real = data._decode_job
+    real = decode._decode_job
     n = {"calls": 0}
 
     def failing(job):
@@ -341,11 +336,11 @@ def test_half_built_cache_is_never_used(flat_set, monkeypatch):
             raise KeyboardInterrupt  # interrupted mid-build
         return real(job)
 
-    monkeypatch.setattr(data, "_decode_job", failing)
+    monkeypatch.setattr(decode, "_decode_job", failing)
     with pytest.raises(KeyboardInterrupt):
         _prep(root, tmp, size=28, cache_dir=cache, workers=1)
     assert [p.name for p in cache.iterdir()] == []  # no cache, no temp folder left behind
-    monkeypatch.setattr(data, "_decode_job", real)
+    monkeypatch.setattr(decode, "_decode_job", real)
     p = _prep(root, tmp, size=28, cache_dir=cache, workers=1)
     assert len(list(cache.iterdir())) == 1 and (p.cache_path / "meta.json").is_file()
 

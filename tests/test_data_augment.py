@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.data import DEFAULT_SCALING, augment_batch, scale_images
+from bench.data.augment import DEFAULT_SCALING, augment_batch, scale_images
 
 
 def _pattern(b: int = 16, h: int = 32, w: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

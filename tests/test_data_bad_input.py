@@ -6,15 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.data import (
-    DataError,
-    DataWarning,
-    check_dataset,
-    index_dataset,
-    load_pair,
-    make_synthetic,
-    prepare_data,
-)
+from bench.data.cache import prepare_data
+from bench.data.checks import check_dataset
+from bench.data.decode import load_pair
+from bench.data.layouts import DataError, DataWarning, index_dataset
+from bench.data.synthetic import make_synthetic
 
 
 @pytest.fixture

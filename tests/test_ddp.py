@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.evaluate import evaluate_arrays
-from bench.losses import build_loss
+from bench.engine.evaluate import evaluate_arrays
+from bench.engine.losses import build_loss
 
 
 def _model() -> torch.nn.Module:
@@ -102,7 +102,7 @@ def test_two_process_gloo_evaluation_equals_single_process(tmp_path):
 
 @pytest.mark.slow
 def test_train_nproc_2_on_cpu(tmp_path):
-    from bench.data import make_synthetic
+    from bench.data.synthetic import make_synthetic
 
     root = make_synthetic(tmp_path / "syn", n=20, size=(40, 48), seed=5)
     cmd = [

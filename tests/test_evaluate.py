@@ -11,13 +11,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from bench.evaluate import (
-    baseline_model,
-    evaluate_arrays,
-    evaluate_split,
-    extract_state_dict,
-    load_weights,
-)
+from bench.engine.checkpoints import extract_state_dict, load_weights
+from bench.engine.evaluate import baseline_model, evaluate_arrays, evaluate_split
 
 
 def _tiny_unet() -> nn.Module:
@@ -29,7 +24,8 @@ def _tiny_unet() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from bench.data import make_synthetic, prepare_data
+    from bench.data.cache import prepare_data
+    from bench.data.synthetic import make_synthetic
 
     root = make_synthetic(tmp_path_factory.mktemp("syn") / "lesions", n=12, seed=1)
     return prepare_data(root, size=32, progress=False, workers=1)
@@ -58,7 +54,7 @@ def test_all_foreground_baseline_by_hand(prepared):
 
 
 def test_evaluate_loss_and_training_mode_restored(prepared):
-    from bench.losses import build_loss
+    from bench.engine.losses import build_loss
 
     model = _tiny_unet().train()
     res = evaluate_split(model, prepared, "val", loss_fn=build_loss(), compute_hd95=False)
@@ -195,7 +191,8 @@ def test_disc_and_mean_mask_baselines(prepared, capsys):
 
 def test_evaluate_takes_the_training_split_settings(tmp_path, capsys):
     from bench.cli import main
-    from bench.data import make_synthetic, prepare_data
+    from bench.data.cache import prepare_data
+    from bench.data.synthetic import make_synthetic
 
     root = make_synthetic(tmp_path / "seeded7", n=12, seed=2)
     prepare_data(root, size=32, seed=7, progress=False, workers=1)  # writes split.json, seed 7

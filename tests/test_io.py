@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from bench.io import read_json, write_csv, write_json
+from bench.core.io import read_json, write_csv, write_json
 
 
 def test_write_json_roundtrip_and_no_temp_left(tmp_path) -> None:

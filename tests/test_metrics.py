@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.losses import BceDiceLoss, DeepSupervisionLoss
-from bench.metrics import (
+from bench.engine.losses import BceDiceLoss, DeepSupervisionLoss
+from bench.engine.metrics import (
     MetricAccumulator,
     confusion_counts,
     dice_iou_from_counts,
@@ -178,3 +178,19 @@ def test_deep_supervision_weights():
     assert float(loss) == pytest.approx(float(want))
     with pytest.raises(ValueError, match="auxiliary"):
         DeepSupervisionLoss(base, (1.0, (0.1,)))(main, t, [])
+
+
+def test_metric_table_keys_are_what_the_accumulator_writes() -> None:
+    """Every entry of the metric table is a key of metrics.json["test"] (one place to add one)."""
+    from bench.engine.metric_table import METRICS, metric
+
+    acc = MetricAccumulator()
+    pred = torch.zeros(2, 8, 8)
+    pred[0, 2:5, 2:5] = 1.0
+    acc.update(pred, pred > 0.5, ["a", "b"])
+    summary = acc.summary()
+    assert [m.key for m in METRICS if m.key not in summary] == []
+    assert len({m.key for m in METRICS}) == len(METRICS)
+    assert metric("dsc").percent and not metric("hd95_mean").higher_is_better
+    with pytest.raises(KeyError, match="known"):
+        metric("dcs")

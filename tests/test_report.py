@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import report
-from bench.pareto import pareto_front, pareto_order
+from bench.analysis.pareto import pareto_front, pareto_order
+from bench.analysis.report import load, summaries, tables, write
 
 FIXTURES = Path(__file__).parent / "data" / "report_fixtures"
 
@@ -72,11 +72,11 @@ def test_pareto_front_matches_brute_force() -> None:
 
 
 @pytest.fixture(scope="module")
-def fixture_results() -> report.Results:
-    return report.load_results(FIXTURES)
+def fixture_results() -> load.Results:
+    return load.load_results(FIXTURES)
 
 
-def test_load_results_reads_every_kind(fixture_results: report.Results) -> None:
+def test_load_results_reads_every_kind(fixture_results: load.Results) -> None:
     res = fixture_results
     assert set(res.complexity["model"]) == {"egeunet", "malunet", "transfuse_s", "unet"}
     assert res.devices == ["cuda-fixture-gpu", "cpu-fixture-cpu"]  # accelerator first
@@ -91,8 +91,8 @@ def test_load_results_reads_every_kind(fixture_results: report.Results) -> None:
     ]
 
 
-def test_speed_summary_picks_baseline_variant(fixture_results: report.Results) -> None:
-    sp = report.speed_summary(fixture_results.speed["cpu-fixture-cpu"]).set_index("model")
+def test_speed_summary_picks_baseline_variant(fixture_results: load.Results) -> None:
+    sp = summaries.speed_summary(fixture_results.speed["cpu-fixture-cpu"]).set_index("model")
     # fp32 contiguous batch 1, not the faster channels_last row or the skipped bf16 one
     assert sp.loc["malunet", "latency_ms"] == 15.0
     assert sp.loc["malunet", "throughput_img_s"] == 100.0
@@ -103,8 +103,8 @@ def test_speed_summary_picks_baseline_variant(fixture_results: report.Results) -
     assert math.isnan(sp.loc["unet", "train_img_s"])
 
 
-def test_accuracy_summary_over_seeds(fixture_results: report.Results) -> None:
-    acc = report.accuracy_summary(fixture_results.runs).set_index("model")
+def test_accuracy_summary_over_seeds(fixture_results: load.Results) -> None:
+    acc = summaries.accuracy_summary(fixture_results.runs).set_index("model")
     assert acc.loc["malunet", "n_seeds"] == 2
     assert acc.loc["malunet", "dsc_mean"] == pytest.approx(82.0)
     assert acc.loc["malunet", "dsc_std"] == pytest.approx(np.std([80.0, 84.0], ddof=1))
@@ -113,8 +113,8 @@ def test_accuracy_summary_over_seeds(fixture_results: report.Results) -> None:
     assert math.isnan(acc.loc["unet", "dsc_std"])  # one seed: no spread
 
 
-def test_summary_table_one_row_per_model(fixture_results: report.Results) -> None:
-    s = report.summary_table(fixture_results, device="cpu-fixture-cpu").set_index("model")
+def test_summary_table_one_row_per_model(fixture_results: load.Results) -> None:
+    s = summaries.summary_table(fixture_results, device="cpu-fixture-cpu").set_index("model")
     assert list(s.index) == ["egeunet", "malunet", "transfuse_s", "unet"]
     assert s.loc["malunet", "params_total"] == 177943
     assert s.loc["malunet", "params_unique"] == 146711
@@ -128,63 +128,63 @@ def test_summary_table_one_row_per_model(fixture_results: report.Results) -> Non
     assert "unet" in s.loc["malunet", "significantly_different_from"]
 
 
-def test_render_markdown_and_csv(fixture_results: report.Results) -> None:
-    s = report.summary_table(fixture_results, device="cpu-fixture-cpu")
-    cols = report._accuracy_cols(["isic2017-mini"], ["isic2017"])
-    csv, md = report.render(s, cols)
+def test_render_markdown_and_csv(fixture_results: load.Results) -> None:
+    s = summaries.summary_table(fixture_results, device="cpu-fixture-cpu")
+    cols = tables._accuracy_cols(["isic2017-mini"], ["isic2017"])
+    csv, md = tables.render(s, cols)
     assert "paper DSC ISIC2017 (%)" in csv.columns
     assert "isic2017-mini DSC pooled (%) std" in csv.columns
     assert "82.00 ± 2.83" in md  # mean ± std over the two malunet seeds
     assert "isic2017-mini experiment" in csv.columns and "fair-e2" in md
     assert "| 88.13" in md
-    _, eff = report.render(s, report._efficiency_cols("Fixture CPU"))
+    _, eff = tables.render(s, tables._efficiency_cols("Fixture CPU"))
     malunet = next(line for line in eff.splitlines() if line.startswith("| malunet"))
     unet = next(line for line in eff.splitlines() if line.startswith("| unet "))
     assert "15.0 (noisy)" in malunet and "(noisy)" not in unet  # bench.speed's flag shown
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(report.ReportInputError, match="does not exist"):
-        report.load_results(tmp_path / "nope")
+    with pytest.raises(load.ReportInputError, match="does not exist"):
+        load.load_results(tmp_path / "nope")
     (tmp_path / "speed").mkdir()
     bad = tmp_path / "speed" / "speed-cpu-x.csv"
     bad.write_text("model,mode\nmalunet,inference\n")
-    with pytest.raises(report.ReportInputError, match=r"speed-cpu-x\.csv.*median_ms"):
-        report.load_results(tmp_path)
+    with pytest.raises(load.ReportInputError, match=r"speed-cpu-x\.csv.*median_ms"):
+        load.load_results(tmp_path)
     bad.unlink()
     run = tmp_path / "runs" / "d" / "m" / "fair-e1" / "seed0"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{not json")
-    with pytest.raises(report.ReportInputError, match=r"metrics\.json: not valid JSON"):
-        report.load_results(tmp_path)
+    with pytest.raises(load.ReportInputError, match=r"metrics\.json: not valid JSON"):
+        load.load_results(tmp_path)
     (run / "metrics.json").write_text('{"status": "finished", "model": "m", "test": {}}')
-    with pytest.raises(report.ReportInputError, match=r"seed0/metrics\.json: .*no test\.dsc"):
-        report.load_results(tmp_path)
+    with pytest.raises(load.ReportInputError, match=r"seed0/metrics\.json: .*no test\.dsc"):
+        load.load_results(tmp_path)
 
 
 def test_empty_results_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(report.ReportInputError, match="no result files"):
-        report.write_report(tmp_path, progress=False)
+    with pytest.raises(load.ReportInputError, match="no result files"):
+        write.write_report(tmp_path, progress=False)
 
 
 def test_paper_dataset_mapping() -> None:
-    assert report.paper_dataset("isic2017-mini") == "isic2017"
-    assert report.paper_dataset("ISIC_2018") == "isic2018"
-    assert report.paper_dataset("synthetic") is None
+    assert summaries.paper_dataset("isic2017-mini") == "isic2017"
+    assert summaries.paper_dataset("ISIC_2018") == "isic2018"
+    assert summaries.paper_dataset("synthetic") is None
 
 
 # --------------------------------------------------------------------------- outputs
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, report.ReportOutput]:
+def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, load.ReportOutput]:
     root = tmp_path_factory.mktemp("results")
     shutil.copytree(FIXTURES, root, dirs_exist_ok=True)
-    out = report.write_report(root, command="segbench benchmark --fixture", progress=False)
+    out = write.write_report(root, command="segbench benchmark --fixture", progress=False)
     return root, out
 
 
-def test_write_report_tables(written: tuple[Path, report.ReportOutput]) -> None:
+def test_write_report_tables(written: tuple[Path, load.ReportOutput]) -> None:
     root, _ = written
     for name in (
         "summary",
@@ -200,7 +200,7 @@ def test_write_report_tables(written: tuple[Path, report.ReportOutput]) -> None:
     assert "GFLOPs papers' convention (thop MACs, G)" in eff.columns
 
 
-def test_write_report_plots(written: tuple[Path, report.ReportOutput]) -> None:
+def test_write_report_plots(written: tuple[Path, load.ReportOutput]) -> None:
     root, out = written
     pngs = sorted(p.name for p in out.plots if p.suffix == ".png")
     assert "efficiency-params-vs-macs.png" in pngs
@@ -213,7 +213,7 @@ def test_write_report_plots(written: tuple[Path, report.ReportOutput]) -> None:
         assert data.startswith(b"\x89PNG") if p.suffix == ".png" else b"<svg" in data[:2000]
 
 
-def test_readme_states_machine_and_command(written: tuple[Path, report.ReportOutput]) -> None:
+def test_readme_states_machine_and_command(written: tuple[Path, load.ReportOutput]) -> None:
     root, out = written
     text = (root / "README.md").read_text()
     assert "`segbench benchmark --fixture`" in text
@@ -256,19 +256,19 @@ def test_experiments_are_kept_apart(tmp_path: Path) -> None:
     _add_run(tmp_path, "malunet", 2, 0, 0.70)
     _add_run(tmp_path, "malunet", 20, 0, 0.90)
     _add_run(tmp_path, "unet", 2, 0, 0.60)
-    res = report.load_results(tmp_path)
-    acc = report.accuracy_summary(res.runs)
+    res = load.load_results(tmp_path)
+    acc = summaries.accuracy_summary(res.runs)
     rows = {(r.model, r.epochs): r.dsc_mean for r in acc.itertuples()}
     # one row per experiment; the 2- and 20-epoch malunet runs are not averaged
     assert rows == {("malunet", 2): pytest.approx(70.0), ("malunet", 20): pytest.approx(90.0),
                     ("unet", 2): pytest.approx(60.0)}  # fmt: skip
-    main = report.main_experiments(acc).set_index("model")
+    main = summaries.main_experiments(acc).set_index("model")
     assert main.loc["malunet", "epochs"] == 20 and main.loc["unet", "epochs"] == 2
-    s = report.summary_table(res).set_index("model")
+    s = summaries.summary_table(res).set_index("model")
     assert s.loc["malunet", "isic2017-mini:dsc_mean"] == pytest.approx(90.0)
     assert s.loc["malunet", "isic2017-mini:experiment"] == "fair-e20"
 
-    out = report.write_report(tmp_path, command="segbench report", progress=False)
+    out = write.write_report(tmp_path, command="segbench report", progress=False)
     table = pd.read_csv(tmp_path / "tables" / "accuracy.csv").dropna(subset=["dataset"])
     got = sorted(zip(table["model"], table["epochs"], table["DSC pooled (%)"].round(1)))
     assert got == [("malunet", 2, 70.0), ("malunet", 20, 90.0), ("unet", 2, 60.0)]

@@ -20,9 +20,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench import roofline, speed
-from bench.roofline import Peak, parse_peak, step_bytes, step_flops
-from bench.roofline import roofline as roofline_point
+from bench.cost import roofline
+from bench.cost.roofline import Peak, parse_peak, step_bytes, step_flops
+from bench.cost.roofline import roofline as roofline_point
+from bench.speed import checks, files, memory, run, steps, timing, variants
+from bench.speed import worker as speed_worker
 
 
 # --------------------------------------------------------------------------- fakes
@@ -71,14 +73,14 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return _info(name == "tiny_aux")
 
     macs_per_pixel = 3 * 4 * 9 + 4  # body conv + head conv
-    fake_cx = types.ModuleType("bench.complexity")
+    fake_cx = types.ModuleType("bench.cost.flops")
     fake_cx.analyze = lambda model, input_shape: types.SimpleNamespace(  # type: ignore[attr-defined]
         macs=macs_per_pixel * input_shape[2] * input_shape[3],
         activation_bytes=4 * (3 + 4 + 4 + 1) * input_shape[2] * input_shape[3],
     )
-    monkeypatch.setattr(speed, "_build_model", build)
-    monkeypatch.setattr(speed, "_model_info", info)
-    monkeypatch.setitem(sys.modules, "bench.complexity", fake_cx)
+    monkeypatch.setattr(steps, "_build_model", build)
+    monkeypatch.setattr(steps, "_model_info", info)
+    monkeypatch.setitem(sys.modules, "bench.cost.flops", fake_cx)
     TinyNet.aux_calls = 0
     return built
 
@@ -100,7 +102,7 @@ QUICK = dict(
     ],
 )
 def test_summarize_matches_numpy(values: list[float]) -> None:
-    st = speed.summarize(values)
+    st = timing.summarize(values)
     ms = np.asarray(values) * 1e3
     assert st.median_ms == pytest.approx(np.median(ms))
     assert st.q1_ms == pytest.approx(np.percentile(ms, 25))
@@ -115,23 +117,23 @@ def test_summarize_matches_numpy(values: list[float]) -> None:
 @pytest.mark.parametrize("bad", [[], [1.0, float("nan")], [1.0, -0.1], [[1.0, 2.0]]])
 def test_summarize_rejects_bad_input(bad: list) -> None:
     with pytest.raises(ValueError):
-        speed.summarize(bad)
+        timing.summarize(bad)
 
 
 def test_noisy_flag_follows_iqr_over_median() -> None:
     tight = [0.100, 0.101, 0.099, 0.100, 0.102]  # IQR/median = 0.01
     spread = [0.100, 0.150, 0.080, 0.120, 0.090]  # IQR/median = 0.3
-    assert not speed.summarize(tight).noisy
-    assert speed.summarize(spread).noisy
-    assert not speed.summarize(spread, noisy_threshold=0.5).noisy
-    assert speed.summarize(tight, noisy_threshold=0.005).noisy
+    assert not timing.summarize(tight).noisy
+    assert timing.summarize(spread).noisy
+    assert not timing.summarize(spread, noisy_threshold=0.5).noisy
+    assert timing.summarize(tight, noisy_threshold=0.005).noisy
     with pytest.raises(ValueError):
-        speed.summarize(tight, noisy_threshold=-1)
+        timing.summarize(tight, noisy_threshold=-1)
 
 
 def test_time_step_counts_warmup_and_iterations() -> None:
     calls = []
-    times, capped = speed.time_step(
+    times, capped = timing.time_step(
         lambda: calls.append(1), "cpu", warmup=2, min_time_s=0.0, min_iters=5
     )
     assert len(times) == 5 and len(calls) == 7 and not capped
@@ -139,11 +141,11 @@ def test_time_step_counts_warmup_and_iterations() -> None:
 
 
 def test_time_step_cap_keeps_minimum_iterations() -> None:
-    times, capped = speed.time_step(
+    times, capped = timing.time_step(
         lambda: time.sleep(0.002), "cpu", warmup=0, min_time_s=0.0, min_iters=10_000,
         max_time_s=0.001,
     )  # fmt: skip
-    assert capped and speed.MIN_CAPPED_ITERS <= len(times) < 10_000
+    assert capped and timing.MIN_CAPPED_ITERS <= len(times) < 10_000
 
 
 def test_time_step_cuda_events_use_the_model_devices_stream(
@@ -174,7 +176,7 @@ def test_time_step_cuda_events_use_the_model_devices_stream(
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
-    times, _ = speed.time_step(
+    times, _ = timing.time_step(
         lambda: None, torch.device("cuda", 1), warmup=1, min_time_s=0.0, min_iters=3
     )
     assert len(times) == 3
@@ -191,8 +193,8 @@ def test_measure_config_always_warms_up_once(monkeypatch: pytest.MonkeyPatch) ->
             calls["n"] += 1
             return super().forward(x)
 
-    monkeypatch.setattr(speed, "_build_model", lambda name: Counting())
-    row = speed._measure_config(
+    monkeypatch.setattr(steps, "_build_model", lambda name: Counting())
+    row = steps._measure_config(
         "tiny", _info(False), torch.device("cpu"), "inference", "fp32", False, False, 1,
         input_size=16, timing={"warmup": 0, "min_time_s": 0.0, "min_iters": 3,
                                "max_time_s": None},
@@ -212,7 +214,7 @@ def test_sweep_backs_off_on_oom_and_records_it() -> None:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate at batch {b}")
         return {"median_ms": float(b)}
 
-    rows = speed.sweep_batch_sizes([1, 8, 32], measure, free=lambda: freed.append(1))
+    rows = variants.sweep_batch_sizes([1, 8, 32], measure, free=lambda: freed.append(1))
     assert calls == [1, 8, 4]  # 32 is known to fail above 8; batch 4 is reused, not re-run
     assert len(freed) == 1
     assert [(r["requested_batch_size"], r["batch_size"]) for r in rows] == [(1, 1), (8, 4), (32, 4)]
@@ -228,7 +230,7 @@ def test_sweep_oom_even_at_batch_one_is_an_error_row() -> None:
     def measure(b: int) -> dict:
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
 
-    rows = speed.sweep_batch_sizes([2], measure, free=lambda: None)
+    rows = variants.sweep_batch_sizes([2], measure, free=lambda: None)
     assert rows[0]["status"] == "error"
     assert rows[0]["reason"] == "out of memory at batch sizes 2, 1"
     assert rows[0]["batch_size"] == 2
@@ -241,7 +243,7 @@ def test_sweep_other_errors_are_recorded_not_retried() -> None:
         calls.append(b)
         raise ValueError("Expected more than 1 value per channel when training")
 
-    rows = speed.sweep_batch_sizes([4], measure, free=lambda: None)
+    rows = variants.sweep_batch_sizes([4], measure, free=lambda: None)
     assert calls == [4]
     assert rows[0]["status"] == "error"
     assert rows[0]["reason"].startswith("ValueError: Expected more than 1 value")
@@ -249,17 +251,17 @@ def test_sweep_other_errors_are_recorded_not_retried() -> None:
 
 # --------------------------------------------------------------------------- variants
 def test_variant_skip_reasons() -> None:
-    assert "fp16" in speed.variant_skip_reason("cpu", "fp16", False)
-    assert speed.variant_skip_reason("cpu", "bf16", False) is None
-    assert speed.variant_skip_reason("cpu", "fp32", False) is None
+    assert "fp16" in variants.variant_skip_reason("cpu", "fp16", False)
+    assert variants.variant_skip_reason("cpu", "bf16", False) is None
+    assert variants.variant_skip_reason("cpu", "fp32", False) is None
     with pytest.raises(ValueError, match="dtype must be one of"):
-        speed.variant_skip_reason("cpu", "int8", False)
+        variants.variant_skip_reason("cpu", "int8", False)
 
 
 def test_compile_without_a_cxx_compiler_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
-    reason = speed.variant_skip_reason("cpu", "fp32", True)
+    monkeypatch.setattr(variants.shutil, "which", lambda name: None)
+    reason = variants.variant_skip_reason("cpu", "fp32", True)
     assert reason is not None and "C++ compiler" in reason
 
 
@@ -267,8 +269,8 @@ def test_run_speed_skips_unsupported_variants_with_reasons(
     fake_models: dict, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
     monkeypatch.delenv("CXX", raising=False)
-    monkeypatch.setattr(speed.shutil, "which", lambda name: None)
-    df = speed.run_speed(
+    monkeypatch.setattr(variants.shutil, "which", lambda name: None)
+    df = run.run_speed(
         ["tiny"], dtypes=("fp16",), batch_sizes=(1, 2), compile=(False, True),
         modes=("inference",), out_dir=tmp_path, **QUICK,
     )  # fmt: skip
@@ -279,7 +281,7 @@ def test_run_speed_skips_unsupported_variants_with_reasons(
 
 
 def test_run_speed_reports_input_size_problems(fake_models: dict, tmp_path) -> None:
-    df = speed.run_speed(
+    df = run.run_speed(
         ["tiny"], batch_sizes=(1,), modes=("inference",), out_dir=None,
         **{**QUICK, "input_size": 30},
     )  # fmt: skip
@@ -289,13 +291,13 @@ def test_run_speed_reports_input_size_problems(fake_models: dict, tmp_path) -> N
 
 def test_run_speed_rejects_bad_arguments(fake_models: dict) -> None:
     with pytest.raises(ValueError, match="modes"):
-        speed.run_speed(["tiny"], modes=("infer",), out_dir=None, **QUICK)
+        run.run_speed(["tiny"], modes=("infer",), out_dir=None, **QUICK)
     with pytest.raises(ValueError, match="batch_sizes"):
-        speed.run_speed(["tiny"], batch_sizes=(0,), out_dir=None, **QUICK)
+        run.run_speed(["tiny"], batch_sizes=(0,), out_dir=None, **QUICK)
     with pytest.raises(ValueError, match="device"):
-        speed.run_speed(["tiny"], device="tpu", out_dir=None, **QUICK)
+        run.run_speed(["tiny"], device="tpu", out_dir=None, **QUICK)
     with pytest.raises(KeyError, match="unknown model"):
-        speed.run_speed(["nope"], out_dir=None, **QUICK)
+        run.run_speed(["nope"], out_dir=None, **QUICK)
 
 
 # --------------------------------------------------------------------------- roofline
@@ -350,7 +352,7 @@ def test_measure_peak_small_is_positive_and_cached() -> None:
 # --------------------------------------------------------------------------- memory
 @pytest.mark.parametrize("method", ["auto", "sample"])
 def test_peak_rss_sees_a_large_allocation(method: str) -> None:
-    with speed.PeakRSS(method=method, interval_s=0.001) as rss:
+    with memory.PeakRSS(method=method, interval_s=0.001) as rss:
         # A fresh anonymous mapping: np.ones could reuse pages malloc kept resident from
         # earlier tests, which would not raise RSS at all.
         mm = mmap.mmap(-1, 64 * 2**20)
@@ -366,7 +368,7 @@ def test_peak_rss_sees_a_large_allocation(method: str) -> None:
 
 # --------------------------------------------------------------------------- files
 def _rows(model: str, median: float, run: str) -> pd.DataFrame:
-    return speed._frame(
+    return files._frame(
         [
             {"model": model, "mode": "inference", "dtype": "fp32", "layout": "contiguous",
              "compile": False, "batch_size": b, "requested_batch_size": b, "threads": 1,
@@ -378,21 +380,21 @@ def _rows(model: str, median: float, run: str) -> pd.DataFrame:
 
 
 def test_write_results_merges_and_replaces(tmp_path) -> None:
-    speed.write_results(_rows("a", 1.0, "r1"), tmp_path, "cpu-test", "r1", {"command": "one"})
+    files.write_results(_rows("a", 1.0, "r1"), tmp_path, "cpu-test", "r1", {"command": "one"})
     new = _rows("a", 2.0, "r2").iloc[:1]  # re-measure a @ batch 1 only
     new = pd.concat([new, _rows("b", 3.0, "r2")])
-    csv, js = speed.write_results(new, tmp_path, "cpu-test", "r2", {"command": "two"})
+    csv, js = files.write_results(new, tmp_path, "cpu-test", "r2", {"command": "two"})
     assert csv.name == "speed-cpu-test.csv" and js.name == "speed-cpu-test.json"
     df = pd.read_csv(csv)
     assert len(df) == 4
-    assert list(df.columns[: len(speed.SCHEMA_COLUMNS)]) == speed.SCHEMA_COLUMNS
+    assert list(df.columns[: len(files.SCHEMA_COLUMNS)]) == files.SCHEMA_COLUMNS
     got = {(r.model, r.batch_size): r.median_ms for r in df.itertuples()}
     assert got == {("a", 1): 2.0, ("a", 8): 1.0, ("b", 1): 3.0, ("b", 8): 3.0}
     data = json.loads(js.read_text())
     assert set(data["runs"]) == {"r1", "r2"} and data["runs"]["r2"]["command"] == "two"
     assert len(data["rows"]) == 4
     # a full re-run drops the run nothing refers to any more
-    speed.write_results(pd.concat([_rows("a", 5.0, "r3"), _rows("b", 5.0, "r3")]),
+    files.write_results(pd.concat([_rows("a", 5.0, "r3"), _rows("b", 5.0, "r3")]),
                         tmp_path, "cpu-test", "r3", {"command": "three"})  # fmt: skip
     data = json.loads(js.read_text())
     assert set(data["runs"]) == {"r3"} and len(data["rows"]) == 4
@@ -403,7 +405,7 @@ def test_concurrent_writers_keep_every_row(tmp_path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def write(i: int) -> None:
-        speed.write_results(_rows(f"m{i}", float(i), f"r{i}"), tmp_path, "cpu-t", f"r{i}", {})
+        files.write_results(_rows(f"m{i}", float(i), f"r{i}"), tmp_path, "cpu-t", f"r{i}", {})
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(write, range(16)))
@@ -415,13 +417,13 @@ def test_concurrent_writers_keep_every_row(tmp_path) -> None:
 def test_write_results_refuses_a_corrupt_json(tmp_path) -> None:
     (tmp_path / "speed-cpu-x.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="speed-cpu-x.json"):
-        speed.write_results(_rows("a", 1.0, "r"), tmp_path, "cpu-x", "r", {})
+        files.write_results(_rows("a", 1.0, "r"), tmp_path, "cpu-x", "r", {})
 
 
 # --------------------------------------------------------------------------- real tiny run
 def test_run_speed_tiny_cpu_end_to_end(fake_models: dict, tmp_path) -> None:
     before = torch.get_num_threads()
-    df = speed.run_speed(
+    df = run.run_speed(
         ["tiny", "tiny_aux"], batch_sizes=(1, 2), threads=1, out_dir=tmp_path, **QUICK
     )
     assert torch.get_num_threads() == before  # restored
@@ -473,14 +475,14 @@ def test_cli_speed_rejects_bad_arguments(fake_models: dict, tmp_path, capsys) ->
 # --------------------------------------------------------------------------- isolation
 def test_worker_turns_crashes_and_errors_into_exceptions() -> None:
     # Library functions pickle by reference, so the spawned worker need not import this file.
-    with speed.Worker() as worker:
+    with speed_worker.Worker() as worker:
         assert worker.call(pow, 3, 2) == 9
         with pytest.raises(torch.OutOfMemoryError, match="can't allocate memory"):
             worker.call(torch.empty, 2**50)  # 4 PiB: the CPU allocator refuses
-        with pytest.raises(speed.MeasurementError, match="ValueError: invalid literal"):
+        with pytest.raises(variants.MeasurementError, match="ValueError: invalid literal"):
             worker.call(int, "x")
         # a crash inside a sweep is one error row, not the end of the run
-        rows = speed.sweep_batch_sizes(
+        rows = variants.sweep_batch_sizes(
             [1], lambda b: worker.call(ctypes.string_at, 0), free=lambda: None
         )  # reads address 0
     assert rows[0]["status"] == "error" and "killed by SIGSEGV" in rows[0]["reason"]
@@ -488,15 +490,15 @@ def test_worker_turns_crashes_and_errors_into_exceptions() -> None:
 
 @pytest.mark.slow
 def test_worker_memory_limit_and_restart_after_a_crash() -> None:
-    with speed.Worker(mem_limit_gb=3) as worker:
+    with speed_worker.Worker(mem_limit_gb=3) as worker:
         with pytest.raises(torch.OutOfMemoryError):
             worker.call(torch.ones, 2**30)  # 4 GiB > the 3 GiB heap limit
         assert worker.call(torch.ones, 2**20).numel() == 2**20  # 4 MiB still fine
-        with pytest.raises(speed.WorkerCrashed, match="SIGSEGV"):
+        with pytest.raises(variants.WorkerCrashed, match="SIGSEGV"):
             worker.call(ctypes.string_at, 0)
         assert worker.call(pow, 2, 5) == 32  # a fresh worker took over
     with pytest.raises(ValueError, match="mem_limit_gb"):
-        speed.Worker(mem_limit_gb=0)
+        speed_worker.Worker(mem_limit_gb=0)
 
 
 @pytest.mark.slow
@@ -505,7 +507,7 @@ def test_run_speed_isolated_with_a_registered_model(tmp_path) -> None:
 
     if "malunet" not in list_models():
         pytest.skip("malunet is not registered yet")
-    df = speed.run_speed(
+    df = run.run_speed(
         ["malunet"], batch_sizes=(1,), threads=1, out_dir=tmp_path,
         **{**QUICK, "isolate": True, "min_iters": 2},
     )  # fmt: skip
@@ -521,5 +523,5 @@ def test_timer_agrees_with_torch_utils_benchmark() -> None:
 
     name = "malunet" if "malunet" in list_models() else None
     model = name or nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 1, 1))
-    res = speed.check_against_torch_timer(model, threads=1, input_size=128, min_time_s=2.0)
+    res = checks.check_against_torch_timer(model, threads=1, input_size=128, min_time_s=2.0)
     assert res["ok"], res

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench import stats
+from bench.analysis import runs as run_index
+from bench.analysis import stats
 from bench.cli import main
 
 # ------------------------------------------------------------------------------ Holm
@@ -192,14 +193,17 @@ def results(tmp_path: Path) -> dict:
 
 
 def test_find_runs_reads_finished_runs_only(results):
-    runs = stats.find_runs(results["root"])
+    runs = run_index.find_runs(results["root"])
     assert len(runs) == 7
     assert set(runs.loc[runs["dataset"] == "syn", "seed"]) == {0, 1}
-    assert stats.find_runs(results["root"], dataset="syn", model="good")["seed"].tolist() == [0, 1]
+    assert run_index.find_runs(results["root"], dataset="syn", model="good")["seed"].tolist() == [
+        0,
+        1,
+    ]
 
 
 def test_aggregate_runs_mean_std_n_over_seeds(results):
-    agg = stats.aggregate_runs(results["root"])
+    agg = run_index.aggregate_runs(results["root"])
     assert len(agg) == 4  # 3 models on syn, 1 on other
     row = agg[(agg["dataset"] == "syn") & (agg["model"] == "good")].iloc[0]
     vals = [results["dsc"][("good", 0)], results["dsc"][("good", 1)]]
@@ -216,14 +220,14 @@ def test_aggregate_runs_mean_std_n_over_seeds(results):
 
 
 def test_aggregate_runs_empty_results(tmp_path):
-    agg = stats.aggregate_runs(tmp_path)
+    agg = run_index.aggregate_runs(tmp_path)
     assert agg.empty and "dsc_mean" in agg.columns
 
 
 def test_write_summary_files(results):
-    paths = stats.write_summary(results["root"], command="segbench test")
+    paths = run_index.write_summary(results["root"], command="segbench test")
     csv, md, js = paths
-    assert pd.read_csv(csv)["n"].tolist() == stats.aggregate_runs(results["root"])["n"].tolist()
+    assert pd.read_csv(csv)["n"].tolist() == run_index.aggregate_runs(results["root"])["n"].tolist()
     text = md.read_text()
     good = np.mean([results["dsc"][("good", s)] for s in (0, 1)]) * 100
     assert f"{good:.2f} ± " in text and "segbench test" in text
@@ -309,12 +313,12 @@ def test_compare_stays_within_one_experiment(results, capsys):
     _write_run(root, "syn", "good", 0, dice[("base", 0)], ids, epochs=10)
     _write_run(root, "syn", "base", 0, dice[("good", 0)], ids, epochs=10)
     _write_run(root, "syn", "lone", 0, dice[("good", 0)], ids, epochs=20)
-    runs = stats.find_runs(root, dataset="syn")
+    runs = run_index.find_runs(root, dataset="syn")
     assert set(runs["experiment"]) == {"fair-e3", "fair-e10", "fair-e20"}
     # default: the most epochs both models have
-    assert stats.choose_experiment(runs, "syn", ["base", "good"]) == ("fair", 10)
-    assert stats.choose_experiment(runs, "syn", ["base", "same"]) == ("fair", 3)
-    assert stats.choose_experiment(runs, "syn", ["good", "base"], epochs=3) == ("fair", 3)
+    assert run_index.choose_experiment(runs, "syn", ["base", "good"]) == ("fair", 10)
+    assert run_index.choose_experiment(runs, "syn", ["base", "same"]) == ("fair", 3)
+    assert run_index.choose_experiment(runs, "syn", ["good", "base"], epochs=3) == ("fair", 3)
     df = stats.pairwise_comparisons(root, "syn", ["base", "good"], write=False, n_resamples=999)
     assert df.loc[0, "epochs"] == 10 and df.loc[0, "mean_diff"] > 0.05  # not mixed with e3
     assert df.loc[0, "seeds_a"] == "0"

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench import sweep as sw
 from bench.cli import main
-from bench.synthetic import make_synthetic
+from bench.data.synthetic import make_synthetic
+from bench.jobs import sweep_definition, sweep_execution, sweep_planning
 
 MODELS = ["malunet", "egeunet"]
 TINY = {"epochs": 1, "image_size": 32, "batch_size": 4, "threads": 1}
@@ -28,7 +28,7 @@ def data_root(tmp_path_factory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("syn") / "syn", n=8, size=(32, 32), seed=0)
 
 
-def _sweep(data_root: Path, **extra) -> sw.SweepConfig:
+def _sweep(data_root: Path, **extra) -> sweep_definition.SweepConfig:
     raw = {
         "name": "t",
         "models": MODELS,
@@ -37,7 +37,7 @@ def _sweep(data_root: Path, **extra) -> sw.SweepConfig:
         "overrides": dict(TINY),
     }
     raw.update(extra)
-    return sw.sweep_from_dict(raw)
+    return sweep_definition.sweep_from_dict(raw)
 
 
 def _write_yaml(path: Path, raw: dict) -> Path:
@@ -69,7 +69,7 @@ def test_load_sweep_expands_cells_and_resolves_roots(tmp_path, data_root):
             "overrides": {"epochs": 2},
         },
     )
-    cfg = sw.load_sweep(path)
+    cfg = sweep_definition.load_sweep(path)
     assert cfg.name == "grid" and cfg.recipe == "fair"
     assert cfg.models == ("malunet", "egeunet")
     assert cfg.datasets == (("first", str(data_root)), (data_root.name, str(data_root)))
@@ -112,29 +112,29 @@ def test_sweep_file_errors_name_file_and_key(tmp_path, data_root, change, messag
     raw = {"models": MODELS, "datasets": [{"name": "syn", "root": str(data_root)}]}
     raw.update(change)
     path = _write_yaml(tmp_path / "bad.yaml", raw)
-    with pytest.raises(sw.SweepError, match=message) as err:
-        sw.load_sweep(path)
+    with pytest.raises(sweep_definition.SweepError, match=message) as err:
+        sweep_definition.load_sweep(path)
     assert str(path) in str(err.value)
 
 
 def test_sweep_file_not_found_or_not_yaml(tmp_path):
-    with pytest.raises(sw.SweepError, match="sweep file not found"):
-        sw.load_sweep(tmp_path / "missing.yaml")
+    with pytest.raises(sweep_definition.SweepError, match="sweep file not found"):
+        sweep_definition.load_sweep(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [a\n")
-    with pytest.raises(sw.SweepError, match="bad.yaml: not valid YAML"):
-        sw.load_sweep(bad)
+    with pytest.raises(sweep_definition.SweepError, match="bad.yaml: not valid YAML"):
+        sweep_definition.load_sweep(bad)
     bad.write_text("- a\n- b\n")
-    with pytest.raises(sw.SweepError, match="mapping at the top level"):
-        sw.load_sweep(bad)
+    with pytest.raises(sweep_definition.SweepError, match="mapping at the top level"):
+        sweep_definition.load_sweep(bad)
 
 
 def test_example_sweeps_are_valid(shared_dir):
-    root = Path(sw.__file__).parent / "sweeps"
+    root = Path(sweep_execution.__file__).parent / "sweeps"
     files = sorted(root.glob("*.yaml"))
     assert files
     for path in files:
-        cfg = sw.load_sweep(path)
+        cfg = sweep_definition.load_sweep(path)
         assert cfg.cells()
 
 
@@ -148,14 +148,14 @@ def _acceptance(tmp_path: Path, data_root: Path, executor: str, **kwargs) -> Non
     cells = sweep.cells()
     assert len(cells) == 4
     # A fifth cell that fails inside its job (the registry does not know the model).
-    bad = sw.Cell(
+    bad = sweep_definition.Cell(
         model="no_such_model",
         dataset="syn",
         data_root=str(data_root),
         seed=0,
         overrides=cells[0].overrides,
     )
-    out = sw.run_cells(
+    out = sweep_execution.run_cells(
         cells + [bad],
         results_dir=results,
         executor=executor,
@@ -180,7 +180,9 @@ def _acceptance(tmp_path: Path, data_root: Path, executor: str, **kwargs) -> Non
     assert len(before) == 4
 
     # Second invocation: every cell is skipped before submission, nothing is rewritten.
-    out2 = sw.run_sweep(sweep, results_dir=results, executor=executor, quiet=True, **kwargs)
+    out2 = sweep_execution.run_sweep(
+        sweep, results_dir=results, executor=executor, quiet=True, **kwargs
+    )
     assert [o.status for o in out2] == ["skipped"] * 4
     assert _mtimes(results) == before
     table = pd.read_csv(results / "sweeps/t/cells.csv")
@@ -205,7 +207,9 @@ def _acceptance(tmp_path: Path, data_root: Path, executor: str, **kwargs) -> Non
 
     # Deleting one cell's metrics re-runs that cell only.
     (results / "runs/syn/egeunet/fair-e1/seed1/metrics.json").unlink()
-    out3 = sw.run_sweep(sweep, results_dir=results, executor=executor, quiet=True, **kwargs)
+    out3 = sweep_execution.run_sweep(
+        sweep, results_dir=results, executor=executor, quiet=True, **kwargs
+    )
     assert {o.cell.label: o.status for o in out3} == {
         c.label: ("done" if c.label == "syn/egeunet/fair-e1/seed1" else "skipped") for c in cells
     }
@@ -231,16 +235,16 @@ def test_sweep_skip_rerun_and_failure_local_executor(tmp_path, data_root):
 
 
 def test_debug_executor_failed_cell_does_not_stop_others(tmp_path, data_root, monkeypatch, capsys):
-    import bench.train
+    import bench.engine.train
 
-    real = bench.train.run_training
+    real = bench.engine.train.run_training
 
     def flaky(cfg, *args, **kwargs):
         if cfg.model == "egeunet":
             raise RuntimeError("boom: simulated crash")
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(bench.train, "run_training", flaky)
+    monkeypatch.setattr(bench.engine.train, "run_training", flaky)
     raw = {
         "name": "dbg",
         "models": MODELS,
@@ -267,7 +271,7 @@ def test_plan_states_and_dry_run(tmp_path, data_root, capsys):
     results = tmp_path / "results"
     sweep = _sweep(data_root)
     cells = sweep.cells()
-    plan = sw.plan_cells(cells, results)
+    plan = sweep_planning.plan_cells(cells, results)
     assert [o.status for o in plan] == ["new"] * 4
     # finished with this config / with another config / a checkpoint left by a killed run
     run0, run1, run2 = (o.run_dir for o in plan[:3])
@@ -276,10 +280,13 @@ def test_plan_states_and_dry_run(tmp_path, data_root, capsys):
         (rd / "metrics.json").write_text(json.dumps({"status": "finished", "config_hash": digest}))
     (run2 / "checkpoints").mkdir(parents=True)
     (run2 / "checkpoints/last.pt").write_bytes(b"x")
-    plan = sw.plan_cells(cells, results)
+    plan = sweep_planning.plan_cells(cells, results)
     assert [o.status for o in plan] == ["finished", "conflict", "resume", "new"]
     assert "0123456789abcdef" in plan[1].error
-    assert [o.status for o in sw.plan_cells(cells, results, force=True)][:2] == ["rerun", "rerun"]
+    assert [o.status for o in sweep_planning.plan_cells(cells, results, force=True)][:2] == [
+        "rerun",
+        "rerun",
+    ]
 
     path = _write_yaml(
         tmp_path / "t.yaml",
@@ -299,8 +306,8 @@ def test_plan_states_and_dry_run(tmp_path, data_root, capsys):
 
 
 def test_cell_task_requeue_never_forces():
-    task = sw.CellTask("results", force=True, quiet=True, threads=2)
-    cell = sw.Cell(model="malunet", dataset="syn", data_root="/data", seed=0)
+    task = sweep_execution.CellTask("results", force=True, quiet=True, threads=2)
+    cell = sweep_definition.Cell(model="malunet", dataset="syn", data_root="/data", seed=0)
     delayed = task.checkpoint(cell)
     assert delayed.args == (cell,)
     assert delayed.function.force is False and delayed.function.threads == 2
@@ -308,12 +315,12 @@ def test_cell_task_requeue_never_forces():
 
 def test_run_cells_argument_errors(tmp_path, data_root):
     cells = _sweep(data_root).cells()
-    with pytest.raises(sw.SweepError, match="--no-wait needs --executor slurm"):
-        sw.run_cells(cells, results_dir=tmp_path, executor="local", wait=False)
-    with pytest.raises(sw.SweepError, match="--parallel must be at least 1"):
-        sw.run_cells(cells, results_dir=tmp_path, parallel=0)
-    with pytest.raises(sw.SweepError, match="unknown executor 'pbs'"):
-        sw.run_cells(cells, results_dir=tmp_path, executor="pbs")
+    with pytest.raises(sweep_definition.SweepError, match="--no-wait needs --executor slurm"):
+        sweep_execution.run_cells(cells, results_dir=tmp_path, executor="local", wait=False)
+    with pytest.raises(sweep_definition.SweepError, match="--parallel must be at least 1"):
+        sweep_execution.run_cells(cells, results_dir=tmp_path, parallel=0)
+    with pytest.raises(sweep_definition.SweepError, match="unknown executor 'pbs'"):
+        sweep_execution.run_cells(cells, results_dir=tmp_path, executor="pbs")
 
 
 # ---------------------------------------------------------------- fake Slurm cluster
@@ -354,9 +361,9 @@ def test_slurm_job_array_one_task_per_unfinished_cell(tmp_path, data_root, monke
         "slurm": {"partition": "cpu", "cpus_per_task": 4, "account": "proj", "time": 30},
     }
     path = _write_yaml(tmp_path / "cluster.yaml", raw)
-    cells = sw.load_sweep(path).cells()
+    cells = sweep_definition.load_sweep(path).cells()
     # One cell already finished with the same config: it must not be in the array.
-    done = sw.plan_cells(cells, results)[1]
+    done = sweep_planning.plan_cells(cells, results)[1]
     done.run_dir.mkdir(parents=True)
     (done.run_dir / "metrics.json").write_text(
         json.dumps({"status": "finished", "config_hash": done.config_hash})
@@ -410,7 +417,10 @@ def test_slurm_job_array_one_task_per_unfinished_cell(tmp_path, data_root, monke
         pkl = logs / f"123_{task_id}" / f"123_{task_id}_submitted.pkl"
         delayed = DelayedSubmission.load(pkl)
         assert delayed.args == (cell,)
-        assert isinstance(delayed.function, sw.CellTask) and delayed.function.force is False
+        assert (
+            isinstance(delayed.function, sweep_execution.CellTask)
+            and delayed.function.force is False
+        )
     assert table.loc[0, "path"].endswith("123_0/123_0_0_log.err")
 
     # Submitting again while sacct says the array is running submits nothing new.
@@ -422,5 +432,5 @@ def test_slurm_job_array_one_task_per_unfinished_cell(tmp_path, data_root, monke
 
 def test_slurm_without_srun_is_a_clear_error(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun anywhere
-    with pytest.raises(sw.SweepError, match="--executor slurm: .*srun"):
-        sw.run_cells(_sweep(data_root).cells(), results_dir=tmp_path, executor="slurm")
+    with pytest.raises(sweep_definition.SweepError, match="--executor slurm: .*srun"):
+        sweep_execution.run_cells(_sweep(data_root).cells(), results_dir=tmp_path, executor="slurm")

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.train import NonFiniteLossError, TrainConfig, run_training
+from bench.engine.config import TrainConfig
+from bench.engine.train import run_training
+from bench.engine.trainer import NonFiniteLossError
 
 METRIC_KEYS = {
     "model",
@@ -49,7 +51,7 @@ TEST_KEYS = {
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from bench.data import make_synthetic
+    from bench.data.synthetic import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("data") / "syn", n=40, size=(48, 64), seed=3)
 
@@ -188,8 +190,9 @@ def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
 
 
 def test_best_checkpoint_reproduces_the_test_metrics(finished_run):
-    from bench.data import prepare_data
-    from bench.evaluate import evaluate_split, load_weights
+    from bench.data.cache import prepare_data
+    from bench.engine.checkpoints import load_weights
+    from bench.engine.evaluate import evaluate_split
     from models import create_model
 
     cfg, _, run = finished_run
@@ -221,8 +224,9 @@ def test_unreadable_metrics_file_is_named(finished_run, tmp_path):
 
 
 def test_other_experiment_does_not_block_and_stays_apart(finished_run):
-    from bench.report import accuracy_summary, load_results
-    from bench.train import experiment_name
+    from bench.analysis.report.load import load_results
+    from bench.analysis.report.summaries import accuracy_summary
+    from bench.engine.rundir import experiment_name
 
     cfg, results, run = finished_run
     stamp = (run / "metrics.json").stat().st_mtime_ns
@@ -242,7 +246,7 @@ def test_other_experiment_does_not_block_and_stays_apart(finished_run):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, monkeypatch):
-    import bench.train as bt
+    import bench.engine.trainer as bt
 
     real = bt.build_loss
     calls = {"n": 0}
@@ -273,12 +277,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_root, tmp_path, 
 
 
 def test_ctrl_c_saves_mid_epoch_and_resume_matches_uninterrupted(data_root, tmp_path, monkeypatch):
-    import bench.data
+    import bench.data.augment
 
     cfg = _cfg(data_root, epochs=2)
     ref = run_training(cfg, tmp_path / "ref", quiet=True)
 
-    real = bench.data.augment_batch
+    real = bench.data.augment.augment_batch
     calls = {"n": 0}
 
     def interrupting(x, y, gen):
@@ -287,14 +291,14 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches_uninterrupted(data_root, tmp_
             signal.raise_signal(signal.SIGINT)
         return real(x, y, gen)
 
-    monkeypatch.setattr(bench.data, "augment_batch", interrupting)
+    monkeypatch.setattr(bench.data.augment, "augment_batch", interrupting)
     with pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "int", quiet=True)
     run = tmp_path / "int" / "runs" / "syn" / "unet" / "fair-e2" / "seed42"
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert (last["epoch"], last["step"]) == (1, 3)
     assert not (run / "metrics.json").exists()
-    monkeypatch.setattr(bench.data, "augment_batch", real)
+    monkeypatch.setattr(bench.data.augment, "augment_batch", real)
     run_training(cfg, tmp_path / "int", quiet=True)
     _assert_same_run(ref, run)
 

@@ -1,0 +1,1 @@
+"""Reading results: runs over seeds, paired statistics, Pareto fronts and the report."""

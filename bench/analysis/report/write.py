@@ -1,0 +1,164 @@
+"""write_report: read results/, write tables/, plots/ and README.md."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
+from bench.analysis.report.load import (
+    RESULTS_DIR,
+    ReportInputError,
+    ReportOutput,
+    Results,
+    load_results,
+)
+from bench.analysis.report.plots import _model_colours
+from bench.analysis.report.readme import _meta_runs, _readme
+from bench.analysis.report.summaries import _paper_datasets, accuracy_table, summary_table
+from bench.analysis.report.tables import (
+    Col,
+    _accuracy_cols,
+    _efficiency_cols,
+    _experiment_cols,
+    _speed_cols,
+    render,
+)
+from bench.analysis.runs import RUN_METRICS_GLOB
+from bench.core.io import write_csv, write_text
+
+
+def _input_label(res: Results) -> str:
+    comp = res.complexity
+    for col in ("input_shape", "input_size"):
+        if col in comp and comp[col].notna().any():
+            val = str(comp[col].dropna().iloc[0])
+            nums = re.findall(r"\d+", val)
+            return "x".join(nums) if nums else val
+    shape = res.complexity_meta.get("input_shape")
+    if isinstance(shape, (list, tuple)):
+        return "x".join(str(s) for s in shape)
+    return "1x3x256x256"  # the default every harness module measures at
+
+
+def _write_table(
+    out: Path,
+    name: str,
+    df: pd.DataFrame,
+    cols: Sequence[Col],
+    report: ReportOutput,
+    note: str = "",
+) -> None:
+    csv, md = render(df, cols)
+    report.tables.append(write_csv(out / "tables" / f"{name}.csv", csv))
+    report.tables.append(
+        write_text(out / "tables" / f"{name}.md", (note + "\n\n" if note else "") + md + "\n")
+    )
+    report.markdown[name] = md
+
+
+def write_report(
+    results_dir: str | Path = RESULTS_DIR,
+    out_dir: str | Path | None = None,
+    command: str | None = None,
+    progress: bool = True,
+) -> ReportOutput:
+    """Read ``results_dir`` and write tables, plots and README.md under ``out_dir``."""
+    from tqdm.auto import tqdm
+
+    from bench.core.env import environment
+
+    res = load_results(results_dir)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    command = command or "bench.analysis.report.write.write_report(" + repr(str(results_dir)) + ")"
+    report = ReportOutput()
+    if not res.models:
+        raise ReportInputError(
+            f"{results_dir}: no result files found (expected complexity/complexity.csv, "
+            f"speed/speed-*.csv or {RUN_METRICS_GLOB}); run `segbench benchmark` first"
+        )
+    steps = tqdm(total=4, desc="report", disable=not progress, leave=False)
+    summary = summary_table(res)
+    input_label = _input_label(res)
+    dev_label = res.device_name(res.primary_device) if res.primary_device else None
+
+    steps.set_postfix_str("tables")
+    _write_table(
+        out,
+        "summary",
+        summary,
+        _efficiency_cols(dev_label) + _accuracy_cols(*_datasets(summary))[1:],
+        report,
+    )
+    _write_table(out, "efficiency", summary, _efficiency_cols(dev_label), report)
+    datasets, paper_keys = _datasets(summary)
+    if datasets or paper_keys:
+        _write_table(
+            out, "accuracy", accuracy_table(res, summary), _experiment_cols(paper_keys), report
+        )
+    for slug in res.devices:
+        rows = res.speed[slug].sort_values(["model", "mode", "batch_size"], kind="stable")
+        _write_table(
+            out,
+            f"speed-{slug}",
+            rows,
+            _speed_cols(),
+            report,
+            note=f"Speed on {res.device_name(slug)} ({slug}).",
+        )
+    steps.update()
+
+    colours = _model_colours(res.models)
+    steps.set_postfix_str("efficiency plots")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tight_layout chatter on small axes
+        _efficiency_plots(res, summary, out, colours, input_label, report)
+        steps.update()
+        steps.set_postfix_str("pareto plots")
+        _accuracy_plots(res, summary, out, colours, input_label, report)
+    steps.update()
+
+    _remove_stale(out, report)
+    env_dev = "cuda" if (res.primary_device or "").startswith("cuda") else "cpu"
+    try:
+        env = environment(env_dev)
+    except (RuntimeError, AssertionError):  # CUDA results read on a machine without CUDA
+        env = environment("cpu")
+    speed_runs = _meta_runs(res.speed_meta.get(res.primary_device or "", {}))
+    speed_env = speed_runs[-1].get("environment") if speed_runs else None
+    env_source = "the machine running this report"
+    if isinstance(speed_env, dict):  # the machine that timed the models, not the reader
+        env = {**env, **{k: v for k, v in speed_env.items() if v is not None}}
+        env_source = f"the machine that produced speed/speed-{res.primary_device}.csv"
+    text = _readme(res, out, report, command, input_label, env, env_source)
+    report.readme = write_text(out / "README.md", text)
+    steps.update()
+    steps.close()
+    return report
+
+
+# The report's own output names; files of these names not written by this run are stale
+# (a dataset or device that is gone) and removed. Other files in tables/ stay.
+_OWN_OUTPUTS = {
+    "plots": ("pareto-*.png", "pareto-*.svg", "efficiency-*.png", "efficiency-*.svg"),
+    "tables": ("summary.*", "efficiency.*", "accuracy.*", "speed-*.csv", "speed-*.md"),
+}
+
+
+def _remove_stale(out: Path, report: ReportOutput) -> None:
+    written = {p.resolve() for p in report.tables + report.plots}
+    for folder, patterns in _OWN_OUTPUTS.items():
+        for pattern in patterns:
+            for path in (out / folder).glob(pattern):
+                if path.resolve() not in written:
+                    path.unlink()
+
+
+def _datasets(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
+    measured = sorted({c.split(":")[0] for c in summary.columns if c.endswith(":dsc_mean")})
+    paper = _paper_datasets(summary)
+    return measured, paper

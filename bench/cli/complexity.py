@@ -1,0 +1,192 @@
+"""``segbench complexity``: argument parsing for :mod:`bench.cost`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.device import resolve_device
+from bench.core.env import command_line
+from bench.core.shapes import parse_input_shape, parse_sizes, shape_label
+from bench.cost.breakdown import breakdown_table
+from bench.cost.complexity import _json_safe, _ops_label, _provenance, display_table, run_complexity
+from bench.cost.flops import analyze
+from bench.cost.golden import GOLDEN_SHAPE, update_golden
+from bench.cost.resolution import resolution_sweep
+
+
+def _print(df: Any) -> None:
+    print(df.to_string(index=False))
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    from bench.core.io import write_csv, write_json
+    from models import create_model, list_models
+
+    try:
+        shape = parse_input_shape(args.input)
+        sizes = parse_sizes(args.sweep) if args.sweep else None
+        resolve_device(args.device, allow=("cpu", "cuda", "meta"))
+    except ValueError as err:
+        print(f"segbench complexity: {err}", file=sys.stderr)
+        return 2
+    names = list_models(args.models)
+    if not names:
+        print(
+            f"segbench complexity: --models {args.models!r} matches no registered model "
+            f"(known: {', '.join(list_models())})",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out)
+    command = command_line()
+    progress = not args.quiet
+    only_table = not (args.breakdown or sizes or args.update_golden)
+
+    if args.update_golden:
+        if shape != GOLDEN_SHAPE:
+            print(
+                f"segbench complexity: the golden file is at {shape_label(GOLDEN_SHAPE)}; "
+                f"drop --input {args.input}",
+                file=sys.stderr,
+            )
+            return 2
+        path = out / "golden.json"
+        try:
+            entries = update_golden(
+                names,
+                path,
+                device=args.device,
+                command=command,
+                prune=args.models is None,
+                progress=progress,
+            )
+        except RuntimeError as err:
+            print(f"segbench complexity --update-golden: {err}", file=sys.stderr)
+            return 1
+        print(f"wrote {path} ({len(entries)} models: {', '.join(sorted(entries))})")
+
+    if args.breakdown:
+        try:
+            model = create_model(args.breakdown, in_channels=shape[1])
+        except KeyError as err:
+            print(f"segbench complexity: --breakdown: {err}", file=sys.stderr)
+            return 2
+        c = analyze(model, shape, device=args.device)
+        table = breakdown_table(c, args.depth)
+        print(
+            f"{args.breakdown} at {shape_label(shape)}: {c.params_total:,} params, "
+            f"{c.macs:,} MACs, {c.other_flops:,} other FLOPs, "
+            f"{c.activation_bytes / 2**20:,.1f} MB activations"
+        )
+        _print(table)
+        if c.unsupported_ops:
+            print(f"ops without a rule: {_ops_label(c.unsupported_ops)}")
+        full = c.breakdown(None)
+        path = write_csv(
+            out / f"breakdown-{args.breakdown}.csv",
+            full.assign(input_shape=shape_label(shape), command=command),
+        )
+        print(f"wrote {path}")
+
+    if sizes:
+        df = resolution_sweep(
+            names, sizes, batch=shape[0], channels=shape[1], device=args.device, progress=progress
+        )
+        prov = _provenance(args.device, command)
+        df = df.assign(
+            device=args.device,
+            device_name=prov["device_name"],
+            torch_version=torch.__version__,
+            git_commit=prov["git_commit"],
+            command=command,
+        )
+        write_csv(out / "sweep.csv", df)
+        write_json(
+            out / "sweep.json",
+            {
+                "command": command,
+                "environment": prov,
+                "sizes": sizes,
+                "rows": [_json_safe(r) for r in df.to_dict("records")],
+            },
+        )
+        show = df[["model", "size", "gmacs", "activation_mb", "status", "reason"]].rename(
+            columns={"gmacs": "segbench GMACs", "activation_mb": "activation MB"}
+        )
+        _print(show.assign(reason=show["reason"].fillna("").str.slice(0, 60)))
+        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.json'}")
+
+    if only_table:
+        df = run_complexity(
+            names,
+            shape,
+            out,
+            cross_check=not args.no_cross_check,
+            progress=progress,
+            device=args.device,
+            command=command,
+        )
+        _print(display_table(df))
+        print(f"wrote {out / 'complexity.csv'} and {out / 'complexity.json'}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``segbench complexity``."""
+    p = subparsers.add_parser(
+        "complexity",
+        help="parameters, exact MACs, thop/fvcore cross-checks, sweep, golden file",
+        description="Count parameters and exact MACs (conv, linear, matmul, einsum, attention) "
+        "at the aten dispatch level, with other FLOPs and activation memory, beside thop's "
+        "(the papers' 'GFLOPs'), fvcore's and torch FlopCounterMode's counts. Writes "
+        "complexity.{csv,json} under --out. With --breakdown, --sweep or --update-golden only "
+        "those are done.",
+    )
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated names or wildcard patterns (default: all models)",
+    )
+    p.add_argument(
+        "--input", default="1x3x256x256", help="input shape NxCxHxW (default: 1x3x256x256)"
+    )
+    p.add_argument(
+        "--breakdown",
+        metavar="MODEL",
+        default=None,
+        help="print the per-module tree of one model (writes breakdown-MODEL.csv)",
+    )
+    p.add_argument("--depth", type=int, default=2, help="tree depth for --breakdown (default: 2)")
+    p.add_argument(
+        "--sweep",
+        metavar="SIZES",
+        default=None,
+        help="comma-separated square sizes for a resolution sweep, e.g. "
+        "128,256,512,1024 (writes sweep.{csv,json})",
+    )
+    p.add_argument(
+        "--no-cross-check",
+        action="store_true",
+        help="skip thop, fvcore and FlopCounterMode (faster)",
+    )
+    p.add_argument(
+        "--update-golden",
+        action="store_true",
+        help="recount and rewrite golden.json under --out (all models, or --models)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the forward runs: cpu, cuda, or meta (shapes only, no compute; "
+        "same MACs, attention may take another kernel path; default: cpu)",
+    )
+    p.add_argument(
+        "--out", default="results/complexity", help="output folder (default: results/complexity)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd)

@@ -1,0 +1,376 @@
+"""``segbench data``: argument parsing for :mod:`bench.data`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.core.io import write_json
+from bench.data.augment import augment_batch, scale_images
+from bench.data.cache import _dataset_name, default_split_file, prepare_data
+from bench.data.checks import check_dataset
+from bench.data.decode import _run_jobs
+from bench.data.layouts import DataError, index_dataset
+from bench.data.splits import _resolve_split
+from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
+from bench.data.synthetic import make_synthetic
+
+
+def _add_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", type=Path, help="dataset folder (any supported layout)")
+    p.add_argument(
+        "--mask-suffix",
+        default=None,
+        help="what follows the ID in mask names (flat/prepared; default: auto)",
+    )
+
+
+def _add_split(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=42, help="split seed (default 42)")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="test part (default 0.3, 7:3)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="validation part carved from train (default 0.1)",
+    )
+    p.add_argument(
+        "--split-mode",
+        choices=("auto", "official", "seeded"),
+        default="auto",
+        help="official split when the layout has one (auto), or always seeded",
+    )
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    index = index_dataset(args.root, mask_suffix=args.mask_suffix)
+    lay = index.layout
+    print(f"dataset   {args.root}")
+    print(f"layout    {lay.name}: {lay.description} (in {lay.base})")
+    official = index.official_split_ids()
+    counts = ", ".join(f"{k} {len(v)}" for k, v in official.items()) if official else "none"
+    print(f"pairs     {len(index)}   official splits: {counts}")
+    jobs = [(s, None, args.binarize, False) for s in index.samples]
+    rows = []
+    for s, res in zip(index.samples, _run_jobs(jobs, args.workers, "info", not args.quiet)):
+        if "error" in res:
+            print(f"  error: {res['error']}", file=sys.stderr)
+            continue
+        rows.append((s.id, *res["orig"], res["fg"]))
+    if rows:
+        arr = np.array([r[1:] for r in rows], dtype=float)
+        print(
+            f"size HxW  min {int(arr[:, 0].min())}x{int(arr[:, 1].min())}, "
+            f"max {int(arr[:, 0].max())}x{int(arr[:, 1].max())}, "
+            f"median {int(np.median(arr[:, 0]))}x{int(np.median(arr[:, 1]))}"
+        )
+        fg = arr[:, 2]
+        print(
+            f"lesion    fraction of pixels: mean {fg.mean():.3f}, median {np.median(fg):.3f}, "
+            f"min {fg.min():.3f}, max {fg.max():.3f}; empty masks: {int((fg == 0).sum())}"
+        )
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    index = index_dataset(args.root, mask_suffix=args.mask_suffix)
+    out = args.out or default_split_file(args.root, _dataset_name(index.layout, args.root))
+    if out.exists() and not args.force:
+        print(f"{out} exists (use --force to replace it)", file=sys.stderr)
+        return 1
+    if args.force:
+        out.unlink(missing_ok=True)
+    split, meta = _resolve_split(
+        index, out, args.seed, args.test_fraction, args.val_fraction, args.split_mode
+    )
+    print(
+        f"{meta['source']} split -> {out}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items())
+    )
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    problems = check_dataset(
+        args.root,
+        mask_suffix=args.mask_suffix,
+        binarize=args.binarize,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    for p in problems:
+        print(p)
+    n_err = sum(p.severity == "error" for p in problems)
+    print(f"{n_err} error(s), {len(problems) - n_err} warning(s) in {args.root}")
+    return 1 if n_err else 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    data = prepare_data(
+        args.root,
+        args.size,
+        args.split_file,
+        args.seed,
+        args.val_fraction,
+        args.test_fraction,
+        args.cache_dir,
+        args.workers,
+        not args.quiet,
+        mask_suffix=args.mask_suffix,
+        binarize=args.binarize,
+        split_mode=args.split_mode,
+    )
+    print(
+        f"{data!r}\ncache  {data.cache_path}\nsplit  {data.split_file}\n"
+        f"fingerprint {data.fingerprint}"
+    )
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    size = tuple(args.size) if args.size else None
+    out = make_synthetic(
+        args.out,
+        n=args.n,
+        size=size,
+        seed=args.seed,
+        mask_suffix=args.mask_suffix,
+        layout=args.layout,
+        ext=args.ext,
+    )
+    print(f"wrote {args.n} synthetic lesions ({args.layout} layout) to {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from bench.core.env import environment
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = prepare_data(
+        args.root,
+        args.size,
+        args.split_file,
+        args.seed,
+        cache_dir=args.cache_dir,
+        workers=max(1, args.workers),
+        progress=not args.quiet,
+        mask_suffix=args.mask_suffix,
+    )
+    gen = torch.Generator().manual_seed(0)
+    n_train = len(data.split_ids["train"])
+    if n_train < args.batch:
+        raise DataError(
+            f"{args.root}: the train split has {n_train} images, fewer than one "
+            f"batch of {args.batch}; pass a smaller --batch"
+        )
+
+    def timed(make_batches: Any, augment_here: bool) -> dict[str, float]:
+        """Samples per wall second over ``args.seconds`` (after one warm-up batch, which
+        covers worker start-up), and per CPU second of this process: on a shared machine
+        the latter is about what one idle core would deliver (meaningful only when this
+        process does all the work, i.e. without workers)."""
+        n, t0, c0, warm = 0, 0.0, 0.0, False
+        while True:
+            for x, y, _ in make_batches():
+                if augment_here:
+                    x, y = augment_batch(x, y, gen)
+                scale_images(x)
+                if not warm:
+                    warm, t0, c0 = True, time.perf_counter(), time.process_time()
+                    continue
+                n += len(x)
+                if (wall := time.perf_counter() - t0) >= args.seconds:
+                    cpu = time.process_time() - c0
+                    return {
+                        "samples_per_s": n / wall,
+                        "samples_per_cpu_s": n / max(cpu, 1e-9),
+                        "n": n,
+                    }
+
+    kw = {"shuffle": True, "drop_last": True}
+    results = {"cache": timed(lambda: data.batches("train", args.batch, generator=gen, **kw), True)}
+    if args.workers > 0:
+        loader = data.loader("train", args.batch, augment=True, workers=args.workers, **kw)
+        results[f"cache, {args.workers} workers"] = timed(lambda: iter(loader), False)
+        del loader
+    files = torch.utils.data.DataLoader(
+        data.file_dataset("train"),
+        batch_size=args.batch,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        **kw,
+    )
+    results[f"files, {args.workers} workers"] = timed(lambda: iter(files), True)
+    load = os.getloadavg()
+    print(
+        f"{data.name}: train split ({len(data.split_ids['train'])} images), {args.size}x{args.size}, "
+        f"batch {args.batch}, flips + rotation + scaling, {torch.get_num_threads()} torch "
+        f"thread(s) per process, {args.seconds:g} s each; {os.cpu_count()} CPUs, load average "
+        f"{load[0]:.1f}"
+    )
+    print(f"  {'source':22s} {'samples/s':>10s} {'per CPU-s':>10s}")
+    for k, v in results.items():
+        per_cpu = (
+            f"{v['samples_per_cpu_s']:10.1f}"
+            if "workers" not in k or args.workers == 0
+            else f"{'-':>10s}"
+        )
+        print(f"  {k:22s} {v['samples_per_s']:10.1f} {per_cpu}")
+    if args.out:
+        write_json(
+            args.out,
+            {
+                "command": " ".join(["segbench", *sys.argv[1:]]),
+                "dataset": str(args.root),
+                "size": args.size,
+                "batch": args.batch,
+                "seconds": args.seconds,
+                "workers": args.workers,
+                "torch_threads": torch.get_num_threads(),
+                "samples_per_s": {k: v["samples_per_s"] for k, v in results.items()},
+                "samples_per_cpu_s": {
+                    k: v["samples_per_cpu_s"]
+                    for k, v in results.items()
+                    if "workers" not in k or args.workers == 0
+                },
+                "load_average": load,
+                "environment": environment("cpu"),
+            },
+        )
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``segbench data`` and its subcommands."""
+    p = subparsers.add_parser(
+        "data",
+        help="datasets: layouts, splits, cache, checks, synthetic data",
+        description="Inspect, split, check and cache segmentation datasets "
+        "(official ISIC 2017/2018, PH2, the authors' prepared layout, flat "
+        "images/ + masks/).",
+    )
+    sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
+        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.add_argument(
+            "--binarize",
+            action="store_true",
+            help="threshold masks that are not 0/255 at 128 instead of failing",
+        )
+
+    q = sub.add_parser(
+        "info",
+        help="layout, counts per split, image sizes, lesion statistics",
+        description="Print the layout, pair counts, image-size range and mask "
+        "foreground statistics of a dataset.",
+    )
+    _add_root(q)
+    common(q)
+    q.set_defaults(func=_cmd_info)
+
+    q = sub.add_parser(
+        "split",
+        help="write a split.json (official or seeded train/val/test)",
+        description="Write the split every model will use: the layout's official "
+        "split, or a seeded test part plus a validation part carved from train.",
+    )
+    _add_root(q)
+    _add_split(q)
+    q.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="split file (default ROOT/split.json; in ~/.cache/segbench when ROOT is read-only)",
+    )
+    q.add_argument("--force", action="store_true", help="replace an existing split file")
+    q.set_defaults(func=_cmd_split)
+
+    q = sub.add_parser(
+        "check",
+        help="list every problem in a dataset in one pass",
+        description="Decode every image and mask and list all problems (corrupt "
+        "files, size mismatches, missing masks, non-0/255 masks, duplicate IDs, "
+        "grayscale/RGBA images). Exit code 1 when there are errors.",
+    )
+    _add_root(q)
+    common(q)
+    q.set_defaults(func=_cmd_check)
+
+    q = sub.add_parser(
+        "cache",
+        help="build (or reuse) the preprocessing cache",
+        description="Resize every image and mask once into memory-mapped uint8 "
+        "arrays, keyed by the files, the split and the size.",
+    )
+    _add_root(q)
+    _add_split(q)
+    common(q)
+    q.add_argument("--size", type=int, default=256, help="square target size (default 256)")
+    q.add_argument(
+        "--split-file",
+        type=Path,
+        default=None,
+        help="default ROOT/split.json (in the cache folder when ROOT is read-only)",
+    )
+    q.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="default ROOT/.segbench-cache, or ~/.cache/segbench when ROOT is read-only",
+    )
+    q.set_defaults(func=_cmd_cache)
+
+    q = sub.add_parser(
+        "synth",
+        help="write seeded synthetic lesion images with masks",
+        description="Write lesion-like images (irregular blobs, skin texture, hairs) "
+        "with 0/255 masks, for tests and demos.",
+    )
+    q.add_argument("out", type=Path, help="output folder")
+    q.add_argument("--n", type=int, default=32, help="number of images (default 32)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="fixed size (default: varied)",
+    )
+    q.add_argument("--layout", choices=SYNTHETIC_LAYOUTS, default="flat")
+    q.add_argument("--ext", default="jpg", help="image format (jpg or png)")
+    q.add_argument("--mask-suffix", default="", help="appended to the ID in mask names (flat)")
+    q.set_defaults(func=_cmd_synth)
+
+    q = sub.add_parser(
+        "bench",
+        help="loader throughput: samples/s from the cache vs the files",
+        description="Measure samples/s delivered with augmentation at SIZE, from the "
+        "preprocessing cache and from decoding the image files.",
+    )
+    _add_root(q)
+    q.add_argument("--size", type=int, default=256)
+    q.add_argument("--batch", type=int, default=8)
+    q.add_argument("--seconds", type=float, default=10.0, help="time per source (default 10)")
+    q.add_argument("--seed", type=int, default=42, help="split seed")
+    q.add_argument("--split-file", type=Path, default=None)
+    q.add_argument("--cache-dir", type=Path, default=None)
+    q.add_argument("--workers", type=int, default=2, help="loader / decoding processes (default 2)")
+    q.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process (default 1; 0 keeps torch's default)",
+    )
+    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    q.set_defaults(func=_cmd_bench)

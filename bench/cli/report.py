@@ -1,0 +1,57 @@
+"""``segbench report``: argument parsing for :func:`bench.analysis.report.write.write_report`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.analysis.report.load import RESULTS_DIR, ReportInputError
+from bench.analysis.report.write import write_report
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        cmd = ["segbench", "report"]
+        if Path(args.results) != RESULTS_DIR:
+            cmd += ["--results", str(args.results)]
+        if args.out is not None:
+            cmd += ["--out", str(args.out)]
+        rep = write_report(args.results, args.out, command=shlex.join(cmd), progress=not args.quiet)
+    except ReportInputError as err:
+        print(f"segbench report: {err}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(rep.markdown.get("efficiency", ""))
+        print(
+            f"\nwrote {len(rep.tables)} table files, {len(rep.plots)} plot files and {rep.readme}"
+        )
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="tables, Pareto plots and results/README.md from results/",
+        description="Read every result file under --results (complexity, speed per device, "
+        "finished training runs, optional paired statistics) and write Markdown + CSV tables "
+        "(tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --out.",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_DIR,
+        metavar="DIR",
+        help="results folder to read (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to write tables/, plots/ and README.md (default: --results)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table print-out")
+    p.set_defaults(func=_cmd_report)

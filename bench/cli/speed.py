@@ -1,0 +1,272 @@
+"""``segbench speed``: argument parsing for :func:`bench.speed.run.run_speed`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.device import resolve_device
+from bench.core.names import expand_models
+from bench.cost.roofline import Peak, parse_peak
+from bench.speed import steps
+from bench.speed.checks import check_against_torch_timer
+from bench.speed.files import format_table
+from bench.speed.run import run_speed
+from bench.speed.variants import DTYPES, MODES
+
+
+def _csv_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
+    def parse(text: str) -> list[Any]:
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"{what}: give a comma-separated list, got {text!r}")
+        try:
+            return [kind(p) for p in items]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
+
+    return parse
+
+
+def _pos_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise ValueError(f"{v} is not a positive integer")
+    return v
+
+
+def _choice(options: Sequence[str]) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return text
+
+    return check
+
+
+def _peak_arg(text: str) -> Peak:
+    try:
+        return parse_peak(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The canonical command that reproduces these arguments (recorded with the rows)."""
+    parts = [
+        "segbench speed",
+        f"--models {args.models!r}",
+        f"--device {args.device}",
+        f"--batch-sizes {','.join(map(str, args.batch_sizes))}",
+        f"--modes {','.join(args.modes)}",
+        f"--dtype {','.join(args.dtype)}",
+        f"--min-time {args.min_time:g}",
+        f"--min-iters {args.min_iters}",
+        f"--warmup {args.warmup}",
+        f"--max-time {args.max_time:g}",
+        f"--input-size {args.input_size}",
+        f"--noisy-threshold {args.noisy_threshold:g}",
+        f"--out {args.out}",
+    ]
+    parts += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    if args.peak is not None:
+        parts.append(f"--peak {args.peak.tflops:g},{args.peak.gbps:g}")
+    if args.no_measure_peak:
+        parts.append("--no-measure-peak")
+    if args.no_isolate:
+        parts.append("--no-isolate")
+    if args.cpu_mem_limit:
+        parts.append(f"--cpu-mem-limit {args.cpu_mem_limit:g}")
+    return " ".join(parts)
+
+
+def _cmd_speed(args: argparse.Namespace) -> int:
+    from models import UnknownModelError
+
+    try:
+        names = expand_models(args.models, info=lambda n: steps._model_info(n))
+    except (ValueError, UnknownModelError) as err:
+        print(f"segbench speed: {err}", file=sys.stderr)
+        return 2
+    if args.check_timer:
+        over = 0
+        for name in names:
+            try:
+                res = check_against_torch_timer(
+                    name,
+                    device=args.device,
+                    threads=args.threads or 1,
+                    input_size=args.input_size,
+                    min_time_s=max(args.min_time, 1.0),
+                )
+            except ValueError as err:
+                print(f"segbench speed: {err}", file=sys.stderr)
+                return 2
+            over += not res["ok"]
+            print(
+                f"{name}: ours {res['ours_ms']:.2f} ms, torch Timer {res['torch_timer_ms']:.2f}"
+                f" ms, diff {res['rel_diff']:.1%} ({'ok' if res['ok'] else 'OVER'} "
+                f"{res['tolerance']:.0%}), {res['threads']} threads, input "
+                f"1x3x{args.input_size}x{args.input_size}"
+            )
+        return 1 if over else 0
+    try:
+        df = run_speed(
+            names,
+            device=args.device,
+            batch_sizes=args.batch_sizes,
+            modes=args.modes,
+            dtypes=args.dtype,
+            channels_last=args.channels_last,
+            compile=args.compile,
+            min_time_s=args.min_time,
+            min_iters=args.min_iters,
+            warmup=args.warmup,
+            threads=args.threads,
+            input_size=args.input_size,
+            out_dir=args.out,
+            progress=not args.quiet,
+            max_time_s=args.max_time or None,
+            noisy_threshold=args.noisy_threshold,
+            peak=args.peak,
+            measure_peak=not args.no_measure_peak,
+            isolate=not args.no_isolate,
+            mem_limit_gb=args.cpu_mem_limit,
+            command=_command_line(args),
+        )
+    except ValueError as err:
+        print(f"segbench speed: {err}", file=sys.stderr)
+        return 2
+    from bench.core.env import device_slug
+
+    print(format_table(df))
+    dev = resolve_device(args.device)
+    print(
+        f"\nwrote {Path(args.out) / f'speed-{device_slug(dev)}.csv'} and .json "
+        f"({df['threads'].iloc[0]} threads, torch {torch.__version__})"
+    )
+    errors = df[df["status"] == "error"]
+    if len(errors):
+        print(f"{len(errors)} configuration(s) failed; see the reason column", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``segbench speed``."""
+    p = subparsers.add_parser(
+        "speed",
+        help="latency, throughput and memory per model and variant",
+        description="Time inference and training steps over a batch-size sweep (median, IQR, "
+        "p90; noisy runs flagged), record peak GPU memory and CPU RSS, achieved FLOP/s and the "
+        "roofline bound; writes results/speed/speed-<device>.{csv,json}.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated model names or wildcard patterns (e.g. 'malunet,unet')",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        type=_choice(("cpu", "cuda", "auto")),
+        help="cpu, cuda, or auto (cuda when available)",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default=[1, 8, 32],
+        type=_csv_list(_pos_int, "--batch-sizes"),
+        help="comma-separated batch sizes; out-of-memory halves a size",
+    )
+    p.add_argument(
+        "--modes",
+        default=list(MODES),
+        type=_csv_list(_choice(MODES), "--modes"),
+        help="inference and/or train (forward + backward + AdamW step)",
+    )
+    p.add_argument(
+        "--dtype",
+        default=["fp32"],
+        type=_csv_list(_choice(DTYPES), "--dtype"),
+        help="fp32, bf16, fp16 (autocast); fp16 is skipped on CPU",
+    )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="use channels_last memory format for model and input",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument(
+        "--threads",
+        type=_pos_int,
+        default=None,
+        help="torch CPU threads (default: the current torch.get_num_threads())",
+    )
+    p.add_argument(
+        "--min-time", type=float, default=1.0, help="minimum timed seconds per configuration"
+    )
+    p.add_argument(
+        "--min-iters", type=_pos_int, default=10, help="minimum timed iterations per configuration"
+    )
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations")
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=30.0,
+        help="cap on timed seconds per configuration (0: no cap; at least 3 "
+        "iterations are always timed)",
+    )
+    p.add_argument("--input-size", type=_pos_int, default=256, help="square input side")
+    p.add_argument(
+        "--noisy-threshold",
+        type=float,
+        default=0.1,
+        help="flag a configuration as noisy when IQR/median exceeds this",
+    )
+    p.add_argument(
+        "--peak",
+        type=_peak_arg,
+        default=None,
+        metavar="TFLOPS,GBPS",
+        help="device peak compute and bandwidth for the roofline (default: known "
+        "device table, else a quick on-device measurement)",
+    )
+    p.add_argument(
+        "--no-measure-peak",
+        action="store_true",
+        help="do not micro-measure the peak for unknown devices (no roofline)",
+    )
+    p.add_argument("--out", default="results/speed", help="output folder")
+    p.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="measure in this process instead of a spawned worker (a crash inside torch "
+        "then ends the run)",
+    )
+    p.add_argument(
+        "--cpu-mem-limit",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="cap the worker's heap (RLIMIT_DATA) so a too-large CPU batch fails and backs "
+        "off instead of waking the OOM killer (Linux; not with --no-isolate)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--check-timer",
+        action="store_true",
+        help="instead of the sweep, compare this timer with torch.utils.benchmark."
+        "Timer at batch 1 (inference) and print the difference",
+    )
+    p.set_defaults(func=_cmd_speed)

@@ -1,0 +1,53 @@
+"""Devices: the one resolver of ``--device`` / ``device=`` values, and autocast.
+
+Every command and library entry point that takes a device goes through
+:func:`resolve_device`, so ``auto``, unknown names and a missing GPU give the same
+answer and the same error everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["DEVICE_TYPES", "autocast_context", "resolve_device"]
+
+#: Device types segbench runs on unless a caller allows more (``meta`` for counting).
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def resolve_device(
+    device: str | torch.device | None = "auto",
+    *,
+    allow: Sequence[str] | None = DEVICE_TYPES,
+    arg: str = "--device",
+) -> torch.device:
+    """``auto`` (or None / ``""``) -> ``cuda`` when a GPU is visible, else ``cpu``.
+
+    An explicit name (``cpu``, ``cuda``, ``cuda:1``) is checked: it must parse, its type
+    must be in ``allow`` (None allows any torch device type) and CUDA must be available
+    when asked for. Errors are ``ValueError`` naming ``arg``.
+    """
+    if device is None or str(device) in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    allowed = ", ".join([*(allow or ()), "auto"]) if allow else "cpu, cuda, cuda:N or auto"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{arg}: {device!r} is not a device name (expected {allowed})") from err
+    if allow is not None and dev.type not in allow:
+        raise ValueError(f"{arg}: expected {allowed}, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{arg} {device}: CUDA is not available on this machine")
+    return dev
+
+
+def autocast_context(device: str, amp: str | None) -> contextlib.AbstractContextManager:
+    """bf16/fp16 autocast on CUDA, bf16 autocast on CPU; a no-op otherwise (or ``amp`` None)."""
+    kind = torch.device(device).type
+    if not amp or kind not in ("cuda", "cpu") or (kind == "cpu" and amp != "bf16"):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(kind, dtype=dtype)

@@ -1,0 +1,123 @@
+"""What machine and software produced a result: recorded with every result file."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "cpu_model",
+    "device_name",
+    "device_slug",
+    "environment",
+    "git_commit",
+    "package_versions",
+]
+
+_PACKAGES = [
+    "torch",
+    "torchvision",
+    "segmentation-models-pytorch",
+    "timm",
+    "numpy",
+    "fvcore",
+    "thop",
+    "pandas",
+    "segbench",
+]
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str | torch.device = "cpu") -> str:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return cpu_model()
+
+
+def device_slug(device: str | torch.device = "cpu") -> str:
+    """File-name-safe device label, e.g. ``cpu-intel-xeon-platinum-8375c`` or ``cuda-nvidia-h100``."""
+    dev = torch.device(device)
+    name = re.sub(r"\((r|tm)\)|cpu @.*|@.*", "", device_name(dev), flags=re.I)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"{dev.type}-{slug}"[:80]
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    root = Path(root) if root else Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """A JSON-ready description of machine, device and software versions."""
+    dev = torch.device(device)
+    info: dict[str, Any] = {
+        "device": dev.type,
+        "device_name": device_name(dev),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    if dev.type == "cuda":
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def command_line() -> str:
+    return (
+        shlex.join(["segbench", *sys.argv[1:]])
+        if Path(sys.argv[0]).name == "segbench"
+        else shlex.join(sys.argv)
+    )

@@ -1,0 +1,3 @@
+"""Datasets: folder layouts, decoding, splits, the preprocessing cache, checks,
+augmentation and synthetic data. Entry point: :func:`bench.data.cache.prepare_data`.
+"""

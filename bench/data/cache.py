@@ -1,0 +1,220 @@
+"""The preprocessing cache: every image and mask resized once into memory-mapped uint8 arrays, keyed by the files, the split and the size; :func:`prepare_data` is the entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.core.io import write_json
+from bench.data.decode import _run_jobs
+from bench.data.layouts import SPLITS, Layout, Problem, Sample, _raise_or_warn, index_dataset
+from bench.data.prepared import PreparedData
+from bench.data.splits import _resolve_split
+
+#: Bump when decoding / resizing changes: every cache built before is then rebuilt.
+PREPROC_VERSION = 2
+
+
+def _writable(folder: Path) -> bool:
+    """Writable, and not marked read-only: root may write anywhere, but a dataset folder
+    with no write bits (shared reference data) is meant to be left untouched."""
+    try:
+        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def default_cache_root(root: Path) -> Path:
+    """``<root>/.segbench-cache`` when writable, else ``$XDG_CACHE_HOME/segbench``
+    (``~/.cache/segbench``)."""
+    if _writable(root):
+        return root / ".segbench-cache"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segbench"
+
+
+def default_split_file(root: Path, name: str, cache_root: Path | None = None) -> Path:
+    """``<root>/split.json`` when it exists or ``root`` is writable; else a file in the
+    cache root named after the dataset and its path (two read-only copies never share one)."""
+    root = Path(root)
+    if (root / "split.json").is_file() or _writable(root):
+        return root / "split.json"
+    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    return (cache_root or default_cache_root(root)) / f"{name}-{tag}-split.json"
+
+
+def _dataset_name(layout: Layout, root: Path) -> str:
+    if layout.name in ("isic2017", "isic2018", "ph2"):
+        return layout.name
+    return re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
+
+
+def _file_entries(samples: Sequence[Sample], root: Path) -> list[tuple]:
+    out = []
+    for s in samples:
+        row: list[Any] = [s.id]
+        for p in (s.image, s.mask):
+            st = p.stat()  # type: ignore[union-attr]
+            row += [os.path.relpath(p, root), st.st_size, st.st_mtime_ns]
+        out.append(tuple(row))
+    return out
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _build_cache(
+    final: Path,
+    by_id: dict[str, Sample],
+    split_ids: dict[str, list[str]],
+    size: int,
+    binarize: bool,
+    workers: int,
+    progress: bool,
+    meta: dict[str, Any],
+) -> None:
+    """Decode, resize and write every split into a temp folder, then rename it into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the data
+    try:
+        t0 = time.perf_counter()
+        problems: list[Problem] = []
+        arrays, sizes, orig_masks = {}, {}, {}
+        for split in SPLITS:
+            n = len(split_ids.get(split, []))
+            arrays[split] = (
+                np.lib.format.open_memmap(
+                    tmp / f"{split}_images.npy", "w+", np.uint8, (n, 3, size, size)
+                ),
+                np.lib.format.open_memmap(
+                    tmp / f"{split}_masks.npy", "w+", np.uint8, (n, size, size)
+                ),
+            )
+            sizes[split] = [(0, 0)] * n
+            orig_masks[split] = {}
+        # One pool (and one progress bar) for all splits.
+        where = [
+            (split, k, sid) for split in SPLITS for k, sid in enumerate(split_ids.get(split, []))
+        ]
+        jobs = [(by_id[sid], size, binarize, split in ("val", "test")) for split, _, sid in where]
+        for (split, k, sid), res in zip(
+            where, _run_jobs(jobs, workers, f"cache @{size}", progress)
+        ):
+            problems += res["notes"]
+            if "error" in res:
+                problems.append(
+                    Problem(Path(res["path"]), "decode", res["error"].split(": ", 1)[-1])
+                )
+                continue
+            imgs, msks = arrays[split]
+            imgs[k] = res["image"].transpose(2, 0, 1)
+            msks[k] = res["mask"]
+            sizes[split][k] = res["orig"]
+            if "orig_mask" in res:
+                orig_masks[split][sid] = res["orig_mask"]
+        for imgs, msks in arrays.values():
+            imgs.flush()
+            msks.flush()
+        del arrays
+        _raise_or_warn(problems)
+        for split in ("val", "test"):
+            np.savez(tmp / f"{split}_orig_masks.npz", **orig_masks[split])
+        meta = {
+            **meta,
+            "original_sizes": sizes,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json(tmp / "meta.json", meta)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished the same cache first: use theirs
+            if not (final / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def prepare_data(
+    root: str | Path,
+    size: int = 256,
+    split_file: str | Path | None = None,
+    seed: int = 42,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.3,
+    cache_dir: str | Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    *,
+    mask_suffix: str | None = None,
+    binarize: bool = False,
+    split_mode: str = "auto",
+    name: str | None = None,
+) -> PreparedData:
+    """Index ``root``, fix its split and build (or reuse) the preprocessing cache.
+
+    Split: the layout's official train/val/test when it has them (``split_mode="auto"``
+    or ``"official"``), otherwise a seeded ``test_fraction`` test part and a
+    ``val_fraction`` validation part of the rest (``"seeded"`` forces this, pooling
+    everything as the papers' 7:3 did). It is written to ``split_file`` (default
+    ``<root>/split.json``, or ``<cache root>/<name>-split.json`` when ``root`` is
+    read-only) and reused from there, so every model sees the same images; ``seed``
+    is the split seed, not the training seed.
+
+    Cache: every image resized to ``size x size`` (bilinear, antialiased) and every mask
+    (nearest, {0, 1}) in uint8 ``.npy`` files, with original sizes and the
+    full-resolution val/test masks; keyed by the files (names, sizes, mtimes), the split,
+    ``size`` and :data:`PREPROC_VERSION`, so any change rebuilds it. Built by ``workers``
+    processes into a temp folder renamed into place (a half-built cache is never used).
+    """
+    root = Path(root)
+    if size < 8:
+        raise ValueError(f"size={size}: too small")
+    index = index_dataset(root, mask_suffix=mask_suffix)
+    layout = index.layout
+    name = name or _dataset_name(layout, root)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
+    split_file = Path(split_file) if split_file else default_split_file(root, name, cache_root)
+    split_ids, _ = _resolve_split(index, split_file, seed, test_fraction, val_fraction, split_mode)
+    by_id = index.by_id()
+    files = _file_entries(index.samples, root)
+    fingerprint = _sha({"files": [f[:3] + f[4:6] for f in files], "split": split_ids})[:16]
+    key = _sha(
+        {
+            "version": PREPROC_VERSION,
+            "size": size,
+            "binarize": binarize,
+            "files": files,
+            "split": split_ids,
+        }
+    )[:16]
+    cache_path = cache_root / f"{name}-{size}-{key}"
+    if not (cache_path / "meta.json").is_file():
+        meta = {
+            "format": "segbench-cache/1",
+            "version": PREPROC_VERSION,
+            "dataset": str(root),
+            "layout": layout.name,
+            "size": size,
+            "binarize": binarize,
+            "fingerprint": fingerprint,
+            "key": key,
+            "split_ids": split_ids,
+        }
+        _build_cache(cache_path, by_id, split_ids, size, binarize, workers, progress, meta)
+    return PreparedData(
+        root, name, layout, size, split_ids, fingerprint, split_file, cache_path, index, binarize
+    )

@@ -1,0 +1,3 @@
+"""Training and evaluation: configuration and recipes, run folders, the training loop,
+evaluation, checkpoints, losses, metrics and distributed helpers.
+"""

@@ -1,0 +1,581 @@
+"""The training loop of one run: data, model, optimizer, epochs, validation and model selection, checkpoints, final test scoring."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import types
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+
+from bench.core.device import autocast_context
+from bench.core.io import write_csv, write_json
+from bench.engine import distributed as bdist
+from bench.engine.amp import _effective_amp
+from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
+from bench.engine.config import TrainConfig
+from bench.engine.determinism import (
+    _backend_settings,
+    _configure_backends,
+    _epoch_seed,
+    _loaded,
+    _rng_state,
+    _seed_everything,
+    _set_rng_state,
+)
+from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
+from bench.engine.losses import build_loss
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped and kept its last good checkpoint."""
+
+
+class _StopRequest:
+    """SIGINT sets a flag the loop checks between steps (a second Ctrl-C aborts at once)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.requested, self.quiet, self._prev = False, quiet, None
+
+    def _handler(self, signum: int, frame: types.FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort now)",
+            file=sys.stderr,
+        )
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._prev = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._prev is not None:
+            signal.signal(signal.SIGINT, self._prev)
+
+
+class _AuxForward(nn.Module):
+    """``forward`` returning ``(logits, [aux...])`` so DDP sees the deep-supervision path."""
+
+    def __init__(self, model: nn.Module, has_aux: bool) -> None:
+        super().__init__()
+        self.model, self.has_aux = model, has_aux
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if self.has_aux:
+            return self.model.forward_aux(x)
+        return self.model(x), []
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet and bdist.info().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for s in range(0, len(order), size):
+        yield order[s : s + size]
+
+
+class _Trainer:
+    """One run's state and steps; :func:`_run` decides whether and from where to run it."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, device: str, quiet: bool) -> None:
+        from models import create_model, model_info
+
+        self.cfg, self.run_dir, self.device, self.quiet = cfg, run_dir, device, quiet
+        self.d = d = bdist.info()
+        self.chash = cfg.config_hash
+        self.last_path = run_dir / "checkpoints" / "last.pt"
+        self.best_path = run_dir / "checkpoints" / "best.pt"
+
+        # determinism, threads, precision
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        elif device == "cpu" and torch.get_num_threads() > 1 and d.is_main and _loaded():
+            warnings.warn(
+                f"CPU load {os.getloadavg()[0]:.1f} exceeds the {os.cpu_count()} cores; "
+                f"{torch.get_num_threads()} torch threads will contend (try --threads 1)",
+                stacklevel=3,
+            )
+        _configure_backends(cfg.deterministic, device)
+        _seed_everything(cfg.seed + d.rank)
+        self.amp, self.amp_note = _effective_amp(cfg, device)
+        if self.amp_note:
+            warnings.warn(f"{cfg.model}: {self.amp_note}", stacklevel=3)
+        self._load_data()
+
+        # model, loss, optimiser
+        self.info = model_info(cfg.model)
+        try:
+            model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+        except TypeError as err:  # a builder argument the model does not take
+            raise ValueError(f"model_kwargs={cfg.model_kwargs}: {err}") from None
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device == "cpu"
+        self.mem_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=self.mem_format)
+        weights = (cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
+        self.loss_fn = build_loss(*weights, self.info.loss_weights)
+        self.main_loss = build_loss(*weights)  # validation: main output only
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=cfg.lr,
+            betas=tuple(cfg.betas),
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=cfg.t_max, eta_min=cfg.eta_min
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.net: nn.Module = _AuxForward(model, self.info.has_aux)
+        if d.enabled:
+            ids = [torch.device(device).index] if device.startswith("cuda") else None
+            self.net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+
+        # progress through the run
+        self.epoch, self.step = 0, 0
+        self.partial: dict[str, Any] = {"loss_sum": 0.0, "seen": 0, "time": 0.0}
+        self.best: dict[str, Any] = {"value": None, "epoch": None}
+        self.history: list[dict[str, Any]] = []
+        self.gen = torch.Generator()  # augmentation draws, on CPU (see bench.data.augment)
+        self.sampler = torch.utils.data.DistributedSampler(
+            range(self.n_train),
+            num_replicas=d.world_size,
+            rank=d.rank,
+            shuffle=True,
+            seed=cfg.seed,
+        )
+
+    def _load_data(self) -> None:
+        from bench.data.cache import prepare_data
+
+        cfg, d = self.cfg, self.d
+
+        def prep() -> Any:
+            return prepare_data(
+                cfg.data,
+                size=cfg.image_size,
+                split_file=cfg.split_file,
+                seed=cfg.split_seed,
+                val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction,
+                cache_dir=cfg.cache_dir,
+                progress=not self.quiet and d.is_main,
+            )
+
+        if d.is_main:  # rank 0 builds the cache, the others then find it
+            self.prepared = prep()
+        bdist.barrier()
+        if not d.is_main:
+            self.prepared = prep()
+        p = self.prepared
+        self.train_x = torch.cat([to_nchw(p.images(s)) for s in cfg.train_splits])
+        self.train_y = torch.cat([to_nchw(p.masks(s)) for s in cfg.train_splits])
+        self.n_train = self.train_x.shape[0]
+        if self.n_train == 0:
+            raise ValueError(
+                f"{cfg.data}: the training split ({'+'.join(cfg.train_splits)}) is empty"
+            )
+        if torch.device(self.device).type == "cuda":  # the uint8 set fits easily: no loader
+            self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
+        self.sel_split = None if cfg.select_split == "none" else cfg.select_split
+        self.sel_data = None
+        if self.sel_split:
+            if not p.split_ids.get(self.sel_split):
+                raise ValueError(
+                    f"select_split={self.sel_split!r} but the {self.sel_split} split of "
+                    f"{cfg.data} is empty (set val_fraction > 0 or select_split=none)"
+                )
+            s = self.sel_split
+            self.sel_data = (to_nchw(p.images(s)), to_nchw(p.masks(s)), list(p.split_ids[s]))
+        if cfg.batch_size % d.world_size:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} (global) is not divisible by {d.world_size} processes"
+            )
+        self.per_rank_batch = cfg.batch_size // d.world_size
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.partial, self.best, self.history = ckpt["partial"], ckpt["best"], ckpt["history"]
+        if len(ckpt["rng"]) == self.d.world_size:
+            _set_rng_state(ckpt["rng"][self.d.rank])
+            self.gen.set_state(ckpt["gen"][self.d.rank])
+        else:
+            warnings.warn(
+                f"{self.last_path}: saved by {len(ckpt['rng'])} processes, resumed by "
+                f"{self.d.world_size}: RNG streams restart",
+                stacklevel=3,
+            )
+        at = f"epoch {self.epoch + 1}" + (f", step {self.step}" if self.step else "")
+        _log(f"resuming {self.run_dir} at {at}", self.quiet)
+
+    def save_last(self) -> None:
+        """``last.pt`` at the current position (every rank calls: RNG states are gathered)."""
+        rng = bdist.gather_objects(_rng_state())
+        gens = bdist.gather_objects(self.gen.get_state())
+        if self.d.is_main:
+            _save_checkpoint(
+                self.last_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config_hash": self.chash,
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "partial": self.partial,
+                    "best": self.best,
+                    "history": self.history,
+                    "rng": rng,
+                    "gen": gens,
+                    "world_size": self.d.world_size,
+                },
+            )
+
+    def _save_best(self) -> None:
+        if self.d.is_main:
+            _save_checkpoint(
+                self.best_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config_hash": self.chash,
+                    "model": self.model.state_dict(),
+                    "epoch": self.best["epoch"],
+                    "select": f"{self.cfg.select_metric}@{self.sel_split}",
+                    "value": self.best["value"],
+                },
+            )
+
+    # ---------------------------------------------------------------- loop
+
+    def fit(self) -> None:
+        cfg, d = self.cfg, self.d
+        writer = None
+        if d.is_main:
+            self._write_start_files()
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.epoch + 1)
+        self.t_start = time.perf_counter()
+        with _StopRequest(self.quiet) as stop:
+            while self.epoch < cfg.epochs:
+                row = self._train_epoch(stop)
+                self.scheduler.step()
+                improved = self._validate(row)
+                self.history.append(row)
+                self.epoch, self.step = self.epoch + 1, 0
+                self.partial = {"loss_sum": 0.0, "seen": 0, "time": 0.0}
+                if improved:
+                    self._save_best()
+                self.save_last()
+                if writer:
+                    write_csv(self.run_dir / "log.csv", pd.DataFrame(self.history))
+                    for k, v in row.items():
+                        if k not in ("epoch", "best") and v is not None:
+                            writer.add_scalar(k, v, row["epoch"])
+                    writer.flush()
+                _log(_summary_line(row, cfg.epochs, self.sel_split), self.quiet)
+        if writer:
+            writer.close()
+
+    def _train_epoch(self, stop: _StopRequest) -> dict[str, Any]:
+        from bench.data.augment import augment_batch, scale_images
+
+        cfg, d, device = self.cfg, self.d, self.device
+        self.sampler.set_epoch(self.epoch)
+        order = list(self.sampler)
+        if self.step == 0:  # a fresh epoch (else: resuming inside it, states restored)
+            self.gen.manual_seed(_epoch_seed(cfg.seed, self.epoch, d.rank))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.net.train()
+        steps = math.ceil(len(order) / self.per_rank_batch)
+        bar = None
+        if not self.quiet and d.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=steps,
+                initial=self.step,
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        part = self.partial
+        t0 = time.perf_counter() - part["time"]
+        try:
+            for step, idx in enumerate(_batches(order, self.per_rank_batch)):
+                if step < self.step:
+                    continue
+                x, y = self.train_x[idx], self.train_y[idx]
+                if x.device != torch.device(device):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cfg.augment:
+                    x, y = augment_batch(x, y, self.gen)
+                x = scale_images(x, cfg.input_scaling).contiguous(memory_format=self.mem_format)
+                with autocast_context(device, self.amp):
+                    logits, aux = self.net(x)
+                    loss = self.loss_fn(logits, y.float(), aux)
+                value = float(loss.detach())
+                flags = torch.tensor([float(math.isfinite(value)), float(stop.requested)])
+                if d.enabled:  # every rank stops together (a NaN or Ctrl-C on any rank)
+                    flags = bdist.all_reduce_sum(flags) / d.world_size
+                if flags[0] < 1:
+                    self._fail(step, value)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                part["loss_sum"] += value * len(idx)
+                part["seen"] += len(idx)
+                if bar:
+                    rate = part["seen"] * d.world_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(
+                        loss=f"{part['loss_sum'] / part['seen']:.4f}",
+                        img_s=f"{rate:.1f}",
+                        refresh=False,
+                    )
+                    bar.update()
+                if flags[1] > 0:  # Ctrl-C: save this position, then stop
+                    part["time"] = time.perf_counter() - t0
+                    self.step = step + 1
+                    self.save_last()
+                    _log(
+                        f"saved {self.last_path} (epoch {self.epoch + 1}, step {self.step}); "
+                        "run the same command again to resume",
+                        self.quiet,
+                    )
+                    raise KeyboardInterrupt
+        finally:
+            if bar:
+                bar.close()
+        train_time = time.perf_counter() - t0
+        total = bdist.all_reduce_sum(
+            torch.tensor([part["loss_sum"], float(part["seen"])], dtype=torch.float64)
+        )
+        return {
+            "epoch": self.epoch + 1,
+            "loss": float(total[0] / total[1]),
+            "lr": lr,
+            "epoch_time_s": train_time,
+            "images_per_s": self.n_train / train_time,
+        }
+
+    def _validate(self, row: dict[str, Any]) -> bool:
+        """Score the selection split when due; returns whether this epoch is the new best."""
+        cfg, split, epoch = self.cfg, self.sel_split, self.epoch + 1
+        if split is None:  # no selection: the last epoch is the best
+            self.best = {"value": None, "epoch": epoch}
+            row["best"] = True
+            return True
+        row["best"] = False
+        if epoch % cfg.val_every and epoch != cfg.epochs:
+            return False
+        t0 = time.perf_counter()
+        bdist.broadcast_buffers(self.model)
+        res = evaluate_arrays(
+            self.model,
+            *self.sel_data,
+            device=self.device,
+            batch_size=cfg.batch_size,
+            scaling=cfg.input_scaling,
+            amp=self.amp,
+            threshold=cfg.threshold,
+            loss_fn=self.main_loss,
+            compute_hd95=False,
+        )
+        row.update(
+            {
+                f"{split}_loss": res.loss,
+                f"{split}_dsc": res.metrics["dsc"],
+                f"{split}_miou": res.metrics["miou"],
+                f"{split}_dice_mean": res.metrics["dice_mean"],
+                "val_time_s": time.perf_counter() - t0,
+            }
+        )
+        value = res.loss if cfg.select_metric == "loss" else res.metrics["dsc"]
+        prev = self.best["value"]
+        better = prev is None or (value < prev if cfg.select_metric == "loss" else value > prev)
+        if better:
+            self.best = {"value": float(value), "epoch": epoch}
+        row["best"] = better
+        return better
+
+    def _fail(self, step: int, value: float) -> None:
+        cfg = self.cfg
+        kept = (
+            f"last good checkpoint: {self.last_path} (end of epoch {self.epoch})"
+            if self.last_path.is_file()
+            else "no checkpoint was written yet"
+        )
+        msg = (
+            f"non-finite loss ({value}) at epoch {self.epoch + 1}, step {step + 1} of "
+            f"{cfg.model}: training stopped; {kept}. Try a lower learning rate, amp off, or "
+            "check the data."
+        )
+        if self.d.is_main:
+            write_json(
+                self.run_dir / "metrics.json",
+                {
+                    "model": cfg.model,
+                    "dataset": cfg.dataset_name,
+                    "seed": cfg.seed,
+                    "recipe": cfg.recipe,
+                    "epochs": cfg.epochs,
+                    "config_hash": self.chash,
+                    "status": "failed",
+                    "reason": msg,
+                },
+            )
+        raise NonFiniteLossError(msg)
+
+    # ---------------------------------------------------------------- final test
+
+    def test(self) -> None:
+        """Score the selected weights on the evaluation split and write the results."""
+        cfg = self.cfg
+        if self.best_path.is_file():
+            self.model.load_state_dict(_load_checkpoint(self.best_path)["model"])
+        bdist.broadcast_buffers(self.model)
+        res = evaluate_split(
+            self.model,
+            self.prepared,
+            cfg.eval_split,
+            device=self.device,
+            batch_size=cfg.batch_size,
+            scaling=cfg.input_scaling,
+            amp=self.amp,
+            threshold=cfg.threshold,
+            original_resolution=cfg.original_resolution,
+            progress=not self.quiet,
+            desc=f"{cfg.model} {cfg.eval_split}",
+        )
+        if self.d.is_main:
+            self._write_final(res, time.perf_counter() - self.t_start)
+            m = res.metrics
+            _log(
+                f"{cfg.model} {cfg.eval_split}: DSC {m['dsc']:.4f}  mIoU {m['miou']:.4f}  "
+                f"Dice/img {m['dice_mean']:.4f}  HD95 {m['hd95_mean']:.2f}px  -> {self.run_dir}",
+                self.quiet,
+            )
+
+    # ---------------------------------------------------------------- result files
+
+    def _write_start_files(self) -> None:
+        from bench.core.env import environment
+
+        cfg, p = self.cfg, self.prepared
+        write_json(
+            self.run_dir / "config.json",
+            {**cfg.to_dict(), "dataset": cfg.dataset_name, "config_hash": self.chash},
+        )
+        env = environment(self.device)
+        write_json(
+            self.run_dir / "manifest.json",
+            {
+                "command": " ".join(sys.argv),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "resumed_at_epoch": self.epoch or None,
+                "git_commit": env.get("git_commit"),
+                "versions": env.get("versions"),
+                "device": self.device,
+                "world_size": self.d.world_size,
+                "per_process_batch": self.per_rank_batch,
+                "channels_last": self.channels_last,
+                "amp": self.amp,
+                "amp_requested": cfg.amp,
+                "amp_note": self.amp_note,
+                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                "environment": env,
+                "torch_backends": _backend_settings(),
+                "dataset": {
+                    "name": cfg.dataset_name,
+                    "data_name": p.name,
+                    "root": str(cfg.data),
+                    "layout": p.layout.name,
+                    "fingerprint": p.fingerprint,
+                    "split_file": str(p.split_file),
+                    "split_counts": {k: len(v) for k, v in p.split_ids.items()},
+                    "image_size": cfg.image_size,
+                },
+                "model": {
+                    "name": cfg.model,
+                    "kwargs": cfg.model_kwargs,
+                    "params": sum(t.numel() for t in self.model.parameters()),
+                    "loss_weights": [self.info.loss_weights[0], list(self.info.loss_weights[1])],
+                },
+            },
+        )
+
+    def _write_final(self, res: Any, wall: float) -> None:
+        from bench.core.env import environment
+
+        cfg = self.cfg
+        speeds = [r["images_per_s"] for r in self.history]
+        times = [r["epoch_time_s"] for r in self.history]
+        out: dict[str, Any] = {
+            "model": cfg.model,
+            "dataset": cfg.dataset_name,
+            "seed": cfg.seed,
+            "recipe": cfg.recipe,
+            "epochs": cfg.epochs,
+            "config_hash": self.chash,
+            "status": "finished",
+            "best_epoch": self.best["epoch"],
+            "selection": {
+                "split": cfg.select_split,
+                "metric": cfg.select_metric,
+                "value": self.best["value"],
+            },
+            "test": res.metrics,
+        }
+        if res.original is not None:
+            out["test_original_resolution"] = res.original
+        # medians over epochs: robust to the first (warm-up) epoch and to load spikes
+        out.update(
+            {
+                "train_images_per_s": float(np.median(speeds)) if speeds else None,
+                "epoch_time_s": float(np.median(times)) if times else None,
+                "wall_time_s": wall,
+                "eval_split": cfg.eval_split,
+                "environment": environment(self.device),
+            }
+        )
+        write_csv(self.run_dir / "per_image.csv", res.per_image)
+        if res.original_per_image is not None:
+            write_csv(self.run_dir / "per_image_original.csv", res.original_per_image)
+        write_json(self.run_dir / "metrics.json", out)
+
+
+def _summary_line(row: dict[str, Any], epochs: int, split: str | None) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.2e}"]
+    if split and f"{split}_loss" in row:
+        parts += [
+            f"{split}_loss {row[f'{split}_loss']:.4f}",
+            f"{split}_dsc {row[f'{split}_dsc']:.4f}",
+        ]
+    parts += [f"{row['epoch_time_s']:.1f}s", f"{row['images_per_s']:.1f} img/s"]
+    return "  ".join(parts) + ("  *best" if row.get("best") else "")

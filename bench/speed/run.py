@@ -1,0 +1,323 @@
+"""Latency, throughput and memory of each model: ``segbench speed``.
+
+Method (one *configuration* = model x mode x dtype x layout x compile x batch size):
+
+* **inference**: ``model.eval()`` under ``torch.inference_mode()``; **train**: one full
+  step, forward + loss + backward + ``AdamW.step()``. Models with deep supervision
+  (``model_info(name).has_aux``) run ``forward_aux`` and every auxiliary head enters
+  the loss with its ``loss_weights``, so the side outputs' cost is included.
+* ``warmup`` untimed iterations (capped at ``max_time_s``, at least one; also where
+  ``torch.compile`` compiles), then timed iterations until both ``min_time_s`` and
+  ``min_iters`` are reached. ``max_time_s`` caps a very slow configuration after at
+  least 3 timed iterations; the row says so and is flagged ``noisy``.
+* CPU: each iteration is timed with ``time.perf_counter``; the thread count is fixed
+  with ``torch.set_num_threads`` (given, or the current one), recorded in every row and
+  restored afterwards. CUDA: each iteration sits between two CUDA events and is
+  synchronised, so a row is the latency a caller waits for (launch overhead included);
+  ``torch.backends.cudnn.benchmark`` is on while measuring (restored afterwards), the
+  warm-up covers its autotuning.
+* Statistics per configuration (:func:`summarize`): median, IQR, p90, mean, count, and
+  ``noisy`` when IQR/median exceeds ``noisy_threshold`` (default 0.1).
+* Throughput = batch size / median step time. Latency = the batch-1 row.
+* Out of memory (``torch.OutOfMemoryError`` or the CPU allocator's failure) halves the
+  batch size until it fits (:func:`sweep_batch_sizes`); the row keeps
+  ``requested_batch_size`` and says which sizes failed.
+* Memory: ``peak_mem_mb`` is ``torch.cuda.max_memory_allocated`` after
+  ``reset_peak_memory_stats`` (parameters, gradients, optimizer state and activations;
+  CUDA only). ``rss_mb`` is the process's peak resident set size during the
+  configuration: on Linux the kernel high-water mark (VmHWM) after resetting it through
+  ``/proc/self/clear_refs``, so short spikes are caught; elsewhere the maximum of
+  ``psutil`` RSS samples taken every 5 ms. It includes the interpreter and libraries;
+  ``rss_delta_mb`` subtracts the RSS at the start of the configuration (memory the
+  allocator kept from earlier configurations makes that delta an underestimate, so
+  run one configuration per process where exact CPU memory matters).
+* Variants: ``fp32``; ``bf16``/``fp16`` via ``torch.autocast`` (fp16 training with a
+  ``GradScaler``). bf16 autocast is offered on CPU (the row notes whether the CPU has
+  native bf16); fp16 on CPU is skipped. ``channels_last`` converts model and input.
+  ``torch.compile`` (inductor) is skipped where inductor cannot work (no C++ compiler
+  on CPU, no triton on CUDA). Skipped rows carry ``status="skipped"`` and a reason;
+  failures carry ``status="error"``.
+* Isolation: by default the measurements run in one spawned worker process, so a
+  crash inside torch (seen: a segfault in CPU bf16 backward of a channels-last
+  depthwise dilated convolution, torch 2.14.1) becomes an ``error`` row and the run
+  goes on with a fresh worker; ``isolate=False`` / ``--no-isolate`` measures in-process.
+  ``--cpu-mem-limit GB`` caps the worker's heap (``RLIMIT_DATA``) so that on CPU an
+  oversized batch fails inside torch and backs off, instead of the kernel's OOM killer
+  ending a process on a shared machine.
+* Efficiency: achieved GFLOP/s from ``bench.cost.flops.analyze(...).macs`` of the plain
+  forward (2 FLOPs per MAC, training step = 3x forward; deep-supervision side heads are
+  not in that count) and the roofline bound of :mod:`bench.cost.roofline`. Peaks come from
+  ``--peak``, a table of known devices, or a quick on-device measurement in this process.
+
+Rows go to ``results/speed/speed-<device_slug>.{csv,json}`` (atomic writes), merged
+with existing rows: a re-run replaces the rows of the same configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from bench.core.device import resolve_device
+from bench.cost.roofline import Peak, parse_peak, resolve_peak, roofline, step_bytes, step_flops
+from bench.speed import steps
+from bench.speed.files import _frame, write_results
+from bench.speed.steps import _complexity, _measure_config, _num_threads
+from bench.speed.variants import DTYPES, MODES, _short, sweep_batch_sizes, variant_skip_reason
+from bench.speed.worker import Worker
+
+
+def _efficiency(
+    row: dict[str, Any], cx: tuple[float, float, float] | str, peak: Peak | str | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(cx, str):
+        return {"reason": cx}
+    macs, act_bytes, param_bytes = cx
+    b, mode = row["batch_size"], row["mode"]
+    flops = step_flops(macs, b, mode)
+    achieved = flops / (row["median_ms"] / 1e3)
+    out.update(gmacs_per_img=macs / 1e9, achieved_gflops=achieved / 1e9)
+    if isinstance(peak, Peak):
+        scale = 0.5 if row["dtype"] in ("bf16", "fp16") else 1.0
+        pt = roofline(flops, step_bytes(act_bytes, param_bytes, b, mode, scale), peak, achieved)
+        if pt.fraction > 1.0:
+            out["reason"] = (
+                "achieved exceeds the roofline bound: the peak underestimates this device "
+                "(measured under load?) or the traffic estimate is too high; pass --peak"
+            )
+        out.update(
+            roofline_fraction=pt.fraction,
+            intensity_flop_per_byte=pt.intensity,
+            roofline_bound_gflops=pt.bound_flops / 1e9,
+            roofline_limiter=pt.limiter,
+            peak_tflops=peak.tflops,
+            peak_gbps=peak.gbps,
+            peak_source=peak.source,
+        )
+    elif isinstance(peak, str):
+        out["reason"] = peak
+    return out
+
+
+def _as_flags(value: bool | Sequence[bool]) -> list[bool]:
+    return [bool(value)] if isinstance(value, bool) else [bool(v) for v in value]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Settings shared by every configuration of one ``run_speed`` call."""
+
+    modes: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    layouts: tuple[bool, ...]
+    compiles: tuple[bool, ...]
+    batch_sizes: tuple[int, ...]
+    input_size: int
+    timing: dict[str, Any]
+    noisy_threshold: float
+    threads: int
+    peak: Peak | None
+    measure_peak: bool
+
+    @property
+    def per_model(self) -> int:
+        return (len(self.modes) * len(self.dtypes) * len(self.layouts) * len(self.compiles)
+                * len(self.batch_sizes))  # fmt: skip
+
+
+def run_speed(
+    models: list[str],
+    device: str = "cpu",
+    batch_sizes: Sequence[int] = (1, 8, 32),
+    modes: Sequence[str] = ("inference", "train"),
+    dtypes: Sequence[str] = ("fp32",),
+    channels_last: bool | Sequence[bool] = False,
+    compile: bool | Sequence[bool] = False,
+    min_time_s: float = 1.0,
+    min_iters: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+    input_size: int = 256,
+    out_dir: str | Path | None = "results/speed",
+    progress: bool = True,
+    *,
+    max_time_s: float | None = 30.0,
+    noisy_threshold: float = 0.1,
+    peak: Peak | str | None = None,
+    measure_peak: bool = True,
+    isolate: bool = True,
+    mem_limit_gb: float | None = None,
+    command: str | None = None,
+) -> pd.DataFrame:
+    """Measure every configuration and return this run's rows (one per configuration).
+
+    ``channels_last`` / ``compile`` take a flag or a sequence of flags (``(False, True)``
+    measures both). ``peak`` overrides the roofline peak (``Peak`` or ``"TFLOPS,GBPS"``).
+    ``isolate`` runs the measurements in one spawned worker process, so a crash inside
+    torch becomes an error row instead of ending the run; ``mem_limit_gb`` caps that
+    worker's heap so an oversized CPU batch backs off instead of exhausting the machine. Rows are merged into
+    ``out_dir/speed-<device_slug>.{csv,json}`` unless ``out_dir`` is None.
+    """
+    from bench.core.env import device_name, device_slug, environment
+
+    dev = resolve_device(device)
+    if not models:
+        raise ValueError("models: give at least one model name")
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"modes must be among {', '.join(MODES)}, got {list(modes)}")
+    if not dtypes or any(d not in DTYPES for d in dtypes):
+        raise ValueError(f"dtypes must be among {', '.join(DTYPES)}, got {list(dtypes)}")
+    if not batch_sizes or any(int(b) != b or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be positive integers, got {list(batch_sizes)}")
+    if int(input_size) != input_size or input_size < 1:
+        raise ValueError(f"input_size must be a positive integer, got {input_size}")
+    if max_time_s is not None and max_time_s <= 0:
+        raise ValueError(f"max_time_s must be positive or None, got {max_time_s}")
+    if isinstance(peak, str):
+        peak = parse_peak(peak)
+    infos = {name: steps._model_info(name) for name in models}  # unknown names fail here, early
+    timing = {
+        "warmup": int(warmup),
+        "min_time_s": float(min_time_s),
+        "min_iters": int(min_iters),
+        "max_time_s": max_time_s,
+    }
+    run_id = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if command is None:
+        command = (
+            f"run_speed(models={list(models)}, device={str(device)!r}, batch_sizes="
+            f"{list(batch_sizes)}, modes={list(modes)}, dtypes={list(dtypes)}, "
+            f"channels_last={channels_last}, compile={compile}, threads={threads}, "
+            f"input_size={input_size}, timing={timing})"
+        )
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, Any]] = []
+    peaks: dict[str, Peak | str | None] = {}
+    with _num_threads(threads) as n_threads, contextlib.ExitStack() as stack:
+        plan = _Plan(tuple(modes), tuple(dtypes), tuple(_as_flags(channels_last)),
+                     tuple(_as_flags(compile)), tuple(int(b) for b in batch_sizes),
+                     int(input_size), timing, noisy_threshold, n_threads, peak,
+                     measure_peak)  # fmt: skip
+        common = {
+            "threads": n_threads,
+            "input_size": int(input_size),
+            "device": dev.type,
+            "device_name": device_name(dev),
+            "torch_version": torch.__version__,
+            "run": run_id,
+        }
+        if mem_limit_gb is not None and not isolate:
+            raise ValueError("mem_limit_gb needs isolate=True (the limit applies to the worker)")
+        worker = Worker(mem_limit_gb) if isolate else None
+        call: Callable[..., Any] = stack.enter_context(worker).call if worker else _direct
+        bar = stack.enter_context(
+            tqdm(total=plan.per_model * len(models), desc="speed", unit="cfg",
+                 disable=not progress, file=sys.stderr)
+        )  # fmt: skip
+        for name in models:
+            rows += _run_model(name, infos[name], dev, common, plan, peaks, bar, call)
+        env = environment(dev)  # inside the thread setting, so torch_threads is the one used
+    df = _frame(rows)
+    if out_dir is not None:
+        meta = {
+            "command": command,
+            "started": run_id,
+            "environment": env,
+            "timing": timing,
+            "noisy_threshold": noisy_threshold,
+            "isolated_worker": isolate,
+            "worker_mem_limit_gb": mem_limit_gb,
+            "cudnn_benchmark": dev.type == "cuda",
+            "peaks": {k: (asdict(v) if isinstance(v, Peak) else v) for k, v in peaks.items()},
+        }
+        write_results(df, out_dir, device_slug(dev), run_id, meta)
+    return df
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+def _run_model(
+    name: str,
+    info: Any,
+    dev: torch.device,
+    common: dict[str, Any],
+    plan: _Plan,
+    peaks: dict[str, Peak | str | None],
+    bar: Any,
+    call: Callable[..., Any],
+) -> list[dict[str, Any]]:
+    """All configurations of one model; fills ``peaks`` per dtype on first use."""
+    rows: list[dict[str, Any]] = []
+    size_problem = _input_problem(name, info, plan.input_size)
+    cx: tuple[float, float, float] | str | None = None
+    for mode, dtype, cl, comp in itertools.product(
+        plan.modes, plan.dtypes, plan.layouts, plan.compiles
+    ):
+        base = {**common, "model": name, "mode": mode, "dtype": dtype, "compile": comp,
+                "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
+        bar.set_postfix_str(f"{name} {mode} {dtype}{' nhwc' if cl else ''}"
+                            f"{' compiled' if comp else ''}")  # fmt: skip
+        skip = size_problem or variant_skip_reason(dev, dtype, comp)
+        if skip:
+            for b in plan.batch_sizes:
+                rows.append({**base, "batch_size": b, "requested_batch_size": b,
+                             "status": "skipped", "reason": skip})  # fmt: skip
+            bar.update(len(plan.batch_sizes))
+            continue
+        if cx is None:
+            cx = _complexity(name, plan.input_size)
+        if dtype not in peaks:
+            peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
+        measure = functools.partial(
+            call, _measure_config, name, info, dev, mode, dtype, cl, comp,
+            input_size=plan.input_size, timing=plan.timing,
+            noisy_threshold=plan.noisy_threshold, threads=plan.threads,
+        )  # fmt: skip
+        for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
+            row = {**base, **r}
+            if row["status"] == "ok":
+                eff = _efficiency(row, cx, peaks[dtype])
+                note = eff.pop("reason", "")
+                row.update(eff)
+                row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
+            rows.append(row)
+    return rows
+
+
+def _input_problem(name: str, info: Any, size: int) -> str | None:
+    from models import InputSizeError, check_input_size
+
+    try:
+        check_input_size(
+            size,
+            size,
+            getattr(info, "input_multiple", 1),
+            getattr(info, "min_input", 0),
+            model=name,
+        )
+    except InputSizeError as err:
+        return str(err)
+    return None
+
+
+def _peak_for(
+    dev: torch.device, dtype: str, override: Peak | None, measure: bool
+) -> Peak | str | None:
+    try:
+        return resolve_peak(dev, dtype, override=override, measure=measure)
+    except Exception as err:  # a failed micro-measurement must not lose the timings
+        return f"peak measurement failed ({_short(err)})"

@@ -1,0 +1,222 @@
+"""The measured step (inference, or one full training step) and the measurement of one configuration, run inside the worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.speed.memory import PeakRSS, _free_memory
+from bench.speed.timing import summarize, time_step
+from bench.speed.variants import _TORCH_DTYPES, MODES, _dtype_note, _short
+
+
+def make_step(
+    model: nn.Module,
+    mode: str,
+    device: str | torch.device,
+    *,
+    dtype: str = "fp32",
+    batch_size: int = 1,
+    input_size: int = 256,
+    in_channels: int = 3,
+    channels_last: bool = False,
+    compile: bool = False,
+    loss_weights: tuple[float, tuple[float, ...]] = (1.0, ()),
+) -> Callable[[], None]:
+    """Move ``model`` to ``device`` and return a zero-argument inference or training step.
+
+    Training uses BCE-with-logits on a random binary mask (one class) or cross-entropy
+    (several), AdamW, and ``forward_aux`` with every auxiliary head when
+    ``loss_weights`` lists any.
+    """
+    dev = torch.device(device)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt)
+    x = torch.randn(batch_size, in_channels, input_size, input_size, device=dev)
+    x = x.contiguous(memory_format=fmt)
+    amp = (
+        torch.autocast(device_type=dev.type, dtype=_TORCH_DTYPES[dtype])
+        if dtype != "fp32"
+        else contextlib.nullcontext()
+    )
+    if mode == "inference":
+        model.eval()
+        fn = torch.compile(model) if compile else model
+
+        def infer() -> None:
+            with torch.inference_mode(), amp:
+                fn(x)
+
+        return infer
+
+    model.train()
+    main_w, aux_w = loss_weights
+    if aux_w and not hasattr(model, "forward_aux"):
+        raise TypeError(f"{type(model).__name__} has auxiliary loss weights but no forward_aux")
+    forward = model.forward_aux if aux_w else model
+    fn = torch.compile(forward) if compile else forward
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(dev.type) if dtype == "fp16" else None
+    target: torch.Tensor | None = None
+
+    def loss_of(logits: torch.Tensor) -> torch.Tensor:
+        nonlocal target
+        if target is None:  # built lazily: the class count is known from the first output
+            if logits.shape[1] == 1:
+                target = torch.rand(logits.shape[0], 1, *logits.shape[2:], device=dev) > 0.5
+                target = target.float()
+            else:
+                target = torch.randint(
+                    logits.shape[1], (logits.shape[0], *logits.shape[2:]), device=dev
+                )
+        if logits.shape[1] == 1:
+            return F.binary_cross_entropy_with_logits(logits.float(), target)
+        return F.cross_entropy(logits.float(), target)
+
+    def train() -> None:
+        opt.zero_grad(set_to_none=True)
+        with amp:
+            if aux_w:
+                logits, aux = fn(x)
+                if len(aux) != len(aux_w):
+                    raise ValueError(
+                        f"forward_aux returned {len(aux)} aux maps, loss_weights lists {len(aux_w)}"
+                    )
+                loss = main_w * loss_of(logits)
+                for w, a in zip(aux_w, aux):
+                    loss = loss + w * loss_of(a)
+            else:
+                loss = loss_of(fn(x))
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+
+    return train
+
+
+@contextlib.contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    old = torch.get_num_threads()
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(device: torch.device) -> Iterator[None]:
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = device.type == "cuda" or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
+# Indirection points so tests can substitute tiny models without touching the registry.
+def _build_model(name: str) -> nn.Module:
+    from models import create_model
+
+    return create_model(name, num_classes=1, in_channels=3)
+
+
+def _model_info(name: str) -> Any:
+    from models import model_info
+
+    return model_info(name)
+
+
+def _complexity(name: str, input_size: int) -> tuple[float, float, float] | str:
+    """(MACs per image, fp32 activation bytes per image, parameter bytes), or why not."""
+    try:
+        from bench.cost.flops import analyze
+    except ImportError as err:
+        return f"complexity unavailable ({_short(err)})"
+    try:
+        model = _build_model(name).eval()
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        c = analyze(model, input_shape=(1, 3, input_size, input_size))
+        return float(c.macs), float(c.activation_bytes), float(param_bytes)
+    except Exception as err:
+        return f"complexity failed ({_short(err)})"
+
+
+def _measure_config(
+    name: str,
+    info: Any,
+    device: torch.device,
+    mode: str,
+    dtype: str,
+    channels_last: bool,
+    compile: bool,
+    batch_size: int,
+    *,
+    input_size: int,
+    timing: dict[str, Any],
+    noisy_threshold: float,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Build a fresh model and time one configuration (runs in the worker process)."""
+    _free_memory()
+    torch.manual_seed(0)
+    step = None
+    try:
+        with _num_threads(threads), _cudnn_benchmark(device), PeakRSS() as rss:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            step = make_step(
+                _build_model(name),
+                mode,
+                device,
+                dtype=dtype,
+                batch_size=batch_size,
+                input_size=input_size,
+                channels_last=channels_last,
+                compile=compile,
+                loss_weights=tuple(info.loss_weights),
+            )
+            # At least one untimed call, so compilation and cuDNN autotuning (first call)
+            # never land in the timed iterations, even with warmup=0.
+            warm = {**timing, "warmup": max(1, int(timing["warmup"]))}
+            times, capped = time_step(step, device, **warm)
+            peak_cuda = (
+                torch.cuda.max_memory_allocated(device) / 2**20
+                if device.type == "cuda"
+                else math.nan
+            )
+    finally:
+        del step
+        if compile:  # drop compiled graphs so the next configuration starts clean
+            import torch._dynamo as dynamo
+
+            dynamo.reset()
+    st = summarize(times, noisy_threshold)
+    notes = [_dtype_note(device, dtype)]
+    if capped:
+        notes.append(
+            f"max time {timing['max_time_s']:g} s reached after {st.count} of "
+            f"{timing['min_iters']} iterations"
+        )
+    return {
+        "median_ms": st.median_ms, "iqr_ms": st.iqr_ms, "p90_ms": st.p90_ms,
+        "mean_ms": st.mean_ms, "count": st.count, "noisy": st.noisy or capped,
+        "throughput_img_s": batch_size / (st.median_ms / 1e3) if st.median_ms > 0 else math.nan,
+        "peak_mem_mb": peak_cuda, "rss_mb": rss.peak_mb, "rss_delta_mb": rss.delta_mb,
+        "rss_method": rss.method, "reason": "; ".join(n for n in notes if n),
+    }  # fmt: skip
