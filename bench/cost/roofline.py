@@ -9,11 +9,15 @@ shows whether compute or memory traffic limits a model, and
 Peak compute and bandwidth come from, in order:
 
 1. an explicit override (``--peak TFLOPS,GBPS``);
-2. :data:`KNOWN_DEVICES`, a small table of *dense* (no sparsity) datasheet figures
+2. on a CPU, the machine's measured peak (:mod:`bench.cost.peak`): the best fp32 GEMM over
+   every available library (torch, numpy, onnxruntime, OpenVINO) and the best large copy,
+   so a runtime that beats torch's matmul is not "above 100 % of the roofline" (with
+   measuring turned off, the table below);
+3. :data:`KNOWN_DEVICES`, a small table of *dense* (no sparsity) datasheet figures
    (NVIDIA H100/H200/A100/L4/T4 datasheets; CPU entries are derived as
    base clock x FP32 FLOP/cycle x threads and channels x DDR transfer rate x 8 B,
    ignoring turbo and AVX frequency offsets, so treat them as rough);
-3. a quick on-device micro-measurement: best-of-N rate of a large matmul
+4. on CUDA, a quick torch micro-measurement: best-of-N rate of a large matmul
    (FLOP/s) and a large tensor copy (GB/s, read + write counted).
 
 Traffic estimate (bytes moved per step, documented approximation): a forward
@@ -223,12 +227,21 @@ def measure_peak(
 def resolve_peak(
     device: str | torch.device, dtype: str, *, override: Peak | None = None, measure: bool = True
 ) -> Peak | None:
-    """Override, else the table entry, else a micro-measurement (or None if ``measure`` is off)."""
+    """The roofline peak of ``device`` for ``dtype`` (order: see the module docstring).
+
+    Override; on CPU (``measure`` on) the machine peak over every library, measured once per
+    process at the current thread count; else the table entry; else (CUDA) a torch
+    micro-measurement; None when nothing applies and ``measure`` is off.
+    """
     if override is not None:
         return override
     from bench.core.env import device_name
 
     dev = torch.device(device)
+    if dev.type == "cpu" and measure and dtype in ("fp32", "bf16"):
+        from bench.cost.peak import cached_machine_peak
+
+        return cached_machine_peak(dtype, threads=torch.get_num_threads()).peak
     found = table_peak(
         device_name(dev),
         dtype,

@@ -6,10 +6,11 @@
   fixed inputs (logit differences, thresholded-mask disagreement, per-model tolerance).
 * :mod:`bench.deploy.backends` - onnxruntime and OpenVINO sessions with pinned threads and
   pinned precision behind one ``run(np.ndarray) -> np.ndarray`` callable.
-* :mod:`bench.deploy.peak` - the machine's fp32 GEMM peak and copy bandwidth measured with
-  every available library (the roofline's ceiling, not torch's).
 * :mod:`bench.deploy.quantize` - onnxruntime int8 quantization, dynamic and static.
 
 Nothing here imports onnxruntime or OpenVINO at module import time, so ``bench`` stays
 importable where they are absent; the functions say why a backend is unavailable instead.
+The machine peak measured over these runtimes (the roofline's ceiling) is
+:mod:`bench.cost.peak`. Layering: ``deploy`` imports only ``bench.core`` and ``models``;
+``speed`` and ``jobs`` use it.
 """

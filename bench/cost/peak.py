@@ -21,7 +21,13 @@ via ``threadpoolctl`` when it is installed (otherwise the row says the BLAS used
 default). Each figure is the best of ``reps`` timed runs after one warm-up (a peak is an
 upper bound). A backend that is absent or fails is a row with a reason, never the peak.
 The result records which backend reached each ceiling; :func:`machine_peak` returns it as
-a :class:`bench.roofline.Peak` whose ``source`` names the backend and lists all figures.
+a :class:`bench.cost.roofline.Peak` whose ``source`` names the backend and lists all figures.
+
+``dtype="bf16"``: the candidates are the fp32 GEMMs above (a bf16 row can never be held to
+less than what fp32 reaches) plus torch's bf16 ``mm`` and OpenVINO with its precision hint
+pinned to bf16 (skipped, with the reason, on CPUs without native bf16, where the plugin
+would run f32). :func:`cached_machine_peak` measures once per (dtype, threads) per process;
+:func:`bench.cost.roofline.resolve_peak` uses it for CPUs.
 """
 
 from __future__ import annotations
@@ -35,14 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.roofline import Peak
+from bench.cost.roofline import Peak
 
 __all__ = [
+    "BF16_GEMM_BACKENDS",
     "COPY_BACKENDS",
     "GEMM_BACKENDS",
     "MachinePeak",
     "Measurement",
     "best",
+    "cached_machine_peak",
     "machine_peak",
     "measure_bandwidth",
     "measure_gemm",
@@ -83,6 +91,9 @@ class MachinePeak:
             "gemm": [asdict(m) for m in self.gemm],
             "bandwidth": [asdict(m) for m in self.bandwidth],
         }
+
+
+_DTYPES = ("fp32", "bf16")
 
 
 class _Skip(Exception):
@@ -171,12 +182,16 @@ def _gemm_onnxruntime(n: int, threads: int, reps: int) -> float:
     return _best_seconds(lambda: sess.run(None, {"a": a, "b": b}), reps)
 
 
-def _gemm_openvino(n: int, threads: int, reps: int) -> float:
+def _gemm_openvino(n: int, threads: int, reps: int, precision: str = "f32") -> float:
     try:
         import openvino as ov
         import openvino.opset13 as ops
     except ImportError as err:
         raise _Skip(f"openvino not installed ({err})") from None
+    if precision == "bf16":
+        caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in caps:
+            raise _Skip(f"no native bf16 on this CPU (OpenVINO CPU capabilities: {list(caps)})")
     pa = ops.parameter([n, n], np.float32, name="a")
     pb = ops.parameter([n, n], np.float32, name="b")
     model = ov.Model([ops.matmul(pa, pb, False, False)], [pa, pb], "gemm")
@@ -184,18 +199,30 @@ def _gemm_openvino(n: int, threads: int, reps: int) -> float:
         model,
         "CPU",
         {
-            "INFERENCE_PRECISION_HINT": "f32",  # else a bf16 GEMM on bf16-capable CPUs
+            "INFERENCE_PRECISION_HINT": precision,  # the default is bf16 on bf16-capable CPUs
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
         },
     )
     got = compiled.get_property("INFERENCE_PRECISION_HINT")
-    if got != ov.Type.f32:
-        raise RuntimeError(f"OpenVINO compiled the GEMM in {got}, not f32")
+    if got.get_type_name() != precision:
+        raise RuntimeError(f"OpenVINO compiled the GEMM in {got.get_type_name()}, not {precision}")
     request = compiled.create_infer_request()
     a, b = _operands(n)
     return _best_seconds(lambda: request.infer({0: a, 1: b}), reps)
+
+
+def _gemm_torch_bf16(n: int, threads: int, reps: int) -> float:
+    import torch
+
+    a, b = (torch.from_numpy(x).to(torch.bfloat16) for x in _operands(n))
+    with _torch_threads(threads):
+        return _best_seconds(lambda: torch.mm(a, b), reps)
+
+
+def _gemm_openvino_bf16(n: int, threads: int, reps: int) -> float:
+    return _gemm_openvino(n, threads, reps, precision="bf16")
 
 
 def _copy_torch(numel: int, threads: int, reps: int) -> float:
@@ -219,6 +246,11 @@ GEMM_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
     "numpy": _gemm_numpy,
     "onnxruntime": _gemm_onnxruntime,
     "openvino": _gemm_openvino,
+}
+#: Extra GEMM timers for the bf16 peak (measured besides :data:`GEMM_BACKENDS`).
+BF16_GEMM_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
+    "torch-bf16": _gemm_torch_bf16,
+    "openvino-bf16": _gemm_openvino_bf16,
 }
 #: Copy timers ``(numel, threads, reps) -> best seconds``.
 COPY_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
@@ -283,12 +315,19 @@ def measure_gemm(
     threads: int | None = None,
     reps: int = 5,
     backends: Sequence[str] | None = None,
+    dtype: str = "fp32",
 ) -> list[Measurement]:
-    """fp32 ``n x n`` GEMM GFLOP/s (``2 n^3`` FLOPs) per backend, best of ``reps``."""
+    """``n x n`` GEMM GFLOP/s (``2 n^3`` FLOPs) per backend, best of ``reps``.
+
+    ``dtype="bf16"`` adds :data:`BF16_GEMM_BACKENDS` to the fp32 ones.
+    """
     if n < 1 or reps < 1:
         raise ValueError(f"need n >= 1 and reps >= 1, got {n}, {reps}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     t = _threads_or_default(threads)
-    return _measure("gemm", GEMM_BACKENDS, n, 2.0 * n**3, t, reps, backends)
+    timers = {**GEMM_BACKENDS, **(BF16_GEMM_BACKENDS if dtype == "bf16" else {})}
+    return _measure("gemm", timers, n, 2.0 * n**3, t, reps, backends)
 
 
 def measure_bandwidth(
@@ -327,6 +366,7 @@ def _listing(ms: Sequence[Measurement], unit: str) -> str:
 def machine_peak(
     threads: int | None = None,
     *,
+    dtype: str = "fp32",
     n: int = 2048,
     copy_mib: float = 256,
     reps: int = 5,
@@ -335,12 +375,23 @@ def machine_peak(
 ) -> MachinePeak:
     """Measure GEMM and copy with every backend; the best of each is the machine's peak."""
     t = _threads_or_default(threads)
-    gemm = measure_gemm(n, t, reps, gemm_backends)
+    gemm = measure_gemm(n, t, reps, gemm_backends, dtype=dtype)
     copy = measure_bandwidth(copy_mib, t, reps, copy_backends)
     g, c = best(gemm), best(copy)
     source = (
-        f"measured: best fp32 {n}x{n} GEMM = {g.backend} ({_listing(gemm, 'GFLOP/s')}); "
+        f"measured: best {dtype} {n}x{n} GEMM = {g.backend} ({_listing(gemm, 'GFLOP/s')}); "
         f"best {copy_mib:g} MiB copy = {c.backend} ({_listing(copy, 'GB/s')}); "
         f"{t} threads, best of {reps}"
     )
     return MachinePeak(Peak(g.value / 1e3, c.value, source), g.backend, c.backend, t, gemm, copy)
+
+
+_CACHE: dict[tuple[str, int], MachinePeak] = {}
+
+
+def cached_machine_peak(dtype: str = "fp32", threads: int | None = None) -> MachinePeak:
+    """:func:`machine_peak` with the defaults, measured once per (dtype, threads) per process."""
+    key = (dtype, _threads_or_default(threads))
+    if key not in _CACHE:
+        _CACHE[key] = machine_peak(key[1], dtype=dtype)
+    return _CACHE[key]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from bench.deploy import peak
+from bench.cost import peak
 
 
 @pytest.fixture
@@ -104,3 +105,54 @@ def test_real_timers_run(monkeypatch: pytest.MonkeyPatch) -> None:
             assert m.status in ("ok", "skipped"), m
     copies = peak.measure_bandwidth(mib=1, threads=1, reps=1)
     assert all(m.status == "ok" and m.value > 0 for m in copies)
+
+
+def test_bf16_peak_adds_bf16_gemms(fake_timers, monkeypatch: pytest.MonkeyPatch) -> None:
+    flops = 2 * 100**3
+    monkeypatch.setattr(
+        peak,
+        "BF16_GEMM_BACKENDS",
+        {"torch-bf16": lambda n, t, r: flops / 900e9, "openvino-bf16": lambda n, t, r: 1.0},
+    )
+    fp32 = peak.machine_peak(threads=1, n=100, copy_mib=1, reps=1)
+    assert fp32.compute_backend == "onnxruntime"  # bf16 timers are not fp32 candidates
+    assert "torch-bf16" not in fp32.peak.source
+    bf16 = peak.machine_peak(threads=1, dtype="bf16", n=100, copy_mib=1, reps=1)
+    assert bf16.compute_backend == "torch-bf16" and bf16.peak.tflops == pytest.approx(0.9)
+    assert "best bf16" in bf16.peak.source
+    with pytest.raises(ValueError, match="dtype"):
+        peak.measure_gemm(n=8, dtype="int8")
+
+
+def test_resolve_peak_on_cpu_is_the_machine_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.cost import roofline
+
+    seen = []
+    fake = peak.MachinePeak(roofline.Peak(0.5, 20.0, "measured: fake"), "numpy", "torch", 2)
+
+    def cached(dtype: str = "fp32", threads: int | None = None) -> peak.MachinePeak:
+        seen.append((dtype, threads))
+        return fake
+
+    monkeypatch.setattr(peak, "cached_machine_peak", cached)
+    assert roofline.resolve_peak("cpu", "fp32") is fake.peak
+    assert seen == [("fp32", torch.get_num_threads())]
+    override = roofline.Peak(1.0, 1.0, "override")
+    assert roofline.resolve_peak("cpu", "fp32", override=override) is override
+    assert len(seen) == 1
+    # measuring off: no measurement, the table (None for an unknown CPU) decides
+    roofline.resolve_peak("cpu", "fp32", measure=False)
+    assert len(seen) == 1
+
+
+def test_cached_machine_peak_measures_once(fake_timers, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peak, "_CACHE", {})
+    calls = []
+    real = peak.machine_peak
+    monkeypatch.setattr(
+        peak, "machine_peak", lambda t, **k: calls.append(t) or real(t, n=100, copy_mib=1, reps=1)
+    )
+    a = peak.cached_machine_peak("fp32", threads=1)
+    assert peak.cached_machine_peak("fp32", threads=1) is a and calls == [1]
+    peak.cached_machine_peak("fp32", threads=2)
+    assert calls == [1, 2]
