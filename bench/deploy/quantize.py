@@ -24,7 +24,9 @@ caller, not assumed here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -113,6 +115,41 @@ def _loads(path: Path) -> None:
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """onnxruntime's quantization tools log advice per tensor on the root logger at WARNING
+    ("Expected bias ... to be an initializer"); only errors are shown meanwhile."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def _preprocess(src: Path, dst: Path) -> tuple[Path, str]:
+    """``quant_pre_process`` with symbolic shape inference, else without it, else skipped.
+
+    Returns the graph to quantize and a note (empty when the full pre-processing ran).
+    onnxruntime's symbolic shape inference cannot follow some exported graphs (seen:
+    a ``Concat`` whose input shape it loses in TorchScript-exported MALUNet); ONNX shape
+    inference plus graph optimisation still apply then.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    first = ""
+    for symbolic in (True, False):
+        try:
+            with _quiet_logging():
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=not symbolic)
+        except Exception as err:
+            first = first or error_reason(err, 160)
+            continue
+        return dst, ("" if symbolic else f"pre-processing without symbolic shapes ({first})")
+    return src, f"pre-processing skipped ({first})"
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out_path: str | Path,
@@ -153,14 +190,9 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmpdir:
         work = src
         if preprocess:
-            pre = Path(tmpdir) / "pre.onnx"
-            try:
-                from onnxruntime.quantization.shape_inference import quant_pre_process
-
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-                work = pre
-            except Exception as err:
-                notes.append(f"pre-processing skipped ({error_reason(err, 160)})")
+            work, note = _preprocess(src, Path(tmpdir) / "pre.onnx")
+            if note:
+                notes.append(note)
         tmp_out = Path(tmpdir) / "int8.onnx"
         try:
             from onnxruntime.quantization import (
@@ -172,23 +204,25 @@ def quantize_onnx(
             )
 
             if mode == "dynamic":
-                quantize_dynamic(
-                    str(work), str(tmp_out), weight_type=QuantType.QUInt8, reduce_range=rr
-                )
+                with _quiet_logging():
+                    quantize_dynamic(
+                        str(work), str(tmp_out), weight_type=QuantType.QUInt8, reduce_range=rr
+                    )
             else:
                 name, batch = _graph_input(work)
                 reader = ArrayDataReader(name, calibration or [], batch)
-                quantize_static(
-                    str(work),
-                    str(tmp_out),
-                    reader,
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=per_channel,
-                    reduce_range=rr,
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
+                with _quiet_logging():
+                    quantize_static(
+                        str(work),
+                        str(tmp_out),
+                        reader,
+                        quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        per_channel=per_channel,
+                        reduce_range=rr,
+                        calibrate_method=CalibrationMethod.MinMax,
+                    )
                 row["calibration_images"] = reader.fed
                 if reader.fed == 0:
                     raise ValueError("the calibration images were empty")
