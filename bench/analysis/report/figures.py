@@ -78,8 +78,7 @@ def _accuracy_plots(
         axes.append(
             (
                 f"best-latency-{dev}",
-                f"Latency at batch 1, fastest fp32 backend (ms, log scale), "
-                f"{res.device_name(dev)}",
+                f"Latency at batch 1, fastest fp32 backend (ms, log scale), {res.device_name(dev)}",
                 "best_latency",
                 dev,
             )
