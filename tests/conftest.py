@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TORCH_HOME", str(Path(__file__).parent / ".no-torch-home"))
+# Caches and generated split files of the tests go to a throw-away folder, never into the
+# user's ~/.cache/segbench (subprocesses started by tests inherit it).
+os.environ["SEGBENCH_CACHE"] = tempfile.mkdtemp(prefix="segbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SEGBENCH_CACHE"], True)
 
 SHARED = Path(
     os.environ.get("SEGBENCH_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")

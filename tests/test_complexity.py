@@ -1,7 +1,8 @@
 """segbench's MAC counter against analytic counts, the cross-check columns, sweep and CLI.
 
-Expected values come from ``../shared/specs/counting.md`` (probe ops, MALUNet, UNet) and
-from the convolution / matmul formulas written out next to each case.
+Expected values are the probe ops and model figures of ``docs/counting.md`` (written up from
+the reference notes in ``../shared/specs/counting.md``) and the convolution / matmul
+formulas written out next to each case.
 """
 
 from __future__ import annotations
@@ -41,18 +42,18 @@ def _registered(name: str) -> bool:
 # --- probe ops: exact MACs ------------------------------------------------------------------
 
 MAC_PROBES = {
-    # in_ch * out_ch * k*k * H_in * W_in (counting.md; thop reports 4x)
+    # in_ch * out_ch * k*k * H_in * W_in (docs/counting.md; thop reports 4x)
     "conv_transpose2d": (nn.ConvTranspose2d(64, 32, 2, stride=2), (1, 64, 128, 128), 134_217_728),
-    # 256 * 256 * 192 (counting.md)
+    # 256 * 256 * 192 (docs/counting.md)
     "q_at_kT": (Fn(lambda x: x @ x.transpose(-1, -2)), (1, 256, 192), 12_582_912),
     "einsum_qkT": (Fn(lambda x: torch.einsum("bik,bjk->bij", x, x)), (1, 256, 192), 12_582_912),
-    # 2 * 6*256*256*64 (counting.md; FlopCounterMode and fvcore report 0 on CPU)
+    # 2 * 6*256*256*64 (docs/counting.md; FlopCounterMode and fvcore report 0 on CPU)
     "sdpa_cpu": (
         Fn(lambda x: F.scaled_dot_product_attention(x, x, x)),
         (1, 6, 256, 64),
         50_331_648,
     ),
-    # 256 * 192 * 192 on a 3-D input (counting.md)
+    # 256 * 192 * 192 on a 3-D input (docs/counting.md)
     "linear_3d": (nn.Linear(192, 192), (1, 256, 192), 9_437_184),
     # depthwise: 32 channels * 3*3 * 64*64
     "depthwise": (nn.Conv2d(32, 32, 3, padding=1, groups=32), (1, 32, 64, 64), 1_179_648),
@@ -125,7 +126,7 @@ def test_sdpa_on_gpu_counted_once() -> None:
 
 
 def test_torch_flop_counter_misses_cpu_attention() -> None:
-    # Why segbench has its own SDPA rule (counting.md): FlopCounterMode gives 0 on CPU.
+    # Why segbench has its own SDPA rule (docs/counting.md): FlopCounterMode gives 0 on CPU.
     module, shape, _ = MAC_PROBES["sdpa_cpu"]
     assert crosscheck.cross_checks(module, shape, tools=("torch",))["torch"].macs == 0
 
@@ -291,11 +292,18 @@ def test_bad_arguments_raise_clear_errors() -> None:
         analyze(nn.Conv2d(3, 4, 3), (1, 3, 0, 8))
     with pytest.raises(TypeError, match="nn.Module"):
         analyze(lambda x: x, (1, 3, 8, 8))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="--input"):
-        shapes.parse_input_shape("1x3xfoo")
+    with pytest.raises(ValueError, match="--input-size"):
+        shapes.parse_input_size("1x3xfoo")
+    with pytest.raises(ValueError, match="--input-size"):
+        shapes.parse_input_size("3x256x256")  # ambiguous: CxHxW or NxHxW
+    assert shapes.parse_input_size("256") == (1, 3, 256, 256)
+    assert shapes.parse_input_size("256x192") == (1, 3, 256, 192)
+    assert shapes.square_side((1, 3, 64, 64)) == 64
+    with pytest.raises(ValueError, match="square"):
+        shapes.square_side((1, 3, 64, 32))
     with pytest.raises(ValueError, match="--sweep"):
         shapes.parse_sizes("128,-1")
-    assert shapes.parse_input_shape("1x3x256x256") == (1, 3, 256, 256)
+    assert shapes.parse_input_size("1x3x256x256") == (1, 3, 256, 256)
     assert shapes.parse_sizes("128, 256") == [128, 256]
 
 
@@ -321,7 +329,7 @@ def test_real_tool_failure_is_caught() -> None:
     assert checks["fvcore"].reason.startswith("fvcore failed: RuntimeError")
 
 
-# --- registry models (counting.md) ----------------------------------------------------------
+# --- registry models (docs/counting.md) -----------------------------------------------------
 
 
 def test_malunet_segbench_and_thop() -> None:
@@ -478,7 +486,7 @@ def test_cli(tmp_path, capsys) -> None:
                 "--no-cross-check",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
@@ -487,7 +495,9 @@ def test_cli(tmp_path, capsys) -> None:
     )
     printed = capsys.readouterr().out
     assert "segbench MACs" in printed and "82,740,224" in printed
-    assert (tmp_path / "complexity.csv").exists() and (tmp_path / "complexity.json").exists()
+    assert (tmp_path / "complexity" / "complexity.csv").exists() and (
+        tmp_path / "complexity" / "complexity.json"
+    ).exists()
 
     assert (
         main(
@@ -499,7 +509,7 @@ def test_cli(tmp_path, capsys) -> None:
                 "1",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
@@ -508,7 +518,7 @@ def test_cli(tmp_path, capsys) -> None:
     )
     printed = capsys.readouterr().out
     assert "(model)" in printed and "scab" in printed and "ebn1" in printed
-    assert (tmp_path / "breakdown-malunet.csv").exists()
+    assert (tmp_path / "complexity" / "breakdown-malunet.csv").exists()
 
     assert (
         main(
@@ -520,14 +530,14 @@ def test_cli(tmp_path, capsys) -> None:
                 "64,100",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
         )
         == 0
     )
-    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    sweep = json.loads((tmp_path / "complexity" / "sweep.json").read_text())
     assert [r["status"] for r in sweep["rows"]] == ["ok", "skipped"]
 
     assert (
@@ -539,18 +549,19 @@ def test_cli(tmp_path, capsys) -> None:
                 "--update-golden",
                 "--device",
                 "meta",
-                "--out",
+                "--results",
                 out,
                 "--quiet",
             ]
         )
         == 0
     )
-    golden = gold.load_golden(tmp_path / "golden.json")
+    golden = gold.load_golden(tmp_path / "complexity" / "golden.json")
     assert golden["malunet"]["macs"] == 82_740_224 and golden["malunet"]["gmacs"] == 0.083
 
-    assert main(["complexity", "--input", "1x3xfoo", "--out", out]) == 2
-    assert "--input" in capsys.readouterr().err
-    assert main(["complexity", "--models", "nope*", "--out", out]) == 2
-    assert main(["complexity", "--device", "tpu9", "--out", out]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse: usage line plus the error
+        main(["complexity", "--input-size", "1x3xfoo", "--results", out])
+    assert exc.value.code == 2 and "--input-size" in capsys.readouterr().err
+    assert main(["complexity", "--models", "nope*", "--results", out]) == 2
+    assert main(["complexity", "--device", "tpu9", "--results", out]) == 2
     assert "--device" in capsys.readouterr().err

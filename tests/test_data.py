@@ -18,7 +18,7 @@ from PIL import Image
 
 from bench.core.io import read_json, write_json
 from bench.data import cache, decode, prepared
-from bench.data.cache import prepare_data
+from bench.data.cache import cache_home, prepare_data
 from bench.data.layouts import DataError, DataWarning, detect_layout, index_dataset
 from bench.data.splits import make_split
 from bench.data.synthetic import make_synthetic
@@ -197,7 +197,11 @@ def test_make_split_deterministic_disjoint_complete():
 def test_seeded_split_written_and_reused(tmp_path):
     root = make_synthetic(tmp_path / "d", n=20, seed=0, size=SMALL)
     p = _prep(root, tmp_path)
-    assert p.split_file == root / "split.json"
+    assert p.split_file.parent == tmp_path / "cache" / "splits"  # not in the data folder
+    assert p.split_file.name.startswith("d-") and sorted(x.name for x in root.iterdir()) == [
+        "images",
+        "masks",
+    ]
     saved = read_json(p.split_file)
     assert saved["source"] == "seeded" and saved["seed"] == 42
     assert saved["test_fraction"] == 0.3 and saved["val_fraction"] == 0.1
@@ -209,13 +213,18 @@ def test_seeded_split_written_and_reused(tmp_path):
     assert q.split_ids == saved["splits"] and q.fingerprint != p.fingerprint
     assert len(q.images("train")) == 14
     # Asking for another seed with the same file is an error, not a silent reuse.
-    with pytest.raises(DataError, match="split.json"):
+    with pytest.raises(DataError, match=p.split_file.name):
         _prep(root, tmp_path, seed=1)
-    # A dataset that no longer matches the split file.
+    # A dataset whose content changed gets its own split file (keyed by content) ...
     shutil.copy(root / "images" / "SYN_00000.jpg", root / "images" / "SYN_99999.jpg")
     shutil.copy(root / "masks" / "SYN_00000.png", root / "masks" / "SYN_99999.png")
+    r = _prep(root, tmp_path)
+    assert r.split_file != p.split_file and "SYN_99999" in {
+        i for v in r.split_ids.values() for i in v
+    }
+    # ... and an explicit split file that no longer matches the dataset is an error.
     with pytest.raises(DataError, match="SYN_99999"):
-        _prep(root, tmp_path)
+        _prep(root, tmp_path, split_file=p.split_file)
 
 
 def test_official_split_used_and_prepared_layout_carves_val(tmp_path):
@@ -236,7 +245,7 @@ def test_official_split_used_and_prepared_layout_carves_val(tmp_path):
         authors_val
     )
     # The carved val part is seeded: another val_fraction must not silently reuse it.
-    with pytest.raises(DataError, match=r"split\.json: made with .*val_fraction"):
+    with pytest.raises(DataError, match=r"\.json: made with .*val_fraction"):
         _prep(root, tmp_path, val_fraction=0.1)
     assert _prep(root, tmp_path, val_fraction=0.25).split_ids == p.split_ids
 
@@ -339,10 +348,11 @@ def test_half_built_cache_is_never_used(flat_set, monkeypatch):
     monkeypatch.setattr(decode, "_decode_job", failing)
     with pytest.raises(KeyboardInterrupt):
         _prep(root, tmp, size=28, cache_dir=cache, workers=1)
-    assert [p.name for p in cache.iterdir()] == []  # no cache, no temp folder left behind
+    # no cache, no temp folder left behind (only the split file, written before the build)
+    assert [p.name for p in cache.iterdir()] == ["splits"]
     monkeypatch.setattr(decode, "_decode_job", real)
     p = _prep(root, tmp, size=28, cache_dir=cache, workers=1)
-    assert len(list(cache.iterdir())) == 1 and (p.cache_path / "meta.json").is_file()
+    assert len(list(cache.iterdir())) == 2 and (p.cache_path / "meta.json").is_file()
 
 
 def test_batches_and_loader(flat_set):
@@ -378,7 +388,9 @@ def test_cli_synth_info_split_check_cache(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "flat" in out and "12" in out and "40x56" in out and "lesion" in out
     assert main(["data", "split", str(root), "--seed", "3", "--test-fraction", "0.25"]) == 0
-    saved = read_json(root / "split.json")
+    split_file = Path(capsys.readouterr().out.split(" -> ")[1].rsplit(": ", 1)[0])
+    assert split_file.parent == cache_home() / "splits" and not (root / "split.json").exists()
+    saved = read_json(split_file)
     assert saved["seed"] == 3 and len(saved["splits"]["test"]) == 3
     assert main(["data", "split", str(root)]) == 1  # exists: needs --force
     assert main(["data", "check", str(root), "--quiet"]) == 0
@@ -389,7 +401,7 @@ def test_cli_synth_info_split_check_cache(tmp_path, capsys):
                 "data",
                 "cache",
                 str(root),
-                "--size",
+                "--input-size",
                 "32",
                 "--seed",
                 "3",
@@ -412,11 +424,11 @@ def test_cli_bench_reports_both_sources(tmp_path, capsys):
     from bench.cli import main
 
     root = make_synthetic(tmp_path / "b", n=12, seed=0, size=SMALL)  # 7 train images
-    args = ["data", "bench", str(root), "--size", "32", "--cache-dir", str(tmp_path / "c")]
+    args = ["data", "bench", str(root), "--input-size", "32", "--cache-dir", str(tmp_path / "c")]
     assert main([*args, "--quiet"]) == 2  # the CLI turns the DataError into one line
     assert "fewer than one batch of 8" in capsys.readouterr().err
     out = tmp_path / "bench.json"
-    fast = ["--seconds", "0.2", "--workers", "0", "--batch", "3", "--quiet", "--out", str(out)]
+    fast = ["--seconds", "0.2", "--workers", "0", "--batch", "3", "--quiet", "--json", str(out)]
     assert main(args + fast) == 0
     text = capsys.readouterr().out
     assert "cache" in text and "files" in text and "samples/s" in text
@@ -428,13 +440,31 @@ def test_cli_bench_reports_both_sources(tmp_path, capsys):
 
 def test_read_only_dataset_is_left_untouched(tmp_path, monkeypatch):
     root = make_synthetic(tmp_path / "ro", n=10, seed=0, size=SMALL)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache-home"))
     os.chmod(root, 0o555)  # as shared reference data is: even root should not write there
     try:
         p = prepare_data(root, size=24, workers=1, progress=False)
     finally:
         os.chmod(root, 0o755)
     assert sorted(x.name for x in root.iterdir()) == ["images", "masks"]
-    assert p.cache_path.parent == tmp_path / "xdg" / "segbench"
-    assert p.split_file.parent == tmp_path / "xdg" / "segbench"
+    assert p.cache_path.parent == tmp_path / "cache-home"
+    assert p.split_file.parent == tmp_path / "cache-home" / "splits"
     assert p.split_file.name.startswith("ro-") and p.split_file.is_file()
+
+
+def test_cache_home_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "a"))
+    assert cache_home() == tmp_path / "a"
+    monkeypatch.delenv("SEGBENCH_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_home() == tmp_path / "xdg" / "segbench"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_home() == Path.home() / ".cache" / "segbench"
+
+
+def test_split_shipped_with_the_data_is_read_and_opt_in_writes_beside_it(tmp_path):
+    root = make_synthetic(tmp_path / "d", n=20, seed=0, size=SMALL)
+    p = _prep(root, tmp_path, split_file=root / "split.json")  # opt-in: written beside the data
+    assert (root / "split.json").is_file()
+    q = prepare_data(root, size=24, workers=1, progress=False, cache_dir=tmp_path / "c")
+    assert q.split_file == root / "split.json" and q.split_ids == p.split_ids

@@ -115,9 +115,9 @@ def test_evaluate_command_on_authors_style_checkpoint(prepared, tmp_path, capsys
             "{base_width: 2}",
             "--data",
             str(prepared.root),
-            "--size",
+            "--input-size",
             "32",
-            "--out",
+            "--results",
             str(out),
             "--save-masks",
             str(masks_dir),
@@ -178,14 +178,14 @@ def test_disc_and_mean_mask_baselines(prepared, capsys):
             "disc",
             "--data",
             str(prepared.root),
-            "--size",
+            "--input-size",
             "32",
             "--quiet",
             "--no-hd95",
         ]
     )
     assert rc == 0 and "dsc" in capsys.readouterr().out
-    assert main(["evaluate", "--data", str(prepared.root), "--size", "32", "--quiet"]) == 2
+    assert main(["evaluate", "--data", str(prepared.root), "--input-size", "32", "--quiet"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
 
 
@@ -196,7 +196,7 @@ def test_evaluate_takes_the_training_split_settings(tmp_path, capsys):
 
     root = make_synthetic(tmp_path / "seeded7", n=12, seed=2)
     prepare_data(root, size=32, seed=7, progress=False, workers=1)  # writes split.json, seed 7
-    args = ["evaluate", "--baseline", "disc", "--data", str(root), "--size", "32", "--quiet"]
+    args = ["evaluate", "--baseline", "disc", "--data", str(root), "--input-size", "32", "--quiet"]
     assert main(args) == 2  # default split seed 42 disagrees with the split file
     assert "split" in capsys.readouterr().err
     assert main([*args, "--split-seed", "7"]) == 0

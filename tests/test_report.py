@@ -231,7 +231,8 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     shutil.copytree(FIXTURES / "complexity", tmp_path / "complexity")
     assert (
-        main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+        main(["report", "--results", str(tmp_path), "--report-dir", str(tmp_path / "o"), "--quiet"])
+        == 0
     )
     assert (tmp_path / "o" / "README.md").exists()
     assert main(["report", "--results", str(tmp_path / "missing"), "--quiet"]) == 2

@@ -451,19 +451,20 @@ def test_cli_speed_prints_table_and_writes(fake_models: dict, tmp_path, capsys) 
 
     rc = main(["speed", "--models", "tiny", "--batch-sizes", "1", "--modes", "inference",
                "--min-time", "0", "--min-iters", "3", "--warmup", "1", "--input-size", "32",
-               "--threads", "1", "--peak", "1,10", "--out", str(tmp_path), "--quiet", "--no-isolate"])  # fmt: skip
+               "--threads", "1", "--peak", "1,10", "--results", str(tmp_path), "--quiet", "--no-isolate"])  # fmt: skip
     out = capsys.readouterr().out
     assert rc == 0
     assert "median ms" in out and "tiny" in out and "wrote" in out
-    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    data = json.loads(next((tmp_path / "speed").glob("*.json")).read_text())
     (meta,) = data["runs"].values()
     assert meta["command"].startswith("segbench speed --models 'tiny'")
+    assert f"--results {tmp_path}" in meta["command"]
 
 
 def test_cli_speed_rejects_bad_arguments(fake_models: dict, tmp_path, capsys) -> None:
     from bench.cli import main
 
-    assert main(["speed", "--models", "nope", "--out", str(tmp_path)]) == 2
+    assert main(["speed", "--models", "nope", "--results", str(tmp_path)]) == 2
     assert "unknown model" in capsys.readouterr().err
     for args in (["--peak", "989"], ["--batch-sizes", "1,x"], ["--dtype", "int8"]):
         with pytest.raises(SystemExit) as exc:

@@ -1,26 +1,17 @@
-"""Statistics over finished runs: mean +- std over seeds, and paired tests between models.
+"""Paired statistics between models: is model A really better than model B?
 
-Two questions a benchmark table has to answer honestly:
-
-* **How stable is a number?** :func:`aggregate_runs` reads every finished run under
-  ``results/runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/metrics.json`` and gives,
-  per dataset, model and experiment (recipe, epochs: protocols never mix), the mean, the
-  sample standard deviation (ddof=1; empty for a single seed) and ``n`` over seeds.
-  :func:`write_summary` stores it as ``results/tables/sweep_summary.{csv,md,json}``.
-
-* **Is model A really better than model B?** Both are scored on the same test images,
-  so the comparison is paired: :func:`pairwise_comparisons` joins the runs'
-  ``per_image.csv`` on ``image_id`` (and refuses when the image sets differ) and gives,
-  per pair, a Wilcoxon signed-rank test on the per-image differences
-  (:func:`scipy.stats.wilcoxon`, zero differences dropped, exact p-value for small
-  samples without ties), a bootstrap 95% confidence interval of the mean difference
-  (:func:`scipy.stats.bootstrap`, paired resampling of images, BCa, seeded) and the
-  Holm-adjusted p-value across all pairs. Only runs of one experiment (recipe, epochs)
-  are compared: by default the one with the most epochs that every model has
-  (:func:`choose_experiment`). With several seeds per model the per-image values are
-  first averaged over seeds (or one ``--seed`` is chosen). The table goes to
-  ``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``; the report marks
-  a difference significant when ``p_holm < alpha``.
+Both are scored on the same test images, so the comparison is paired:
+:func:`pairwise_comparisons` joins the runs' ``per_image.csv`` on ``image_id`` (and
+refuses when the image sets differ) and gives, per pair, a Wilcoxon signed-rank test on
+the per-image differences (:func:`scipy.stats.wilcoxon`, zero differences dropped, exact
+p-value for small samples without ties), a bootstrap 95% confidence interval of the mean
+difference (:func:`scipy.stats.bootstrap`, paired resampling of images, BCa, seeded) and
+the Holm-adjusted p-value across all pairs. Only runs of one experiment (recipe, epochs)
+are compared: by default the one with the most epochs that every model has
+(:func:`bench.analysis.runs.choose_experiment`). With several seeds per model the
+per-image values are first averaged over seeds (or one ``--seed`` is chosen). The table
+goes to ``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``; the report
+marks a difference significant when ``p_holm < alpha``.
 
 ``mean_diff = mean(A - B)``: positive means A scores higher (better for Dice / IoU,
 worse for HD95).

@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.analysis.runs import find_runs
 from bench.analysis.stats import pairwise_comparisons, pairwise_path
+from bench.cli.common import add_results
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -133,5 +134,5 @@ def register(subparsers: Any) -> None:
         "--resamples", type=int, default=9999, help="bootstrap resamples (default: 9999)"
     )
     p.add_argument("--rng-seed", type=int, default=0, help="bootstrap random seed (default: 0)")
-    p.add_argument("--results", default="results", help="results folder (default: results)")
+    add_results(p)
     p.set_defaults(func=_cmd_compare)

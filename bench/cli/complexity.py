@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from bench.cli.common import add_input_size, add_results
 from bench.core.device import resolve_device
 from bench.core.env import command_line
-from bench.core.shapes import parse_input_shape, parse_sizes, shape_label
-from bench.cost.breakdown import breakdown_table
-from bench.cost.complexity import _json_safe, _ops_label, _provenance, display_table, run_complexity
+from bench.core.names import expand_models
+from bench.core.shapes import parse_sizes, shape_label
+from bench.cost.breakdown import breakdown_table, write_breakdown
+from bench.cost.complexity import _ops_label, display_table, run_complexity
 from bench.cost.flops import analyze
 from bench.cost.golden import GOLDEN_SHAPE, update_golden
-from bench.cost.resolution import resolution_sweep
+from bench.cost.resolution import resolution_sweep, write_resolution_sweep
 
 
 def _print(df: Any) -> None:
@@ -24,25 +24,17 @@ def _print(df: Any) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    from bench.core.io import write_csv, write_json
-    from models import create_model, list_models
+    from models import create_model
 
+    shape = args.input_size
     try:
-        shape = parse_input_shape(args.input)
         sizes = parse_sizes(args.sweep) if args.sweep else None
         resolve_device(args.device, allow=("cpu", "cuda", "meta"))
-    except ValueError as err:
+        names = expand_models(args.models)
+    except (ValueError, KeyError) as err:
         print(f"segbench complexity: {err}", file=sys.stderr)
         return 2
-    names = list_models(args.models)
-    if not names:
-        print(
-            f"segbench complexity: --models {args.models!r} matches no registered model "
-            f"(known: {', '.join(list_models())})",
-            file=sys.stderr,
-        )
-        return 2
-    out = Path(args.out)
+    out = Path(args.results) / "complexity"
     command = command_line()
     progress = not args.quiet
     only_table = not (args.breakdown or sizes or args.update_golden)
@@ -51,7 +43,7 @@ def _cmd(args: argparse.Namespace) -> int:
         if shape != GOLDEN_SHAPE:
             print(
                 f"segbench complexity: the golden file is at {shape_label(GOLDEN_SHAPE)}; "
-                f"drop --input {args.input}",
+                f"drop --input-size {shape_label(shape)}",
                 file=sys.stderr,
             )
             return 2
@@ -77,49 +69,26 @@ def _cmd(args: argparse.Namespace) -> int:
             print(f"segbench complexity: --breakdown: {err}", file=sys.stderr)
             return 2
         c = analyze(model, shape, device=args.device)
-        table = breakdown_table(c, args.depth)
         print(
             f"{args.breakdown} at {shape_label(shape)}: {c.params_total:,} params, "
             f"{c.macs:,} MACs, {c.other_flops:,} other FLOPs, "
             f"{c.activation_bytes / 2**20:,.1f} MB activations"
         )
-        _print(table)
+        _print(breakdown_table(c, args.depth))
         if c.unsupported_ops:
             print(f"ops without a rule: {_ops_label(c.unsupported_ops)}")
-        full = c.breakdown(None)
-        path = write_csv(
-            out / f"breakdown-{args.breakdown}.csv",
-            full.assign(input_shape=shape_label(shape), command=command),
-        )
-        print(f"wrote {path}")
+        print(f"wrote {write_breakdown(c, out, args.breakdown, shape, command)}")
 
     if sizes:
         df = resolution_sweep(
             names, sizes, batch=shape[0], channels=shape[1], device=args.device, progress=progress
         )
-        prov = _provenance(args.device, command)
-        df = df.assign(
-            device=args.device,
-            device_name=prov["device_name"],
-            torch_version=torch.__version__,
-            git_commit=prov["git_commit"],
-            command=command,
-        )
-        write_csv(out / "sweep.csv", df)
-        write_json(
-            out / "sweep.json",
-            {
-                "command": command,
-                "environment": prov,
-                "sizes": sizes,
-                "rows": [_json_safe(r) for r in df.to_dict("records")],
-            },
-        )
+        csv, js = write_resolution_sweep(df, out, sizes, args.device, command)
         show = df[["model", "size", "gmacs", "activation_mb", "status", "reason"]].rename(
             columns={"gmacs": "segbench GMACs", "activation_mb": "activation MB"}
         )
         _print(show.assign(reason=show["reason"].fillna("").str.slice(0, 60)))
-        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.json'}")
+        print(f"wrote {csv} and {js}")
 
     if only_table:
         df = run_complexity(
@@ -144,17 +113,15 @@ def register(subparsers: Any) -> None:
         description="Count parameters and exact MACs (conv, linear, matmul, einsum, attention) "
         "at the aten dispatch level, with other FLOPs and activation memory, beside thop's "
         "(the papers' 'GFLOPs'), fvcore's and torch FlopCounterMode's counts. Writes "
-        "complexity.{csv,json} under --out. With --breakdown, --sweep or --update-golden only "
-        "those are done.",
+        "complexity.{csv,json} under RESULTS/complexity. With --breakdown, --sweep or "
+        "--update-golden only those are done.",
     )
     p.add_argument(
         "--models",
         default=None,
         help="comma-separated names or wildcard patterns (default: all models)",
     )
-    p.add_argument(
-        "--input", default="1x3x256x256", help="input shape NxCxHxW (default: 1x3x256x256)"
-    )
+    add_input_size(p, "1x3x256x256", shape=True)
     p.add_argument(
         "--breakdown",
         metavar="MODEL",
@@ -177,7 +144,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--update-golden",
         action="store_true",
-        help="recount and rewrite golden.json under --out (all models, or --models)",
+        help="recount and rewrite RESULTS/complexity/golden.json (all models, or --models)",
     )
     p.add_argument(
         "--device",
@@ -185,8 +152,6 @@ def register(subparsers: Any) -> None:
         help="where the forward runs: cpu, cuda, or meta (shapes only, no compute; "
         "same MACs, attention may take another kernel path; default: cpu)",
     )
-    p.add_argument(
-        "--out", default="results/complexity", help="output folder (default: results/complexity)"
-    )
+    add_results(p, help="results folder; files go to RESULTS/complexity")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd)

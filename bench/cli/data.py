@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from bench.cli.common import add_input_size
 from bench.core.io import write_json
-from bench.data.augment import augment_batch, scale_images
-from bench.data.cache import _dataset_name, default_split_file, prepare_data
+from bench.data.cache import _dataset_name, dataset_tag, default_split_file, prepare_data
 from bench.data.checks import check_dataset
 from bench.data.decode import _run_jobs
-from bench.data.layouts import DataError, index_dataset
+from bench.data.layouts import index_dataset
 from bench.data.splits import _resolve_split
 from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from bench.data.synthetic import make_synthetic
+from bench.data.throughput import load_average, loader_throughput
 
 
 def _add_root(p: argparse.ArgumentParser) -> None:
@@ -81,7 +80,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_split(args: argparse.Namespace) -> int:
     index = index_dataset(args.root, mask_suffix=args.mask_suffix)
-    out = args.out or default_split_file(args.root, _dataset_name(index.layout, args.root))
+    out = args.split_file or default_split_file(
+        args.root, _dataset_name(index.layout, args.root), dataset_tag(args.root, index.samples)
+    )
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to replace it)", file=sys.stderr)
         return 1
@@ -114,7 +115,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_cache(args: argparse.Namespace) -> int:
     data = prepare_data(
         args.root,
-        args.size,
+        args.input_size,
         args.split_file,
         args.seed,
         args.val_fraction,
@@ -155,7 +156,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data = prepare_data(
         args.root,
-        args.size,
+        args.input_size,
         args.split_file,
         args.seed,
         cache_dir=args.cache_dir,
@@ -163,54 +164,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         mask_suffix=args.mask_suffix,
     )
-    gen = torch.Generator().manual_seed(0)
-    n_train = len(data.split_ids["train"])
-    if n_train < args.batch:
-        raise DataError(
-            f"{args.root}: the train split has {n_train} images, fewer than one "
-            f"batch of {args.batch}; pass a smaller --batch"
-        )
-
-    def timed(make_batches: Any, augment_here: bool) -> dict[str, float]:
-        """Samples per wall second over ``args.seconds`` (after one warm-up batch, which
-        covers worker start-up), and per CPU second of this process: on a shared machine
-        the latter is about what one idle core would deliver (meaningful only when this
-        process does all the work, i.e. without workers)."""
-        n, t0, c0, warm = 0, 0.0, 0.0, False
-        while True:
-            for x, y, _ in make_batches():
-                if augment_here:
-                    x, y = augment_batch(x, y, gen)
-                scale_images(x)
-                if not warm:
-                    warm, t0, c0 = True, time.perf_counter(), time.process_time()
-                    continue
-                n += len(x)
-                if (wall := time.perf_counter() - t0) >= args.seconds:
-                    cpu = time.process_time() - c0
-                    return {
-                        "samples_per_s": n / wall,
-                        "samples_per_cpu_s": n / max(cpu, 1e-9),
-                        "n": n,
-                    }
-
-    kw = {"shuffle": True, "drop_last": True}
-    results = {"cache": timed(lambda: data.batches("train", args.batch, generator=gen, **kw), True)}
-    if args.workers > 0:
-        loader = data.loader("train", args.batch, augment=True, workers=args.workers, **kw)
-        results[f"cache, {args.workers} workers"] = timed(lambda: iter(loader), False)
-        del loader
-    files = torch.utils.data.DataLoader(
-        data.file_dataset("train"),
-        batch_size=args.batch,
-        num_workers=args.workers,
-        persistent_workers=args.workers > 0,
-        **kw,
-    )
-    results[f"files, {args.workers} workers"] = timed(lambda: iter(files), True)
-    load = os.getloadavg()
+    results = loader_throughput(data, args.batch, args.seconds, args.workers)
+    load = load_average()
+    size = args.input_size
     print(
-        f"{data.name}: train split ({len(data.split_ids['train'])} images), {args.size}x{args.size}, "
+        f"{data.name}: train split ({len(data.split_ids['train'])} images), {size}x{size}, "
         f"batch {args.batch}, flips + rotation + scaling, {torch.get_num_threads()} torch "
         f"thread(s) per process, {args.seconds:g} s each; {os.cpu_count()} CPUs, load average "
         f"{load[0]:.1f}"
@@ -223,13 +181,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             else f"{'-':>10s}"
         )
         print(f"  {k:22s} {v['samples_per_s']:10.1f} {per_cpu}")
-    if args.out:
+    if args.json:
         write_json(
-            args.out,
+            args.json,
             {
                 "command": " ".join(["segbench", *sys.argv[1:]]),
                 "dataset": str(args.root),
-                "size": args.size,
+                "size": size,
                 "batch": args.batch,
                 "seconds": args.seconds,
                 "workers": args.workers,
@@ -286,10 +244,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_root(q)
     _add_split(q)
     q.add_argument(
-        "--out",
+        "--split-file",
         type=Path,
         default=None,
-        help="split file (default ROOT/split.json; in ~/.cache/segbench when ROOT is read-only)",
+        help="split file to write (default: in $SEGBENCH_CACHE, ~/.cache/segbench, keyed by "
+        "the dataset's path and content; ROOT/split.json only when given here)",
     )
     q.add_argument("--force", action="store_true", help="replace an existing split file")
     q.set_defaults(func=_cmd_split)
@@ -314,18 +273,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_root(q)
     _add_split(q)
     common(q)
-    q.add_argument("--size", type=int, default=256, help="square target size (default 256)")
+    add_input_size(q, help="the cache's image size")
     q.add_argument(
         "--split-file",
         type=Path,
         default=None,
-        help="default ROOT/split.json (in the cache folder when ROOT is read-only)",
+        help="split file (default: ROOT/split.json if the dataset ships one, else one in "
+        "$SEGBENCH_CACHE keyed by the dataset's path and content)",
     )
     q.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
-        help="default ROOT/.segbench-cache, or ~/.cache/segbench when ROOT is read-only",
+        help="cache folder (default: $SEGBENCH_CACHE, else ~/.cache/segbench; the dataset "
+        "folder is never written unless given here)",
     )
     q.set_defaults(func=_cmd_cache)
 
@@ -337,7 +298,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("out", type=Path, help="output folder")
     q.add_argument("--n", type=int, default=32, help="number of images (default 32)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="random seed of the images (default 0)")
     q.add_argument(
         "--size",
         type=int,
@@ -346,7 +307,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="fixed size (default: varied)",
     )
-    q.add_argument("--layout", choices=SYNTHETIC_LAYOUTS, default="flat")
+    q.add_argument(
+        "--layout",
+        choices=SYNTHETIC_LAYOUTS,
+        default="flat",
+        help="folder layout to write (default: flat)",
+    )
     q.add_argument("--ext", default="jpg", help="image format (jpg or png)")
     q.add_argument("--mask-suffix", default="", help="appended to the ID in mask names (flat)")
     q.set_defaults(func=_cmd_synth)
@@ -358,12 +324,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "preprocessing cache and from decoding the image files.",
     )
     _add_root(q)
-    q.add_argument("--size", type=int, default=256)
-    q.add_argument("--batch", type=int, default=8)
+    add_input_size(q, help="the cache's image size")
+    q.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
     q.add_argument("--seconds", type=float, default=10.0, help="time per source (default 10)")
     q.add_argument("--seed", type=int, default=42, help="split seed")
-    q.add_argument("--split-file", type=Path, default=None)
-    q.add_argument("--cache-dir", type=Path, default=None)
+    q.add_argument("--split-file", type=Path, default=None, help="split file (as for data cache)")
+    q.add_argument("--cache-dir", type=Path, default=None, help="cache folder (as for data cache)")
     q.add_argument("--workers", type=int, default=2, help="loader / decoding processes (default 2)")
     q.add_argument(
         "--threads",
@@ -371,6 +337,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         help="torch threads per process (default 1; 0 keeps torch's default)",
     )
-    q.add_argument("--quiet", action="store_true")
-    q.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument(
+        "--json", type=Path, default=None, metavar="FILE", help="also write the figures as JSON"
+    )
     q.set_defaults(func=_cmd_bench)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.cli.common import add_input_size, add_results
 from bench.core.device import resolve_device
 from bench.engine.checkpoints import load_weights
 from bench.engine.evaluate import BASELINES, baseline_model, evaluate_split
@@ -53,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.1, help="as in training (default 0.1)")
     p.add_argument("--test-fraction", type=float, default=0.3, help="as in training (default 0.3)")
-    p.add_argument("--size", type=int, default=256, help="evaluation resolution (default 256)")
-    p.add_argument("--batch-size", type=int, default=8)
+    add_input_size(p, help="the evaluation resolution")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default 8)")
     p.add_argument(
         "--scaling",
         default="minmax255",
@@ -62,7 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="input scaling the model was trained with (default: the authors' "
         "per-image min-max to [0, 255])",
     )
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="probability threshold of a lesion pixel (default 0.5)",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="autocast on CUDA")
     p.add_argument(
@@ -76,9 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="write predicted masks as <image_id>.png (0/255)",
     )
-    p.add_argument(
-        "--out", default=None, metavar="DIR", help="write metrics.json and per_image.csv there"
-    )
+    add_results(p, None, help="write metrics.json and per_image.csv into this folder")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -113,7 +117,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     device = str(resolve_device(args.device, allow=None))
     prepared = prepare_data(
         args.data,
-        size=args.size,
+        size=args.input_size,
         split_file=args.split_file,
         seed=args.split_seed,
         val_fraction=args.val_fraction,
@@ -153,8 +157,8 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         blocks[f"{args.split}_original"] = res.original
     table = pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in blocks.items()})
     print(table.to_string(formatters={c: _fmt for c in table.columns}))
-    if args.out:
-        out = Path(args.out)
+    if args.results:
+        out = Path(args.results)
         write_json(
             out / "metrics.json",
             {

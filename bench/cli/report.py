@@ -17,9 +17,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         cmd = ["segbench", "report"]
         if Path(args.results) != RESULTS_DIR:
             cmd += ["--results", str(args.results)]
-        if args.out is not None:
-            cmd += ["--out", str(args.out)]
-        rep = write_report(args.results, args.out, command=shlex.join(cmd), progress=not args.quiet)
+        if args.report_dir is not None:
+            cmd += ["--report-dir", str(args.report_dir)]
+        rep = write_report(
+            args.results, args.report_dir, command=shlex.join(cmd), progress=not args.quiet
+        )
     except ReportInputError as err:
         print(f"segbench report: {err}", file=sys.stderr)
         return 2
@@ -37,7 +39,7 @@ def register(subparsers: Any) -> None:
         help="tables, Pareto plots and results/README.md from results/",
         description="Read every result file under --results (complexity, speed per device, "
         "finished training runs, optional paired statistics) and write Markdown + CSV tables "
-        "(tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --out.",
+        "(tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --results (or --report-dir).",
     )
     p.add_argument(
         "--results",
@@ -47,11 +49,11 @@ def register(subparsers: Any) -> None:
         help="results folder to read (default: %(default)s)",
     )
     p.add_argument(
-        "--out",
+        "--report-dir",
         type=Path,
         default=None,
         metavar="DIR",
-        help="where to write tables/, plots/ and README.md (default: --results)",
+        help="write tables/, plots/ and README.md there instead of into --results",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table print-out")
     p.set_defaults(func=_cmd_report)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.cli.common import add_input_size, add_results, choice, csv_list, positive_int
 from bench.core.device import resolve_device
 from bench.core.names import expand_models
 from bench.cost.roofline import Peak, parse_peak
@@ -20,38 +20,6 @@ from bench.speed.files import format_table
 from bench.speed.run import run_speed
 from bench.speed.runtime import BACKENDS
 from bench.speed.variants import DTYPES, MODES
-
-
-def _csv_list(kind: Callable[[str], Any], what: str) -> Callable[[str], list[Any]]:
-    def parse(text: str) -> list[Any]:
-        items = [p.strip() for p in text.split(",") if p.strip()]
-        if not items:
-            raise argparse.ArgumentTypeError(f"{what}: give a comma-separated list, got {text!r}")
-        try:
-            return [kind(p) for p in items]
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"{what}: {err}") from None
-
-    return parse
-
-
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise ValueError(f"{v} is not a positive integer")
-    return v
-
-
-def _choice(options: Sequence[str]) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
-        return text
-
-    return check
 
 
 def _peak_arg(text: str) -> Peak:
@@ -77,7 +45,7 @@ def _command_line(args: argparse.Namespace) -> str:
         f"--max-time {args.max_time:g}",
         f"--input-size {args.input_size}",
         f"--noisy-threshold {args.noisy_threshold:g}",
-        f"--out {args.out}",
+        f"--results {args.results}",
     ]
     parts += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
     if args.threads:
@@ -139,7 +107,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             threads=args.threads,
             input_size=args.input_size,
-            out_dir=args.out,
+            out_dir=Path(args.results) / "speed",
             progress=not args.quiet,
             max_time_s=args.max_time or None,
             noisy_threshold=args.noisy_threshold,
@@ -159,7 +127,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     print(format_table(df))
     dev = resolve_device(args.device)
     print(
-        f"\nwrote {Path(args.out) / f'speed-{device_slug(dev)}.csv'} and .json "
+        f"\nwrote {Path(args.results) / 'speed' / f'speed-{device_slug(dev)}.csv'} and .json "
         f"({df['threads'].iloc[0]} threads, torch {torch.__version__})"
     )
     errors = df[df["status"] == "error"]
@@ -187,25 +155,25 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--device",
         default="cpu",
-        type=_choice(("cpu", "cuda", "auto")),
+        type=choice(("cpu", "cuda", "auto")),
         help="cpu, cuda, or auto (cuda when available)",
     )
     p.add_argument(
         "--batch-sizes",
         default=[1, 8, 32],
-        type=_csv_list(_pos_int, "--batch-sizes"),
+        type=csv_list(positive_int, "--batch-sizes"),
         help="comma-separated batch sizes; out-of-memory halves a size",
     )
     p.add_argument(
         "--modes",
         default=list(MODES),
-        type=_csv_list(_choice(MODES), "--modes"),
+        type=csv_list(choice(MODES), "--modes"),
         help="inference and/or train (forward + backward + AdamW step)",
     )
     p.add_argument(
         "--dtype",
         default=["fp32"],
-        type=_csv_list(_choice(DTYPES), "--dtype"),
+        type=csv_list(choice(DTYPES), "--dtype"),
         help="fp32, bf16, fp16 (autocast); fp16 is skipped on CPU",
     )
     p.add_argument(
@@ -230,7 +198,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
     p.add_argument(
         "--threads",
-        type=_pos_int,
+        type=positive_int,
         default=None,
         help="torch CPU threads (default: the current torch.get_num_threads())",
     )
@@ -238,7 +206,10 @@ def register(subparsers: Any) -> None:
         "--min-time", type=float, default=1.0, help="minimum timed seconds per configuration"
     )
     p.add_argument(
-        "--min-iters", type=_pos_int, default=10, help="minimum timed iterations per configuration"
+        "--min-iters",
+        type=positive_int,
+        default=10,
+        help="minimum timed iterations per configuration",
     )
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations")
     p.add_argument(
@@ -248,7 +219,7 @@ def register(subparsers: Any) -> None:
         help="cap on timed seconds per configuration (0: no cap; at least 3 "
         "iterations are always timed)",
     )
-    p.add_argument("--input-size", type=_pos_int, default=256, help="square input side")
+    add_input_size(p)
     p.add_argument(
         "--noisy-threshold",
         type=float,
@@ -269,7 +240,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not micro-measure the peak for unknown devices (no roofline)",
     )
-    p.add_argument("--out", default="results/speed", help="output folder")
+    add_results(p, help="results folder; rows go to RESULTS/speed/speed-<device>.{csv,json}")
     p.add_argument(
         "--no-isolate",
         action="store_true",

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.cli.common import add_results
 from bench.jobs.sweep_definition import SLURM_KEYS, SweepError, load_sweep, slurm_options
 from bench.jobs.sweep_execution import EXECUTORS, run_sweep, summary_table
 from bench.jobs.sweep_planning import plan_cells
@@ -90,7 +91,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--parallel", type=int, default=1, help="local executor: cells running at once (default: 1)"
     )
-    p.add_argument("--results", default="results", help="results folder (default: results)")
+    add_results(p)
     p.add_argument(
         "--logs", default=None, help="submitit log folder (default: RESULTS/sweeps/NAME/logs)"
     )

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from bench.cli.common import add_input_size, add_results
 from bench.engine import distributed as bdist
 from bench.engine.config import TrainConfig
 from bench.engine.train import run_training
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fair (default; selection on validation), paper (the authors' choices) or a YAML file",
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (recipe: 300)")
+    add_input_size(p, None, help="the recipe's image_size (recipe: 256)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (recipe: 8)")
     p.add_argument("--seed", type=int, default=None, help="training seed (recipe: 42)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mixed precision: bf16 or fp16 on CUDA, bf16 on CPU (torch autocast; falls back to fp32 where a probe step crashes)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--results", default="results", help="results root (default: results)")
+    add_results(p)
     p.add_argument(
         "--resume",
         action=argparse.BooleanOptionalAction,
@@ -99,6 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for key in ("model", "data", "dataset", "epochs", "batch_size", "seed", "device", "threads"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.input_size is not None:
+        overrides["image_size"] = args.input_size
     if args.amp is not None:
         overrides["amp"] = None if args.amp == "none" else args.amp
     try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from bench.core.shapes import shape_label
 from bench.cost.flops import Complexity
 
 
@@ -21,3 +24,16 @@ def breakdown_table(c: Complexity, depth: int | None = 2) -> Any:
             "output MB": [f"{v / 2**20:.2f}" for v in df["output bytes"]],
         },
     ).drop(columns=["name", "output bytes"])
+
+
+def write_breakdown(
+    c: Complexity, out_dir: str | Path, name: str, input_shape: Sequence[int], command: str
+) -> Path:
+    """Write the full per-module tree of ``c`` to ``out_dir/breakdown-<name>.csv``."""
+    from bench.core.io import write_csv
+
+    full = c.breakdown(None)
+    return write_csv(
+        Path(out_dir) / f"breakdown-{name}.csv",
+        full.assign(input_shape=shape_label(input_shape), command=command),
+    )

@@ -9,7 +9,6 @@ the regression guard checked by ``tests/test_golden.py``.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from bench.core.env import command_line
+from bench.core.progress import progress_bar
 from bench.core.shapes import DEFAULT_SHAPE, shape_label
 from bench.cost.crosscheck import cross_checks
 from bench.cost.flops import analyze
@@ -128,9 +128,7 @@ def complexity_row(
 
 
 def _progress(items: Sequence[Any], desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
+    return progress_bar(items, enabled=enabled, desc=desc, leave=False)
 
 
 def run_complexity(

@@ -17,6 +17,9 @@ Units:
   (views and in-place results excluded), functional ops included.
   ``module_output_bytes``: bytes of the outputs of leaf modules (torchinfo's
   "forward pass size" convention, which misses functional ops).
+
+The counting rules, how they differ from thop / fvcore / FlopCounterMode and the probe ops
+are written up in ``docs/counting.md``.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
 from bench.core.shapes import shape_label
-from bench.cost.complexity import _int_columns, _progress
+from bench.cost.complexity import _int_columns, _json_safe, _progress, _provenance
 from bench.cost.flops import analyze
 
 
@@ -85,3 +86,33 @@ def resolution_sweep(
         "reason",
     ]
     return _int_columns(pd.DataFrame(rows).reindex(columns=cols))
+
+
+def write_resolution_sweep(
+    df: Any, out_dir: str | Path, sizes: Sequence[int], device: str, command: str
+) -> tuple[Path, Path]:
+    """Write a :func:`resolution_sweep` table with provenance to ``sweep.{csv,json}``."""
+    import torch
+
+    from bench.core.io import write_csv, write_json
+
+    out = Path(out_dir)
+    prov = _provenance(device, command)
+    df = df.assign(
+        device=device,
+        device_name=prov["device_name"],
+        torch_version=torch.__version__,
+        git_commit=prov["git_commit"],
+        command=command,
+    )
+    csv = write_csv(out / "sweep.csv", df)
+    js = write_json(
+        out / "sweep.json",
+        {
+            "command": command,
+            "environment": prov,
+            "sizes": list(sizes),
+            "rows": [_json_safe(r) for r in df.to_dict("records")],
+        },
+    )
+    return csv, js

@@ -1,6 +1,6 @@
 """Batched train-time augmentation and input scaling, on whatever device the batch is on.
 
-The recipe (protocol.md): horizontal flip p=0.5, vertical flip p=0.5, rotation
+The recipe (docs/protocol.md): horizontal flip p=0.5, vertical flip p=0.5, rotation
 p=0.5 by an angle in [0, 360), applied jointly to image and mask. Unlike the
 authors' pipeline, each rotated sample gets a fresh angle (theirs is drawn once
 when the transform is built); ``fixed_angle`` reproduces their behaviour.

@@ -25,31 +25,43 @@ from bench.data.splits import _resolve_split
 PREPROC_VERSION = 2
 
 
-def _writable(folder: Path) -> bool:
-    """Writable, and not marked read-only: root may write anywhere, but a dataset folder
-    with no write bits (shared reference data) is meant to be left untouched."""
-    try:
-        return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
-    except OSError:
-        return False
+def cache_home() -> Path:
+    """Where segbench keeps caches and generated split files: ``$SEGBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/segbench``, else ``~/.cache/segbench``."""
+    env = os.environ.get("SEGBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segbench"
 
 
-def default_cache_root(root: Path) -> Path:
-    """``<root>/.segbench-cache`` when writable, else ``$XDG_CACHE_HOME/segbench``
-    (``~/.cache/segbench``)."""
-    if _writable(root):
-        return root / ".segbench-cache"
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segbench"
+def default_cache_root(root: Path | None = None) -> Path:
+    """The preprocessing caches' folder: :func:`cache_home`, never the dataset folder.
+
+    Data folders are read-only to segbench; a cache beside the data is opt-in, by
+    passing ``cache_dir`` (``--cache-dir``) explicitly. Each cache's folder name holds
+    the dataset name, the size and a key of the files and the split.
+    """
+    return cache_home()
 
 
-def default_split_file(root: Path, name: str, cache_root: Path | None = None) -> Path:
-    """``<root>/split.json`` when it exists or ``root`` is writable; else a file in the
-    cache root named after the dataset and its path (two read-only copies never share one)."""
+def dataset_tag(root: Path, samples: Sequence[Sample]) -> str:
+    """A key of the dataset's resolved path and content (IDs, file names, sizes)."""
+    return _tag(Path(root), _file_entries(samples, Path(root)))
+
+
+def _tag(root: Path, files: list[tuple]) -> str:
+    return _sha({"path": str(root.resolve()), "files": [f[:3] + f[4:6] for f in files]})[:12]
+
+
+def default_split_file(root: Path, name: str, tag: str, cache_root: Path | None = None) -> Path:
+    """``<root>/split.json`` when the dataset ships one (it is read, never written); else
+    ``<cache>/splits/<name>-<tag>.json`` with ``tag`` from :func:`dataset_tag`, so two
+    copies or two versions of a dataset never share a split file. Writing the split
+    beside the data is opt-in (``split_file=<root>/split.json``)."""
     root = Path(root)
-    if (root / "split.json").is_file() or _writable(root):
+    if (root / "split.json").is_file():
         return root / "split.json"
-    tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
-    return (cache_root or default_cache_root(root)) / f"{name}-{tag}-split.json"
+    return (cache_root or default_cache_root(root)) / "splits" / f"{name}-{tag}.json"
 
 
 def _dataset_name(layout: Layout, root: Path) -> str:
@@ -169,10 +181,12 @@ def prepare_data(
     Split: the layout's official train/val/test when it has them (``split_mode="auto"``
     or ``"official"``), otherwise a seeded ``test_fraction`` test part and a
     ``val_fraction`` validation part of the rest (``"seeded"`` forces this, pooling
-    everything as the papers' 7:3 did). It is written to ``split_file`` (default
-    ``<root>/split.json``, or ``<cache root>/<name>-split.json`` when ``root`` is
-    read-only) and reused from there, so every model sees the same images; ``seed``
-    is the split seed, not the training seed.
+    everything as the papers' 7:3 did). It is written to ``split_file`` (default: a
+    file in the cache folder keyed by the dataset's path and content, see
+    :func:`default_split_file`; ``<root>/split.json`` is read when the dataset ships one)
+    and reused from there, so every model sees the same images; ``seed`` is the split
+    seed, not the training seed. Nothing is written into ``root`` unless ``split_file``
+    or ``cache_dir`` point there.
 
     Cache: every image resized to ``size x size`` (bilinear, antialiased) and every mask
     (nearest, {0, 1}) in uint8 ``.npy`` files, with original sizes and the
@@ -187,10 +201,12 @@ def prepare_data(
     layout = index.layout
     name = name or _dataset_name(layout, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
-    split_file = Path(split_file) if split_file else default_split_file(root, name, cache_root)
+    files = _file_entries(index.samples, root)
+    if not split_file:
+        split_file = default_split_file(root, name, _tag(root, files), cache_root)
+    split_file = Path(split_file)
     split_ids, _ = _resolve_split(index, split_file, seed, test_fraction, val_fraction, split_mode)
     by_id = index.by_id()
-    files = _file_entries(index.samples, root)
     fingerprint = _sha({"files": [f[:3] + f[4:6] for f in files], "split": split_ids})[:16]
     key = _sha(
         {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from bench.core.progress import progress_bar
 from bench.data.layouts import DataError, Problem, Sample
 
 
@@ -131,11 +131,7 @@ def _culprit(sample: Sample, message: str) -> Path:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr
-    )
+    return progress_bar(total=total, desc=desc, unit="img", enabled=enabled)
 
 
 def _run_jobs(jobs: list, workers: int, desc: str, progress: bool) -> Iterator[dict[str, Any]]:

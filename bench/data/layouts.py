@@ -199,6 +199,19 @@ def detect_layout(root: str | Path) -> Layout:
     )
 
 
+def _by_stem(paths: Sequence[Path], what: str, problems: list[Problem]) -> dict[str, Path]:
+    """Stem -> file; a second file with the same stem (another extension) is a problem."""
+    out: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in out:
+            problems.append(
+                Problem(p, "duplicate", f"duplicate {what} {p.stem!r}: also {out[p.stem]}")
+            )
+            continue
+        out[p.stem] = p
+    return out
+
+
 def _pair_folder(
     img_dir: Path,
     mask_dir: Path,
@@ -216,22 +229,8 @@ def _pair_folder(
         return []
     if not masks:
         problems.append(Problem(mask_dir, "empty", "holds no mask files"))
-    by_id: dict[str, Path] = {}
-    for p in images:
-        if p.stem in by_id:
-            problems.append(
-                Problem(p, "duplicate", f"duplicate ID {p.stem!r}: also {by_id[p.stem]}")
-            )
-            continue
-        by_id[p.stem] = p
-    mask_stems: dict[str, Path] = {}
-    for p in masks:
-        if p.stem in mask_stems:
-            problems.append(
-                Problem(p, "duplicate", f"duplicate mask {p.stem!r}: also {mask_stems[p.stem]}")
-            )
-            continue
-        mask_stems[p.stem] = p
+    by_id = _by_stem(images, "ID", problems)
+    mask_stems = _by_stem(masks, "mask", problems)
     if mask_suffix is None:  # pick the suffix that pairs the most images
         mask_suffix = max(MASK_SUFFIXES, key=lambda s: sum(f"{i}{s}" in mask_stems for i in by_id))
     out, used = [], set()

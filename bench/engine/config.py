@@ -1,4 +1,7 @@
-"""The run configuration: :class:`TrainConfig`, recipes (``bench/engine/recipes/*.yaml``) and typed overrides."""
+"""The run configuration: :class:`TrainConfig`, recipes (``bench/engine/recipes/*.yaml``) and typed overrides.
+
+The recipes (``fair``, ``paper``) and why they differ are described in ``docs/protocol.md``.
+"""
 
 from __future__ import annotations
 
@@ -82,10 +85,7 @@ class TrainConfig:
         values.setdefault("recipe", Path(str(name_or_path)).stem)
         unknown = sorted(set(overrides) - _FIELD_NAMES)
         if unknown:
-            raise ValueError(
-                f"unknown TrainConfig field(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(_FIELD_NAMES))}"
-            )
+            raise ValueError(f"unknown TrainConfig field(s) {_unknown_text(unknown)}")
         # coerce here so a bad override is reported as an override, not as the file's
         values.update({k: _coerce(k, v, "override") for k, v in overrides.items()})
         return cls.from_dict(values, source=source)
@@ -94,10 +94,7 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         unknown = sorted(set(values) - _FIELD_NAMES)
         if unknown:
-            raise ValueError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; known: "
-                f"{', '.join(sorted(_FIELD_NAMES))}"
-            )
+            raise ValueError(f"{source}: unknown key(s) {_unknown_text(unknown)}")
         cfg = cls(**{k: _coerce(k, v, source) for k, v in values.items()})
         cfg.validate(source)
         return cfg
@@ -177,6 +174,21 @@ RUNTIME_FIELDS = frozenset(
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def _unknown_text(unknown: list[str]) -> str:
+    """``lr_max (did you mean: lr?)``, then the known keys: a typo names its fix."""
+    import difflib
+
+    parts = []
+    for key in unknown:
+        names = sorted(_FIELD_NAMES)
+        close = (
+            difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            or [n for n in names if key.startswith(n) or n.startswith(key)][:3]
+        )
+        parts.append(f"{key} (did you mean: {', '.join(close)}?)" if close else key)
+    return f"{', '.join(parts)}; known: {', '.join(sorted(_FIELD_NAMES))}"
 
 
 _HINTS = typing.get_type_hints(TrainConfig)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from bench.core.device import autocast_context
+from bench.core.progress import progress_bar
 from bench.data.augment import scale_images
 from bench.engine import distributed as bdist
 from bench.engine.metrics import MetricAccumulator, upsample_probs
@@ -132,11 +133,7 @@ def evaluate_arrays(
 
 
 def _bar(batches: list, enabled: bool, desc: str):
-    if not enabled:
-        return batches
-    from tqdm.auto import tqdm
-
-    return tqdm(batches, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
+    return progress_bar(batches, enabled=enabled, desc=desc, unit="batch", leave=False)
 
 
 def _combine(

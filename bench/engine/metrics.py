@@ -21,7 +21,8 @@ default, as the authors' ``np.where(pred >= 0.5, 1, 0)``):
   empty: 0.0. Exactly one empty: undefined -> NaN, left out of the mean and median
   and counted in ``hd95_n_undefined`` (so a model that misses lesions cannot hide).
 Ratios whose denominator is zero are NaN, except pooled DSC/IoU with no
-foreground anywhere (1.0, as per image).
+foreground anywhere (1.0, as per image). ``docs/protocol.md`` explains these
+definitions and when each convention applies.
 """
 
 from __future__ import annotations

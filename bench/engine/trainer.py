@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -21,6 +22,7 @@ import torch.nn as nn
 
 from bench.core.device import autocast_context
 from bench.core.io import write_csv, write_json
+from bench.core.progress import progress_bar
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
@@ -36,6 +38,8 @@ from bench.engine.determinism import (
 )
 from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,8 +85,9 @@ class _AuxForward(nn.Module):
 
 
 def _log(msg: str, quiet: bool) -> None:
+    """Progress lines of a run (epoch summaries, resume notes) on the ``bench`` logger."""
     if not quiet and bdist.info().is_main:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def _batches(order: list[int], size: int) -> Iterator[list[int]]:
@@ -313,9 +318,7 @@ class _Trainer:
         steps = math.ceil(len(order) / self.per_rank_batch)
         bar = None
         if not self.quiet and d.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
+            bar = progress_bar(
                 total=steps,
                 initial=self.step,
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",

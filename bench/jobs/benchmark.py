@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.device import resolve_device
+from bench.core.progress import progress_bar
 
 RESULTS_DIR = Path("results")
 
@@ -378,14 +379,12 @@ def run_benchmark(
     if data is not None:
 
         def train() -> str:
-            from tqdm.auto import tqdm
-
             from bench.engine import config as tcfg
             from bench.engine import train as tr
 
             cells = [(m, s) for m in models for s in (seeds or [None])]
             done, failed = 0, []
-            for model, seed in tqdm(cells, desc="runs", unit="run", disable=not progress):
+            for model, seed in progress_bar(cells, enabled=progress, desc="runs", unit="run"):
                 over: dict[str, Any] = {"model": model, "data": str(data)}
                 if epochs is not None:
                     over["epochs"] = epochs

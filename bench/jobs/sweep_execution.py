@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -16,6 +15,7 @@ import pandas as pd
 from bench.analysis.runs import write_summary
 from bench.analysis.stats import pairwise_comparisons, pairwise_path
 from bench.core.io import read_json, write_csv
+from bench.core.progress import progress_bar
 from bench.jobs.sweep_definition import Cell, SlurmOptions, SweepConfig, SweepError
 from bench.jobs.sweep_planning import CellOutcome, plan_cells
 
@@ -242,10 +242,8 @@ def run_cells(
     attached = _attach_active(todo, previous_jobs, logs_dir) if executor == "slurm" else []
     todo = [o for o in todo if o.status != "running"]
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=len(todo) + len(attached), desc="sweep", unit="cell", disable=quiet or not wait
+    bar = progress_bar(
+        total=len(todo) + len(attached), desc="sweep", unit="cell", enabled=not quiet and wait
     )
     try:
         if executor == "local":
@@ -277,7 +275,7 @@ def run_cells(
         for o in outcomes:
             if o.status in ("new", "resume", "rerun"):
                 o.status = "interrupted"
-        print("interrupted: rerun the same command to resume the unfinished cells", file=sys.stderr)
+        log.warning("interrupted: rerun the same command to resume the unfinished cells")
     finally:
         bar.close()
     return outcomes
@@ -405,7 +403,7 @@ def refresh_statistics(
         except (ValueError, FileNotFoundError) as err:
             # Fewer than two models finished, or image sets differ: the sweep itself succeeded.
             if not quiet:
-                print(f"no pairwise statistics for {ds}: {err}", file=sys.stderr)
+                log.warning("no pairwise statistics for %s: %s", ds, err)
         else:
             if not quiet:
                 rcp, ep = str(df["recipe"].iloc[0]), int(df["epochs"].iloc[0])

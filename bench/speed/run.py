@@ -58,7 +58,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -70,6 +69,7 @@ import pandas as pd
 import torch
 
 from bench.core.device import resolve_device
+from bench.core.progress import progress_bar
 from bench.cost.roofline import Peak, parse_peak, resolve_peak, roofline, step_bytes, step_flops
 from bench.speed import steps
 from bench.speed.files import _frame, write_results
@@ -233,8 +233,6 @@ def run_speed(
             f"channels_last={channels_last}, compile={compile}, threads={threads}, "
             f"input_size={input_size}, timing={timing}, backends={list(backends)})"
         )
-    from tqdm.auto import tqdm
-
     rows: list[dict[str, Any]] = []
     peaks: dict[str, Peak | str | None] = {}
     with _num_threads(threads) as n_threads, contextlib.ExitStack() as stack:
@@ -258,8 +256,8 @@ def run_speed(
         worker = Worker(mem_limit_gb) if isolate else None
         call: Callable[..., Any] = stack.enter_context(worker).call if worker else _direct
         bar = stack.enter_context(
-            tqdm(total=plan.per_model * len(models), desc="speed", unit="cfg",
-                 disable=not progress, file=sys.stderr)
+            progress_bar(total=plan.per_model * len(models), desc="speed", unit="cfg",
+                         enabled=progress)
         )  # fmt: skip
         for name in models:
             rows += _run_model(name, infos[name], dev, common, plan, peaks, bar, call)

@@ -119,14 +119,9 @@ def _metric_cols(header_prefix: str = "", key_prefix: str = "") -> list[Col]:
     ]
 
 
-def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[Col]:
-    cols = [Col("model", "model")]
-    for ds in datasets:
-        cols += [
-            Col(f"{ds} experiment", f"{ds}:experiment"),
-            Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
-            *_metric_cols(f"{ds} ", f"{ds}:"),
-        ]
+def _paper_cols(paper_keys: Sequence[str]) -> list[Col]:
+    """The papers' DSC / mIoU per dataset key, then the significance marks."""
+    cols = []
     for key in paper_keys:
         name = key.upper()
         cols += [
@@ -135,6 +130,17 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
         ]
     cols.append(Col("significantly different from", "significantly_different_from"))
     return cols
+
+
+def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[Col]:
+    cols = [Col("model", "model")]
+    for ds in datasets:
+        cols += [
+            Col(f"{ds} experiment", f"{ds}:experiment"),
+            Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
+            *_metric_cols(f"{ds} ", f"{ds}:"),
+        ]
+    return [*cols, *_paper_cols(paper_keys)]
 
 
 def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
@@ -147,14 +153,7 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
         Col("seeds", "n_seeds", decimals=0),
         *_metric_cols(),
     ]
-    for key in paper_keys:
-        name = key.upper()
-        cols += [
-            Col(f"paper DSC {name} (%)", f"paper_{key}_dsc", decimals=2),
-            Col(f"paper mIoU {name} (%)", f"paper_{key}_miou", decimals=2),
-        ]
-    cols.append(Col("significantly different from", "significantly_different_from"))
-    return cols
+    return [*cols, *_paper_cols(paper_keys)]
 
 
 def _speed_cols() -> list[Col]:

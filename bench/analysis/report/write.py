@@ -30,6 +30,7 @@ from bench.analysis.report.tables import (
 )
 from bench.analysis.runs import RUN_METRICS_GLOB
 from bench.core.io import write_csv, write_text
+from bench.core.progress import progress_bar
 
 
 def _input_label(res: Results) -> str:
@@ -68,7 +69,6 @@ def write_report(
     progress: bool = True,
 ) -> ReportOutput:
     """Read ``results_dir`` and write tables, plots and README.md under ``out_dir``."""
-    from tqdm.auto import tqdm
 
     from bench.core.env import environment
 
@@ -81,7 +81,7 @@ def write_report(
             f"{results_dir}: no result files found (expected complexity/complexity.csv, "
             f"speed/speed-*.csv or {RUN_METRICS_GLOB}); run `segbench benchmark` first"
         )
-    steps = tqdm(total=4, desc="report", disable=not progress, leave=False)
+    steps = progress_bar(total=4, desc="report", enabled=progress, leave=False)
     summary = summary_table(res)
     input_label = _input_label(res)
     dev_label = res.device_name(res.primary_device) if res.primary_device else None
