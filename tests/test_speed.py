@@ -559,6 +559,22 @@ def test_runtime_skip_and_export_failure_are_rows(
     assert runtime.runtime_skip_reason("openvino", torch.device("cuda"), "fp32")
 
 
+def test_runtime_outside_tolerance_is_an_error_not_a_timing(
+    fake_models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.deploy import check
+
+    impossible = check.Tolerance(rtol=0.0, atol=-1.0, reason="test: nothing passes")
+    monkeypatch.setitem(check.TOLERANCES, "tiny", impossible)
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1,), modes=("inference",), threads=1, out_dir=None,
+        backends=("onnxruntime",), exporters=("torchscript",), **QUICK,
+    )  # fmt: skip
+    (row,) = df.to_dict(orient="records")
+    assert row["status"] == "error" and "output differs from eager fp32" in row["reason"]
+    assert pd.isna(row["median_ms"])
+
+
 def test_bf16_autocast_rows_report_agreement(fake_models: dict) -> None:
     df = run.run_speed(
         ["tiny"], batch_sizes=(1,), modes=("inference",), dtypes=("bf16",), threads=1,

@@ -11,6 +11,9 @@ statistics, same crash-isolating worker, same peak-RSS probe), with these differ
   :mod:`bench.deploy.backends`, intra-op threads = the eager rows' torch threads, inter-op
   parallelism off, precision pinned and, for OpenVINO, read back);
 * inference only (the runtimes are deployment targets; no training rows);
+* before timing, the runtime's output on the first image is compared with eager fp32: an
+  fp32 row outside the model's tolerance (:data:`bench.deploy.check.TOLERANCES`) is an
+  ``error`` row with the differences, never a timing (bf16 is reported, not judged);
 * every row records the library version (``backend_version``), the precision the library
   says it computes in (``precision_detail``) and the output's agreement with eager fp32
   PyTorch on the first image of the timed batch (``out_max_abs_diff``, ``out_rel_max_diff``
@@ -64,16 +67,22 @@ def export_for_speed(
     return export_onnx(model, path, example, exporters=exporters, dynamic_batch=True)
 
 
-def agreement(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """Output agreement columns of a speed row (see the module docstring)."""
+def agreement(reference: np.ndarray, output: np.ndarray, tolerance: Any = None) -> dict[str, Any]:
+    """Output agreement columns of a speed row (see the module docstring).
+
+    With a :class:`bench.deploy.check.Tolerance`, also ``ok`` and ``check_reason``.
+    """
     from bench.deploy.check import compare_outputs
 
-    res = compare_outputs(reference, output, tolerance=None)
-    return {
+    res = compare_outputs(reference, output, tolerance=tolerance)
+    out = {
         "out_max_abs_diff": res["max_abs_diff"],
         "out_rel_max_diff": res["rel_max_diff"],
         "out_mask_diff": res["mask_diff_fraction"],
     }
+    if tolerance is not None:
+        out.update(ok=res["ok"], check_reason=res["check_reason"])
+    return out
 
 
 def eager_reference(name: str, x: np.ndarray) -> np.ndarray:
@@ -99,25 +108,36 @@ def measure_runtime_config(
 ) -> dict[str, Any]:
     """Time ``session.run`` of one runtime configuration (runs in the worker process)."""
     from bench.deploy.backends import make_session
+    from bench.deploy.check import tolerance_for
 
     _free_memory()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch_size, 3, input_size, input_size), dtype=np.float32)
     provider_device = "cuda" if device.type == "cuda" else "cpu"
-    with _num_threads(threads) as n, PeakRSS() as rss:
-        sess = make_session(
-            backend,
-            Path(onnx_path),
-            threads=n,
-            precision=dtype,
-            device=provider_device,
-            input_shape=tuple(x.shape),
-        )
-        warm = {**timing, "warmup": max(1, int(timing["warmup"]))}
-        times, capped = time_step(lambda: sess.run(x), "cpu", **warm)
-        out = sess.run(x)
+    tol = tolerance_for(name) if dtype == "fp32" else None  # reduced precision: reported
+    with _num_threads(threads) as n:
+        # The reference first, outside the RSS window: the first image, a cheap batch-1 pass.
+        ref = eager_reference(name, x[:1])
+        with PeakRSS() as rss:
+            sess = make_session(
+                backend,
+                Path(onnx_path),
+                threads=n,
+                precision=dtype,
+                device=provider_device,
+                input_shape=tuple(x.shape),
+            )
+            # Prove it computes the model before timing it: fp32 must match eager fp32
+            # within the model's tolerance (bench.deploy.check), else the row is an error.
+            agree = agreement(ref, sess.run(x)[:1], tol)
+            if agree.pop("ok", True) is False:
+                raise ValueError(
+                    f"{backend} output differs from eager fp32: {agree['check_reason']}"
+                )
+            agree.pop("check_reason", None)
+            warm = {**timing, "warmup": max(1, int(timing["warmup"]))}
+            times, capped = time_step(lambda: sess.run(x), "cpu", **warm)
     st = summarize(times, noisy_threshold)
-    ref = eager_reference(name, x[:1])  # the first image: a batch-1 eager pass, cheap
     detail = ", ".join(f"{k}={v}" for k, v in sess.settings.items())
     notes = []
     if capped:
@@ -133,5 +153,5 @@ def measure_runtime_config(
         "rss_method": rss.method, "reason": "; ".join(notes),
         "backend_version": next(iter(sess.versions.values()), ""),
         "precision_detail": f"{dtype} ({detail})",
-        **agreement(ref, out[:1]),
+        **agree,
     }  # fmt: skip
