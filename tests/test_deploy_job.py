@@ -131,13 +131,13 @@ def test_cli_export_partial_and_total_failure(
 
     monkeypatch.setattr(names, "expand_models", lambda spec, *a, **k: spec.split(","))
     common = ["--exporters", "torchscript", "--input-size", "32", "--threads", "1", "--quiet"]
-    rc = main(["export", "--models", "toy,broken", "--out", str(tmp_path / "a"), *common])
+    rc = main(["export", "--models", "toy,broken", "--results", str(tmp_path / "a"), *common])
     out = capsys.readouterr().out
     assert rc == 3 and "builder exploded" in out and "random init" in out
-    rc = main(["export", "--models", "broken", "--out", str(tmp_path / "b"), *common])
+    rc = main(["export", "--models", "broken", "--results", str(tmp_path / "b"), *common])
     assert rc == 1
-    rc = main(["export", "--models", "toy", "--out", str(tmp_path / "c"), *common])
-    assert rc == 0 and (tmp_path / "c" / "onnx" / "toy.onnx").is_file()
+    rc = main(["export", "--models", "toy", "--results", str(tmp_path / "c"), *common])
+    assert rc == 0 and (tmp_path / "c" / "deploy" / "onnx" / "toy.onnx").is_file()
 
 
 def test_cli_export_bad_arguments(tmp_path: Path, capsys) -> None:

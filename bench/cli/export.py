@@ -8,34 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
+from bench.cli.common import add_input_size, add_results, choice, csv_list, positive_int
 from bench.deploy.export import EXPORTERS
 
 EXIT_PARTIAL = 3
-
-
-def _csv_choices(options: tuple[str, ...], what: str) -> Any:
-    def parse(text: str) -> list[str]:
-        items = [p.strip() for p in text.split(",") if p.strip()]
-        bad = [p for p in items if p not in options]
-        if not items or bad:
-            raise argparse.ArgumentTypeError(
-                f"{what}: comma-separated values among {', '.join(options)}, got {text!r}"
-            )
-        return list(dict.fromkeys(items))
-
-    return parse
-
-
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} is not a positive integer")
-    return v
 
 
 def _cell(v: Any, fmt: str) -> str:
@@ -87,6 +66,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from bench.core.names import expand_models
     from bench.jobs.export import run_export, run_precision, weights_from
 
+    out = Path(args.results) / "deploy"
     weights = weights_from(args.checkpoint, args.run, args.input_size)
     spec = None if args.models in (None, "all") else args.models
     if weights.model is not None:  # a run fixes the model
@@ -103,10 +83,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "skipped (dynamic int8 still runs)",
             file=sys.stderr,
         )
-    print(f"weights: {weights.label}; {len(names)} model(s); writing to {args.out}")
+    print(f"weights: {weights.label}; {len(names)} model(s); writing to {out}")
     df = run_export(
         names,
-        args.out,
+        out,
         weights=weights,
         opset=args.opset,
         dynamic_batch=args.dynamic_batch,
@@ -119,7 +99,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         ok = [n for n, s in zip(df["model"], df["status"]) if s == "ok"]
         prec = run_precision(
             ok,
-            args.out,
+            out,
             weights=weights,
             int8=args.int8 or (),
             bf16=args.bf16,
@@ -133,7 +113,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print()
         _print_precision(prec)
         statuses += [s for s in prec.get("status", []) if s != "skipped"]
-    print(f"\nwrote {args.out}/export.csv (.json) and ONNX files in {args.out}/onnx/")
+    print(f"\nwrote {out}/export.csv (.json) and ONNX files in {out}/onnx/ (not committed)")
     return exit_code(statuses)
 
 
@@ -144,18 +124,18 @@ def register(subparsers: Any) -> None:
         help="export models to ONNX and check them against PyTorch (int8/bf16 opt-in)",
         description="Export registered models to ONNX (torch.onnx dynamo exporter, TorchScript "
         "as fallback), run each graph on onnxruntime against the PyTorch model on fixed inputs "
-        "(logit and mask differences, per-model tolerance) and write <out>/onnx/<model>.onnx "
-        "plus the check table <out>/export.{csv,json}. Exit code 0: all ok; 3: some models "
-        "failed; 1: all failed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(logit and mask differences, per-model tolerance) and write "
+        "RESULTS/deploy/onnx/<model>.onnx (git-ignored) plus the check table "
+        "RESULTS/deploy/export.{csv,json}. Exit code 0: all ok; 3: some models failed; "
+        "1: all failed.",
     )
     p.add_argument(
         "--models",
         default=None,
-        help="comma-separated names or wildcard patterns, or 'all' (default: all; with --run "
+        help="comma-separated names or wildcard patterns, or 'all' (default: all; with --run: "
         "the run's model)",
     )
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="weights file for the one model given")
     src.add_argument(
@@ -165,27 +145,27 @@ def register(subparsers: Any) -> None:
         help="a training run folder (config.json + checkpoints/best.pt): its model, arguments, "
         "input size, scaling and split",
     )
-    p.add_argument("--opset", type=_pos_int, default=None, help="ONNX opset (default: exporter's)")
+    p.add_argument(
+        "--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's)"
+    )
     p.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis in the graph")
     p.add_argument(
         "--exporters",
-        type=_csv_choices(EXPORTERS, "--exporters"),
+        type=csv_list(choice(EXPORTERS), "--exporters"),
         default=list(EXPORTERS),
-        help="torch.onnx exporters to try, in order",
+        help="torch.onnx exporters to try, in order (default: dynamo,torchscript)",
     )
-    p.add_argument(
-        "--input-size", type=_pos_int, default=256, help="square input side (a --run sets it)"
-    )
+    add_input_size(p, help="a --run sets it")
     p.add_argument(
         "--threads",
-        type=_pos_int,
+        type=positive_int,
         default=None,
-        help="threads for every backend (default: torch's)",
+        help="threads for every backend (default: torch's current count)",
     )
-    p.add_argument("--out", default="results/deploy", help="output folder")
+    add_results(p, help="results folder; files go to RESULTS/deploy")
     p.add_argument(
         "--int8",
-        type=_csv_choices(("dynamic", "static"), "--int8"),
+        type=csv_list(choice(("dynamic", "static")), "--int8"),
         default=None,
         help="also quantize with onnxruntime (dynamic and/or static) and report latency, "
         "output agreement and (trained weights + --data) the DSC change",
@@ -198,9 +178,14 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--data", default=None, help="dataset root: calibration (train split) and DSC (--split)"
     )
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
-        "--calib-images", type=_pos_int, default=32, help="training images for static int8"
+        "--split", default="test", choices=["train", "val", "test"], help="split scored for DSC"
+    )
+    p.add_argument(
+        "--calib-images",
+        type=positive_int,
+        default=32,
+        help="training images for static int8 calibration (default: 32)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)

@@ -179,7 +179,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--backend",
         default=["torch"],
-        type=_csv_list(_choice(BACKENDS), "--backend"),
+        type=csv_list(choice(BACKENDS), "--backend"),
         help="comma-separated: torch (eager, with the variants below), onnxruntime, openvino "
         "(the model exported to ONNX once; inference only; threads = torch threads; precision "
         "pinned; CUDA/TensorRT providers only on a GPU build)",
@@ -187,7 +187,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--exporters",
         default=list(EXPORTERS),
-        type=_csv_list(_choice(EXPORTERS), "--exporters"),
+        type=csv_list(choice(EXPORTERS), "--exporters"),
         help="ONNX exporters to try in order for the runtime backends",
     )
     p.add_argument(
