@@ -238,8 +238,7 @@ def precision_detail(device: torch.device, dtype: str) -> str:
             mm = "allowed" if torch.backends.cuda.matmul.allow_tf32 else "off"
             return f"fp32 (no autocast; TF32 for cuDNN convolutions {conv}, for matmul {mm})"
         return "fp32 (no autocast)"
-    note = _dtype_note(device, dtype)
-    return f"{dtype} autocast" + (f" ({note})" if note else "")
+    return _dtype_note(device, dtype) or f"{dtype} autocast on {device.type}"
 
 
 def _autocast_agreement(
