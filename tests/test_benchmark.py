@@ -88,6 +88,10 @@ def test_default_profile_runs_every_stage(calls: Calls, tmp_path: Path) -> None:
         (["unet"], ("train",), (8,)),
     ]
     assert all(s["device"] == "cpu" and s["out_dir"] == tmp_path / "speed" for s in calls.speed)
+    # the inference pass times eager PyTorch and onnxruntime; training steps are eager only
+    assert calls.speed[0]["backends"] == ("torch", "onnxruntime")
+    assert calls.speed[0]["exporters"] == ("torchscript", "dynamo")
+    assert all("backends" not in s for s in calls.speed[1:])
     assert calls.train == []  # no data, no training
     assert calls.report == [(tmp_path, "segbench benchmark")]
     record = read_json(tmp_path / "benchmark.json")
@@ -102,6 +106,10 @@ def test_quick_profile_and_skips(calls: Calls, tmp_path: Path) -> None:
     )
     assert calls.complexity[0]["cross_check"] is False
     assert [tuple(s["batch_sizes"]) for s in calls.speed] == [(1,)]
+    calls.speed.clear()
+    benchmark.run_benchmark(["malunet"], device="cpu", results_dir=tmp_path, quick=True,
+                            skip_complexity=True, progress=False, backends=["torch"])  # fmt: skip
+    assert "backends" not in calls.speed[0]  # eager PyTorch only, as before runtimes
     calls.complexity.clear()
     calls.speed.clear()
     res = benchmark.run_benchmark(
@@ -301,3 +309,24 @@ def test_unavailable_cuda_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
     assert str(resolve_device("auto")) == "cpu"
+
+
+def test_runtime_rows_do_not_feed_the_training_estimate() -> None:
+    """Training steps are eager: their estimate uses eager rows, not the faster runtime's."""
+    prof = benchmark.PROFILES["default"]
+    rows = pd.DataFrame(
+        [
+            {"model": "m", "backend": "torch", "mode": "inference", "batch_size": 8,
+             "median_ms": 400.0, "status": "ok"},
+            {"model": "m", "backend": "onnxruntime", "mode": "inference", "batch_size": 8,
+             "median_ms": 100.0, "status": "ok"},
+        ]
+    )  # fmt: skip
+    assert benchmark._fwd_ms(rows, "m", 8) == 400.0
+    assert benchmark._fwd_ms(rows, "m", 8, "onnxruntime") == 100.0
+    # the prediction of the inference pass counts the runtime configurations and exports
+    eager_only = benchmark.dataclasses.replace(prof, backends=("torch",))
+    extra = benchmark.predict_inference_s(rows, ["m"], prof) - benchmark.predict_inference_s(
+        rows, ["m"], eager_only
+    )
+    assert extra == pytest.approx(benchmark.EXPORT_S + benchmark.config_s(0.1, prof))

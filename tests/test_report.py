@@ -280,3 +280,52 @@ def test_experiments_are_kept_apart(tmp_path: Path) -> None:
     # the plots name the epochs, since they differ between the models
     captions = [c for g, _, c in out.figures if g == "accuracy" and "isic2017-mini" in c]
     assert captions and all("epochs differ" in c and "fair-e20" in c for c in captions)
+
+
+# --------------------------------------------------------------------------- runtime backends
+@pytest.fixture(scope="module")
+def with_runtimes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, load.ReportOutput]:
+    """The fixtures with onnxruntime rows beside the CPU's eager rows (CPU only)."""
+    root = tmp_path_factory.mktemp("rt")
+    shutil.copytree(FIXTURES, root, dirs_exist_ok=True)
+    for f in (root / "speed").glob("speed-cuda-*"):
+        f.unlink()
+    (root / "speed" / "speed-cpu-fixture-cpu.json").unlink()
+    csv = root / "speed" / "speed-cpu-fixture-cpu.csv"
+    df = pd.read_csv(csv)
+    eager = df[(df["mode"] == "inference") & (df["batch_size"] == 1)
+               & (df["dtype"] == "fp32") & (df["layout"] == "contiguous")]  # fmt: skip
+    rt = eager.copy()
+    rt["backend"] = "onnxruntime"
+    rt["median_ms"] = rt["model"].map({"malunet": 5.0, "unet": 60.0, "egeunet": 40.0})
+    rt = rt[rt["model"].isin(["malunet", "unet", "egeunet"])]
+    slow_bf16 = rt[rt["model"] == "malunet"].assign(dtype="bf16", median_ms=1.0)  # not fp32
+    df = pd.concat([df.assign(backend="torch"), rt, slow_bf16], ignore_index=True)
+    df.to_csv(csv, index=False)
+    out = write.write_report(root, command="segbench benchmark --fixture", progress=False)
+    return root, out
+
+
+def test_summary_names_the_best_backend(with_runtimes: tuple[Path, load.ReportOutput]) -> None:
+    root, _ = with_runtimes
+    eff = pd.read_csv(root / "tables" / "efficiency.csv").set_index("model")
+    lat = [c for c in eff.columns if c.startswith("latency bs1")][0]
+    assert eff.loc["malunet", lat] == 15.0  # the eager column stays eager
+    assert eff.loc["malunet", "best fp32 backend bs1"] == "onnxruntime"
+    best = [c for c in eff.columns if c.startswith("best backend latency")][0]
+    assert eff.loc["malunet", best] == 5.0  # fp32: the faster bf16 row does not count
+    assert eff.loc["malunet", "speedup over eager"] == pytest.approx(3.0)
+    assert eff.loc["unet", "speedup over eager"] == pytest.approx(150.0 / 60.0)
+    assert eff.loc["egeunet", "best fp32 backend bs1"] == "torch"  # eager 20 ms < 40 ms
+    assert eff.loc["egeunet", "speedup over eager"] == pytest.approx(1.0)
+    md = (root / "tables" / "speed-cpu-fixture-cpu.md").read_text()
+    assert "| backend" in md and "onnxruntime" in md
+
+
+def test_runtime_plots(with_runtimes: tuple[Path, load.ReportOutput]) -> None:
+    _, out = with_runtimes
+    pngs = {p.name for p in out.plots if p.suffix == ".png"}
+    assert "efficiency-macs-vs-latency-cpu-fixture-cpu.png" in pngs  # eager, as before
+    assert "efficiency-macs-vs-latency-cpu-fixture-cpu-onnxruntime.png" in pngs
+    assert "efficiency-eager-vs-runtime-cpu-fixture-cpu.png" in pngs
+    assert "pareto-dsc-vs-best-latency-cpu-fixture-cpu-isic2017-mini.png" in pngs

@@ -473,6 +473,118 @@ def test_cli_speed_rejects_bad_arguments(fake_models: dict, tmp_path, capsys) ->
     assert "--dtype" in capsys.readouterr().err
 
 
+def test_run_speed_runtime_backends(fake_models: dict, tmp_path) -> None:
+    """One run, three backends: same schema, backend column, versions, precision, agreement."""
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1, 2), modes=("inference",), threads=1, out_dir=tmp_path,
+        backends=("torch", "onnxruntime", "openvino"), exporters=("torchscript",), **QUICK,
+    )  # fmt: skip
+    ok = df[df["status"] == "ok"]
+    assert set(df["backend"]) == {"torch", "onnxruntime", "openvino"} or (
+        set(df["backend"]) == {"torch", "onnxruntime"}
+    )
+    ort_rows = df[df["backend"] == "onnxruntime"]
+    assert len(ort_rows) == 2 and set(ort_rows["status"]) == {"ok"}, ort_rows["reason"].tolist()
+    assert (ort_rows["exporter"] == "torchscript").all()
+    assert (ort_rows["backend_version"] != "").all() and (ort_rows["mode"] == "inference").all()
+    assert ort_rows["precision_detail"].str.startswith("fp32 (provider=CPUExecutionProvider").all()
+    assert ort_rows["precision_detail"].str.contains("intra_op_num_threads=1").all()
+    # the runtime computes what eager computes (same seeded weights, same input)
+    assert (ort_rows["out_rel_max_diff"] < 1e-4).all() and (ort_rows["out_mask_diff"] == 0).all()
+    torch_rows = df[df["backend"] == "torch"]
+    assert (torch_rows["precision_detail"] == "fp32 (no autocast)").all()
+    assert torch_rows["out_max_abs_diff"].isna().all()  # fp32 eager is the reference itself
+    assert (ok["achieved_gflops"] > 0).all() and (ok["threads"] == 1).all()
+    ov_rows = df[df["backend"] == "openvino"]
+    for _, r in ov_rows.iterrows():
+        if r["status"] == "ok":
+            assert "inference_precision_hint=f32" in r["precision_detail"]
+        else:
+            assert r["status"] == "skipped" and "openvino" in r["reason"]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (meta,) = data["runs"].values()
+    assert meta["backends"] == ["torch", "onnxruntime", "openvino"]
+    assert meta["runtime_versions"]["onnxruntime"]
+
+
+def test_runtime_rows_keep_eager_rows_and_old_files(fake_models: dict, tmp_path) -> None:
+    """Rows of different backends never replace each other; rows from before the backend
+    column are eager rows and are replaced by a new eager run of the same configuration."""
+    files.write_results(_rows("tiny", 5.0, "old"), tmp_path, "cpu-t", "old", {})
+    path = tmp_path / "speed-cpu-t.json"
+    data = json.loads(path.read_text())
+    for r in data["rows"]:  # a file written before the backend column existed
+        del r["backend"]
+    path.write_text(json.dumps(data))
+    kw = dict(batch_sizes=(1,), modes=("inference",), threads=1, exporters=("torchscript",))
+    for backend in ("onnxruntime", "torch"):
+        df = run.run_speed(["tiny"], out_dir=None, backends=(backend,), **kw, **QUICK)
+        df["device_name"] = "t"
+        files.write_results(df, tmp_path, "cpu-t", backend, {})
+    rows = json.loads(path.read_text())["rows"]
+    assert sorted((r["backend"], r["batch_size"]) for r in rows) == [
+        ("onnxruntime", 1),
+        ("torch", 1),
+        ("torch", 8),
+    ]
+    fresh = next(r for r in rows if r["batch_size"] == 1 and r["backend"] == "torch")
+    assert fresh["run"] != "old"  # the eager re-run replaced the old eager row
+
+
+def test_runtime_skip_and_export_failure_are_rows(
+    fake_models: dict, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.speed import runtime
+
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1,), modes=("inference",), dtypes=("bf16",), threads=1,
+        out_dir=None, backends=("onnxruntime",), exporters=("torchscript",), **QUICK,
+    )  # fmt: skip
+    assert df["status"].tolist() == ["skipped"] and "bf16" in df["reason"].iloc[0]
+
+    def broken_export(name, path, input_size, exporters):  # noqa: ANN001
+        return {"status": "error", "exporter": "", "reason": "torchscript: Boom: no symbolic"}
+
+    monkeypatch.setattr(run, "export_for_speed", broken_export)
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1, 2), modes=("inference",), threads=1, out_dir=None,
+        backends=("torch", "onnxruntime"), **QUICK,
+    )  # fmt: skip
+    bad = df[df["backend"] == "onnxruntime"]
+    assert bad["status"].tolist() == ["error", "error"]
+    assert bad["reason"].str.contains("ONNX export failed: torchscript: Boom").all()
+    assert set(df[df["backend"] == "torch"]["status"]) == {"ok"}
+    with pytest.raises(ValueError, match="backends"):
+        run.run_speed(["tiny"], backends=("tvm",), out_dir=None, **QUICK)
+    assert runtime.runtime_skip_reason("openvino", torch.device("cuda"), "fp32")
+
+
+def test_runtime_outside_tolerance_is_an_error_not_a_timing(
+    fake_models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.deploy import check
+
+    impossible = check.Tolerance(rtol=0.0, atol=-1.0, reason="test: nothing passes")
+    monkeypatch.setitem(check.TOLERANCES, "tiny", impossible)
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1,), modes=("inference",), threads=1, out_dir=None,
+        backends=("onnxruntime",), exporters=("torchscript",), **QUICK,
+    )  # fmt: skip
+    (row,) = df.to_dict(orient="records")
+    assert row["status"] == "error" and "output differs from eager fp32" in row["reason"]
+    assert pd.isna(row["median_ms"])
+
+
+def test_bf16_autocast_rows_report_agreement(fake_models: dict) -> None:
+    df = run.run_speed(
+        ["tiny"], batch_sizes=(1,), modes=("inference",), dtypes=("bf16",), threads=1,
+        out_dir=None, **QUICK,
+    )  # fmt: skip
+    (row,) = df.to_dict(orient="records")
+    assert row["status"] == "ok" and row["precision_detail"].startswith("bf16 autocast")
+    assert 0 < row["out_max_abs_diff"] < 1.0  # bf16 rounds, but computes the same thing
+
+
 # --------------------------------------------------------------------------- isolation
 def test_worker_turns_crashes_and_errors_into_exceptions() -> None:
     # Library functions pickle by reference, so the spawned worker need not import this file.

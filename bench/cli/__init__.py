@@ -27,6 +27,7 @@ COMMANDS = {
     "models": "bench.cli.models",
     "complexity": "bench.cli.complexity",
     "speed": "bench.cli.speed",
+    "export": "bench.cli.export",
     "data": "bench.cli.data",
     "train": "bench.cli.train",
     "evaluate": "bench.cli.evaluate",

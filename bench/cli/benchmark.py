@@ -55,6 +55,8 @@ def _command_line(args: argparse.Namespace) -> str:
             parts.append("--" + flag.replace("_", "-"))
     if args.min_time is not None:
         parts += ["--min-time", f"{args.min_time:g}"]
+    if args.backend is not None:
+        parts += ["--backend", ",".join(args.backend)]
     if args.budget != 10.0:
         parts += ["--budget", f"{args.budget:g}"]
     if args.data is not None:
@@ -66,6 +68,17 @@ def _command_line(args: argparse.Namespace) -> str:
         if args.force:
             parts.append("--force")
     return shlex.join(parts)
+
+
+def _backends(text: str) -> list[str]:
+    from bench.speed.runtime import BACKENDS
+
+    items = [b.strip() for b in text.split(",") if b.strip()]
+    if not items or any(b not in BACKENDS for b in items):
+        raise argparse.ArgumentTypeError(
+            f"--backend: comma-separated among {', '.join(BACKENDS)}, got {text!r}"
+        )
+    return items
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -109,6 +122,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             budget_min=args.budget or None,
             progress=not args.quiet,
             command=_command_line(args),
+            backends=args.backend,
         )
     except ValueError as err:  # bad device and the like, before any stage ran
         print(f"{prog}: {err}", file=sys.stderr)
@@ -128,7 +142,8 @@ def register(subparsers: Any) -> None:
         help="the whole suite: complexity, speed, [training], report",
         description="Run every stage and write results/: complexity of every model, speed on "
         "the best available device (CUDA when present, else CPU; inference at batch 1 and 8 "
-        "plus a training step at batch 8 for the models that fit the time budget, fp32), then tables, Pareto plots and "
+        "on eager PyTorch and onnxruntime plus an eager training step at batch 8 for the "
+        "models that fit the time budget, fp32), then tables, Pareto plots and "
         "results/README.md. With --data, also train and evaluate the chosen models "
         "(finished runs are reused) and report their measured accuracy.",
     )
@@ -174,6 +189,13 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="speed: minimum timed seconds per configuration (default: the "
         "profile's, 0.5 or 0.3 with --quick)",
+    )
+    p.add_argument(
+        "--backend",
+        type=_backends,
+        default=None,
+        help="speed: inference backends, comma-separated among torch, onnxruntime, openvino "
+        "(default: torch,onnxruntime)",
     )
     g = p.add_argument_group("training (only with --data)")
     g.add_argument(

@@ -14,10 +14,12 @@ from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.names import expand_models
 from bench.cost.roofline import Peak, parse_peak
+from bench.deploy.export import EXPORTERS
 from bench.speed import steps
 from bench.speed.checks import check_against_torch_timer
 from bench.speed.files import format_table
 from bench.speed.run import run_speed
+from bench.speed.runtime import BACKENDS
 from bench.speed.variants import DTYPES, MODES
 
 
@@ -37,6 +39,7 @@ def _command_line(args: argparse.Namespace) -> str:
         f"--batch-sizes {','.join(map(str, args.batch_sizes))}",
         f"--modes {','.join(args.modes)}",
         f"--dtype {','.join(args.dtype)}",
+        f"--backend {','.join(args.backend)}",
         f"--min-time {args.min_time:g}",
         f"--min-iters {args.min_iters}",
         f"--warmup {args.warmup}",
@@ -49,6 +52,8 @@ def _command_line(args: argparse.Namespace) -> str:
     parts += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
     if args.threads:
         parts.append(f"--threads {args.threads}")
+    if args.exporters != list(EXPORTERS):
+        parts.append(f"--exporters {','.join(args.exporters)}")
     if args.peak is not None:
         parts.append(f"--peak {args.peak.tflops:g},{args.peak.gbps:g}")
     if args.no_measure_peak:
@@ -114,6 +119,8 @@ def _cmd_speed(args: argparse.Namespace) -> int:
             isolate=not args.no_isolate,
             mem_limit_gb=args.cpu_mem_limit,
             command=_command_line(args),
+            backends=args.backend,
+            exporters=args.exporters,
         )
     except ValueError as err:
         print(f"segbench speed: {err}", file=sys.stderr)
@@ -197,6 +204,20 @@ def register(subparsers: Any) -> None:
         help="fp32, bf16, fp16 (autocast); fp16 is skipped on CPU",
     )
     p.add_argument(
+        "--backend",
+        default=["torch"],
+        type=csv_list(choice(BACKENDS), "--backend"),
+        help="comma-separated: torch (eager, with the variants below), onnxruntime, openvino "
+        "(the model exported to ONNX once; inference only; threads = torch threads; precision "
+        "pinned; CUDA/TensorRT providers only on a GPU build)",
+    )
+    p.add_argument(
+        "--exporters",
+        default=list(EXPORTERS),
+        type=csv_list(choice(EXPORTERS), "--exporters"),
+        help="ONNX exporters to try in order for the runtime backends",
+    )
+    p.add_argument(
         "--channels-last",
         action="store_true",
         help="use channels_last memory format for model and input",
@@ -245,8 +266,9 @@ def register(subparsers: Any) -> None:
         type=_peak_arg,
         default=None,
         metavar="TFLOPS,GBPS",
-        help="device peak compute and bandwidth for the roofline (default: known "
-        "device table, else a quick on-device measurement)",
+        help="device peak compute and bandwidth for the roofline (default: on CPU the best "
+        "GEMM and copy measured over torch, numpy, onnxruntime and OpenVINO; on GPU the "
+        "known device table, else a quick measurement)",
     )
     p.add_argument(
         "--no-measure-peak",

@@ -33,6 +33,9 @@ _PACKAGES = [
     "fvcore",
     "thop",
     "pandas",
+    "onnx",
+    "onnxruntime",
+    "openvino",
     "segbench",
 ]
 

@@ -9,12 +9,16 @@ shows whether compute or memory traffic limits a model, and
 Peak compute and bandwidth come from, in order:
 
 1. an explicit override (``--peak TFLOPS,GBPS``);
-2. :data:`KNOWN_DEVICES`, a small table of *dense* (no sparsity) datasheet figures
+2. on a CPU, the machine's measured peak (:mod:`bench.cost.peak`): the best fp32 GEMM over
+   every available library (torch, numpy, onnxruntime, OpenVINO) and the best large copy,
+   so a runtime that beats torch's matmul is not "above 100 % of the roofline" (with
+   measuring turned off, the table below);
+3. :data:`KNOWN_DEVICES`, a small table of *dense* (no sparsity) datasheet figures
    (NVIDIA H100/H200/GH200/A100/L40S/L4/V100/T4 datasheets, the Ada whitepaper for the
    RTX 4090; each row names its source; CPU entries are derived as
    base clock x FP32 FLOP/cycle x threads and channels x DDR transfer rate x 8 B,
    ignoring turbo and AVX frequency offsets, so treat them as rough);
-3. a quick on-device micro-measurement: best-of-N rate of a large matmul
+4. on CUDA, a quick torch micro-measurement: best-of-N rate of a large matmul
    (FLOP/s) and a large tensor copy (GB/s, read + write counted).
 
 Traffic estimate (bytes moved per step, documented approximation): a forward
@@ -278,7 +282,11 @@ def resolve_peak(
     measure: bool = True,
     tf32: bool | None = None,
 ) -> Peak | None:
-    """Override, else the table entry, else a micro-measurement (or None if ``measure`` is off).
+    """The roofline peak of ``device`` for ``dtype`` (order: see the module docstring).
+
+    Override; on CPU (``measure`` on) the machine peak over every library, measured once per
+    process at the current thread count; else the table entry; else (CUDA) a torch
+    micro-measurement; None when nothing applies and ``measure`` is off.
 
     ``tf32``: whether the fp32 work ran with TF32 allowed on CUDA (the tensor-core peak
     then applies); None reads cuDNN's current switch.
@@ -288,6 +296,10 @@ def resolve_peak(
     from bench.core.env import device_name
 
     dev = torch.device(device)
+    if dev.type == "cpu" and measure and dtype in ("fp32", "bf16"):
+        from bench.cost.peak import cached_machine_peak
+
+        return cached_machine_peak(dtype, threads=torch.get_num_threads()).peak
     if tf32 is None:
         tf32 = bool(torch.backends.cudnn.allow_tf32)
     tf32 = dev.type == "cuda" and tf32

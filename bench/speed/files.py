@@ -24,6 +24,11 @@ EXTRA_COLUMNS = [
     "requested_batch_size", "input_size", "rss_delta_mb", "rss_method", "gmacs_per_img",
     "intensity_flop_per_byte", "roofline_bound_gflops", "roofline_limiter", "peak_tflops",
     "peak_gbps", "peak_source", "run",
+    # deployment runtimes: which library ran the row, its version, the precision it really
+    # computed in (read back where the library can say), and the output's agreement with
+    # eager fp32 PyTorch on the same input (rows in another precision or another backend)
+    "backend", "backend_version", "precision_detail", "exporter", "out_max_abs_diff",
+    "out_rel_max_diff", "out_mask_diff",
 ]  # fmt: skip
 
 
@@ -33,6 +38,7 @@ COLUMNS = SCHEMA_COLUMNS + EXTRA_COLUMNS
 #: A row with the same values here is the same configuration (a re-run replaces it).
 KEY_COLUMNS = [
     "model",
+    "backend",
     "mode",
     "dtype",
     "layout",
@@ -44,17 +50,21 @@ KEY_COLUMNS = [
 ]
 
 
+_TEXT_COLUMNS = (
+    "reason", "rss_method", "roofline_limiter", "peak_source", "backend_version",
+    "precision_detail", "exporter",
+)  # fmt: skip
+
+
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in df.columns:
-            df[col] = (
-                ""
-                if col in ("reason", "rss_method", "roofline_limiter", "peak_source")
-                else math.nan
-            )
-    for col in ("reason", "rss_method", "roofline_limiter", "peak_source"):
+            df[col] = "" if col in _TEXT_COLUMNS else math.nan
+    for col in _TEXT_COLUMNS:
         df[col] = df[col].fillna("")
+    # rows written before runtime backends existed were all eager PyTorch
+    df["backend"] = df["backend"].where(df["backend"].notna() & (df["backend"] != ""), "torch")
     # Nullable dtypes keep counts integral and flags boolean next to skipped rows' blanks.
     for col in ("batch_size", "requested_batch_size", "threads", "input_size", "count"):
         df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
@@ -74,6 +84,8 @@ def _key(row: dict[str, Any]) -> tuple[str, ...]:
     out = []
     for col in KEY_COLUMNS:
         v = row.get(col)
+        if col == "backend" and v in (None, ""):  # rows from before runtime backends
+            v = "torch"
         if isinstance(v, float) and math.isfinite(v) and v == int(v):
             v = int(v)
         if isinstance(v, np.generic):
@@ -147,7 +159,7 @@ def _merge_write(
     runs = {k: v for k, v in runs.items() if k in used}
     frame = _frame(merged)
     frame = frame.sort_values(
-        ["model", "mode", "dtype", "layout", "compile", "requested_batch_size"],
+        ["model", "mode", "backend", "dtype", "layout", "compile", "requested_batch_size"],
         kind="stable",
         key=_sort_key,
     )
@@ -166,6 +178,7 @@ def _sort_key(col: pd.Series) -> pd.Series:
 
 _TABLE = [
     ("model", "model"),
+    ("backend", "backend"),
     ("mode", "mode"),
     ("dtype", "dtype"),
     ("layout", "layout"),
@@ -182,6 +195,7 @@ _TABLE = [
     ("achieved_gflops", "GFLOP/s"),
     ("roofline_fraction", "roofline"),
     ("roofline_limiter", "bound"),
+    ("out_rel_max_diff", "out diff"),
     ("noisy", "noisy"),
     ("status", "status"),
     ("reason", "reason"),
@@ -205,6 +219,7 @@ def format_table(df: pd.DataFrame, reason_width: int = 60) -> str:
         ("RSS +MB", "{:.0f}"),
         ("GFLOP/s", "{:.3g}"),
         ("roofline", "{:.1%}"),
+        ("out diff", "{:.1e}"),
         ("n", "{:.0f}"),
     ):
         if col in t:

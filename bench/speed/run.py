@@ -68,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -82,6 +83,13 @@ from bench.core.progress import progress_bar
 from bench.cost.roofline import Peak, parse_peak, resolve_peak, roofline, step_bytes, step_flops
 from bench.speed import steps
 from bench.speed.files import _frame, write_results
+from bench.speed.runtime import (
+    BACKENDS,
+    RUNTIME_BACKENDS,
+    export_for_speed,
+    measure_runtime_config,
+    runtime_skip_reason,
+)
 from bench.speed.steps import _complexity, _measure_config, _num_threads
 from bench.speed.variants import DTYPES, MODES, _short, sweep_batch_sizes, variant_skip_reason
 from bench.speed.worker import Worker
@@ -139,11 +147,22 @@ class _Plan:
     threads: int
     peak: Peak | None
     measure_peak: bool
+    backends: tuple[str, ...] = ("torch",)
+    exporters: tuple[str, ...] = ("dynamo", "torchscript")
+    export_dir: str = ""
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        """Runtime backends to time (inference only, so none without the inference mode)."""
+        if "inference" not in self.modes:
+            return ()
+        return tuple(b for b in self.backends if b in RUNTIME_BACKENDS)
 
     @property
     def per_model(self) -> int:
-        return (len(self.modes) * len(self.dtypes) * len(self.layouts) * len(self.compiles)
-                * len(self.batch_sizes))  # fmt: skip
+        eager = (len(self.modes) * len(self.dtypes) * len(self.layouts) * len(self.compiles)
+                 * len(self.batch_sizes)) if "torch" in self.backends else 0  # fmt: skip
+        return eager + len(self.runtimes) * len(self.dtypes) * len(self.batch_sizes)
 
 
 def run_speed(
@@ -170,6 +189,8 @@ def run_speed(
     mem_limit_gb: float | None = None,
     command: str | None = None,
     warmup_time_s: float | None = None,
+    backends: Sequence[str] = ("torch",),
+    exporters: Sequence[str] = ("dynamo", "torchscript"),
 ) -> pd.DataFrame:
     """Measure every configuration and return this run's rows (one per configuration).
 
@@ -179,6 +200,11 @@ def run_speed(
     torch becomes an error row instead of ending the run; ``mem_limit_gb`` caps that
     worker's heap so an oversized CPU batch backs off instead of exhausting the machine. Rows are merged into
     ``out_dir/speed-<device_slug>.{csv,json}`` unless ``out_dir`` is None.
+
+    ``backends``: ``torch`` (eager PyTorch with the variants above) and/or the deployment
+    runtimes ``onnxruntime`` / ``openvino`` (:mod:`bench.speed.runtime`: each model is
+    exported to ONNX once, trying ``exporters`` in order, into a temporary folder; inference
+    rows per dtype and batch size, same timing and worker).
     """
     from bench.core.env import device_name, device_slug, environment
 
@@ -195,6 +221,12 @@ def run_speed(
         raise ValueError(f"input_size must be a positive integer, got {input_size}")
     if max_time_s is not None and max_time_s <= 0:
         raise ValueError(f"max_time_s must be positive or None, got {max_time_s}")
+    if not backends or any(b not in BACKENDS for b in backends):
+        raise ValueError(f"backends must be among {', '.join(BACKENDS)}, got {list(backends)}")
+    from bench.deploy.export import EXPORTERS
+
+    if not exporters or any(e not in EXPORTERS for e in exporters):
+        raise ValueError(f"exporters must be among {', '.join(EXPORTERS)}, got {list(exporters)}")
     if isinstance(peak, str):
         peak = parse_peak(peak)
     if warmup_time_s is None:
@@ -215,15 +247,17 @@ def run_speed(
             f"run_speed(models={list(models)}, device={str(device)!r}, batch_sizes="
             f"{list(batch_sizes)}, modes={list(modes)}, dtypes={list(dtypes)}, "
             f"channels_last={channels_last}, compile={compile}, threads={threads}, "
-            f"input_size={input_size}, timing={timing})"
+            f"input_size={input_size}, timing={timing}, backends={list(backends)})"
         )
     rows: list[dict[str, Any]] = []
     peaks: dict[str, Peak | str | None] = {}
     with _num_threads(threads) as n_threads, contextlib.ExitStack() as stack:
+        export_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="segbench-onnx-"))
         plan = _Plan(tuple(modes), tuple(dtypes), tuple(_as_flags(channels_last)),
                      tuple(_as_flags(compile)), tuple(int(b) for b in batch_sizes),
                      int(input_size), timing, noisy_threshold, n_threads, peak,
-                     measure_peak)  # fmt: skip
+                     measure_peak, tuple(dict.fromkeys(backends)), tuple(exporters),
+                     export_dir)  # fmt: skip
         common = {
             "threads": n_threads,
             "input_size": int(input_size),
@@ -232,6 +266,7 @@ def run_speed(
             "torch_version": torch.__version__,
             "run": run_id,
         }
+        versions = _runtime_versions(plan.runtimes)
         if mem_limit_gb is not None and not isolate:
             raise ValueError("mem_limit_gb needs isolate=True (the limit applies to the worker)")
         worker = Worker(mem_limit_gb) if isolate else None
@@ -262,6 +297,9 @@ def run_speed(
             },
             "throughput": "back-to-back run" if dev.type == "cuda" else "batch / median",
             "peaks": {k: (asdict(v) if isinstance(v, Peak) else v) for k, v in peaks.items()},
+            "backends": list(plan.backends),
+            "runtime_versions": versions,
+            "exporters": list(plan.exporters),
         }
         write_results(df, out_dir, device_slug(dev), run_id, meta)
     return df
@@ -285,11 +323,14 @@ def _run_model(
     rows: list[dict[str, Any]] = []
     size_problem = _input_problem(name, info, plan.input_size)
     cx: tuple[float, float, float] | str | None = None
-    for mode, dtype, cl, comp in itertools.product(
-        plan.modes, plan.dtypes, plan.layouts, plan.compiles
-    ):
-        base = {**common, "model": name, "mode": mode, "dtype": dtype, "compile": comp,
-                "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
+    eager = (
+        itertools.product(plan.modes, plan.dtypes, plan.layouts, plan.compiles)
+        if "torch" in plan.backends
+        else ()
+    )
+    for mode, dtype, cl, comp in eager:
+        base = {**common, "model": name, "backend": "torch", "mode": mode, "dtype": dtype,
+                "compile": comp, "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
         bar.set_postfix_str(f"{name} {mode} {dtype}{' nhwc' if cl else ''}"
                             f"{' compiled' if comp else ''}")  # fmt: skip
         # An input size the model cannot take is an error (the request cannot be met);
@@ -319,7 +360,70 @@ def _run_model(
                 row.update(eff)
                 row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
             rows.append(row)
+    if plan.runtimes:
+        if cx is None and not size_problem:
+            cx = _complexity(name, plan.input_size)
+        rows += _run_runtimes(name, dev, common, plan, peaks, bar, call, size_problem, cx)
     return rows
+
+
+def _run_runtimes(
+    name: str,
+    dev: torch.device,
+    common: dict[str, Any],
+    plan: _Plan,
+    peaks: dict[str, Peak | str | None],
+    bar: Any,
+    call: Callable[..., Any],
+    size_problem: str | None,
+    cx: tuple[float, float, float] | str | None,
+) -> list[dict[str, Any]]:
+    """Inference rows of one model on each runtime backend (one ONNX export shared)."""
+    rows: list[dict[str, Any]] = []
+    exported: dict[str, Any] | None = None
+    for backend, dtype in itertools.product(plan.runtimes, plan.dtypes):
+        base = {**common, "model": name, "backend": backend, "mode": "inference",
+                "dtype": dtype, "compile": False, "layout": "contiguous",
+                "backend_version": _runtime_versions((backend,)).get(backend, "")}  # fmt: skip
+        bar.set_postfix_str(f"{name} {backend} {dtype}")
+        skip = size_problem or runtime_skip_reason(backend, dev, dtype)
+        if not skip and exported is None:
+            path = str(Path(plan.export_dir) / f"{name}.onnx")
+            try:
+                exported = call(export_for_speed, name, path, plan.input_size, plan.exporters)
+            except Exception as err:  # a crashed worker: the export is this model's error
+                exported = {"status": "error", "exporter": "", "reason": _short(err)}
+        if skip or exported["status"] != "ok":
+            status = "skipped" if skip else "error"
+            reason = skip or f"ONNX export failed: {exported['reason']}"
+            for b in plan.batch_sizes:
+                rows.append({**base, "batch_size": b, "requested_batch_size": b,
+                             "status": status, "reason": reason})  # fmt: skip
+            bar.update(len(plan.batch_sizes))
+            continue
+        if dtype not in peaks:
+            peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
+        measure = functools.partial(
+            call, measure_runtime_config, name, backend, exported["path"], dev, dtype,
+            input_size=plan.input_size, timing=plan.timing,
+            noisy_threshold=plan.noisy_threshold, threads=plan.threads,
+        )  # fmt: skip
+        for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
+            row = {**base, "exporter": exported["exporter"], **r}
+            if row["status"] == "ok" and cx is not None:
+                eff = _efficiency(row, cx, peaks[dtype])
+                note = eff.pop("reason", "")
+                row.update(eff)
+                row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
+            rows.append(row)
+    return rows
+
+
+def _runtime_versions(backends: Sequence[str]) -> dict[str, str]:
+    from bench.deploy.backends import runtime_versions
+
+    have = runtime_versions()
+    return {b: have[b] for b in backends if b in have}
 
 
 def _input_problem(name: str, info: Any, size: int) -> str | None:

@@ -212,7 +212,7 @@ def _measure_config(
     """Build a fresh model and time one configuration (runs in the worker process)."""
     _free_memory()
     torch.manual_seed(0)
-    step = None
+    step = model = None
     b2b = timing.get("back_to_back", device.type == "cuda")
     try:
         with (
@@ -221,8 +221,9 @@ def _measure_config(
             _tf32(TF32) as tf32,
             PeakRSS() as rss,  # entered before the model is built: the delta is the model's
         ):
+            model = _build_model(name)
             step = make_step(
-                _build_model(name),
+                model,
                 mode,
                 device,
                 dtype=dtype,
@@ -249,8 +250,13 @@ def _measure_config(
                 if device.type == "cuda"
                 else math.nan
             )
+            agree = (
+                _autocast_agreement(model, device, dtype, input_size, channels_last)
+                if mode == "inference" and dtype != "fp32"
+                else {}
+            )
     finally:
-        del step
+        del step, model
         if compile:  # drop compiled graphs so the next configuration starts clean
             import torch._dynamo as dynamo
 
@@ -274,4 +280,40 @@ def _measure_config(
         "peak_mem_mb": peak_cuda, "rss_mb": rss.peak_mb, "rss_delta_mb": rss.delta_mb,
         "rss_method": rss.method, "tf32": any(tf32.values()),
         "reason": "; ".join(n for n in notes if n),
+        "backend_version": torch.__version__, "precision_detail": precision_detail(device, dtype),
+        **agree,
     }  # fmt: skip
+
+
+def precision_detail(device: torch.device, dtype: str) -> str:
+    """What an eager row computes in: autocast, and on CUDA whether TF32 units may be used."""
+    if dtype == "fp32":
+        if device.type == "cuda":
+            conv = "allowed" if torch.backends.cudnn.allow_tf32 else "off"
+            mm = "allowed" if torch.backends.cuda.matmul.allow_tf32 else "off"
+            return f"fp32 (no autocast; TF32 for cuDNN convolutions {conv}, for matmul {mm})"
+        return "fp32 (no autocast)"
+    return _dtype_note(device, dtype) or f"{dtype} autocast on {device.type}"
+
+
+def _autocast_agreement(
+    model: nn.Module,
+    device: torch.device,
+    dtype: str,
+    input_size: int,
+    channels_last: bool,
+) -> dict[str, float]:
+    """Autocast output vs the same model in fp32 on one seeded image (agreement columns;
+    one image whatever the timed batch, to keep the check cheap)."""
+    from bench.speed.runtime import agreement
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, input_size, input_size, generator=gen).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.eval()
+    with torch.inference_mode():
+        ref = model(x).float().cpu().numpy()
+        with torch.autocast(device_type=device.type, dtype=_TORCH_DTYPES[dtype]):
+            out = model(x).float().cpu().numpy()
+    return agreement(ref, out)

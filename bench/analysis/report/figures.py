@@ -15,6 +15,7 @@ from bench.analysis.report.plots import Point, plot_pareto, plot_scatter
 from bench.analysis.report.summaries import (
     _paper_datasets,
     accuracy_summary,
+    backend_latencies,
     main_experiments,
     paper_dataset,
     paper_summary,
@@ -32,6 +33,7 @@ def _cost_points(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
         macs = r.get("macs")
         c["macs"] = macs / 1e9 if pd.notna(macs) else r.get("paper_gflops", math.nan)
         c["latency"] = r.get("latency_ms", math.nan)
+        c["best_latency"] = r.get("best_latency_ms", math.nan)
         out[r["model"]] = {k: float(v) if pd.notna(v) else math.nan for k, v in c.items()}
     return out
 
@@ -66,6 +68,21 @@ def _accuracy_plots(
                 dev,
             )
         )
+    backend_of = (
+        summary.set_index("model")["best_backend"].dropna().to_dict()
+        if "best_backend" in summary
+        else {}
+    )
+    if res.primary_device and any(b != "torch" for b in backend_of.values()):
+        dev = res.primary_device
+        axes.append(
+            (
+                f"best-latency-{dev}",
+                f"Latency at batch 1, fastest fp32 backend (ms, log scale), {res.device_name(dev)}",
+                "best_latency",
+                dev,
+            )
+        )
     for dataset, pkey in pairs:
         rows = acc[acc["dataset"] == dataset] if dataset else acc.iloc[0:0]
         # Models trained for different epochs are not like for like: say so on the plot.
@@ -95,6 +112,9 @@ def _accuracy_plots(
             for _, r in rows.iterrows():
                 x = dev_costs.get(r["model"], {}).get(key, math.nan)
                 if math.isfinite(x):
+                    label = f"{r['model']} ({r['epochs']} ep)" if mixed else None
+                    if key == "best_latency":  # say which backend each latency is from
+                        label = f"{label or r['model']} [{backend_of.get(r['model'], '?')}]"
                     pts.append(
                         Point(
                             r["model"],
@@ -102,7 +122,7 @@ def _accuracy_plots(
                             r["dsc_mean"],
                             "measured",
                             r.get("dsc_std", math.nan),
-                            label=f"{r['model']} ({r['epochs']} ep)" if mixed else None,
+                            label=label,
                         )
                     )
             if pkey is not None and f"paper_{pkey}_dsc" in paper:
@@ -114,8 +134,10 @@ def _accuracy_plots(
             if not pts:
                 continue
             what = {"params": "parameters", "macs": "MACs"}.get(key, "latency")
+            if key == "best_latency":
+                what = "fastest-backend latency [backend]"
             head = f"Pooled DSC vs {what}, input {input_label}"
-            if key == "latency":
+            if key in ("latency", "best_latency"):
                 head += f", {res.device_name(dev)} (batch 1, fp32)"  # type: ignore[arg-type]
             where = []
             if dataset and not rows.empty and mixed:
@@ -175,28 +197,74 @@ def _efficiency_plots(
             )
             report.add_figure("efficiency", paths, title)
     for dev in res.devices:
-        sp = speed_summary(res.speed[dev])
-        if "latency_ms" not in sp or "macs" not in s:
+        if "macs" not in s:
             continue
-        m = s[["model", "macs"]].merge(sp[["model", "latency_ms"]], on="model").dropna()
-        if m.empty:
-            continue
-        gmacs = m["macs"] / 1e9
-        # Reference line at the median achieved rate: points above it run slower than
-        # their MAC count suggests (memory- or overhead-bound).
-        rate = float(np.median(m["latency_ms"] / gmacs))
-        title = f"Compute vs latency, {res.device_name(dev)}, fp32, input {input_label}"
-        paths = plot_scatter(
-            list(gmacs),
-            list(m["latency_ms"]),
-            list(m["model"]),
-            "MACs per image (G, segbench count, log scale)",
-            "Latency at batch 1 (ms, median, log scale)",
-            title,
-            out / "plots" / f"efficiency-macs-vs-latency-{dev}",
-            colours,
-            ref_rate=rate,
-            ref_label=f"median rate: {1e3 / rate:.1f} GMAC/s "
-            "(above the line = slower than MACs predict)",
-        )
-        report.add_figure("efficiency", paths, title)
+        lat = backend_latencies(res.speed[dev])
+        for backend, g in lat.groupby("backend", sort=False):
+            m = s[["model", "macs"]].merge(g[["model", "latency_ms"]], on="model").dropna()
+            if m.empty:
+                continue
+            gmacs = m["macs"] / 1e9
+            # Reference line at the median achieved rate: points above it run slower than
+            # their MAC count suggests (memory- or overhead-bound).
+            rate = float(np.median(m["latency_ms"] / gmacs))
+            engine = "eager PyTorch" if backend == "torch" else str(backend)
+            title = (
+                f"Compute vs latency, {engine}, {res.device_name(dev)}, fp32, input {input_label}"
+            )
+            # eager keeps the file name it had before runtime backends existed
+            suffix = "" if backend == "torch" else f"-{backend}"
+            paths = plot_scatter(
+                list(gmacs),
+                list(m["latency_ms"]),
+                list(m["model"]),
+                "MACs per image (G, segbench count, log scale)",
+                f"Latency at batch 1, {engine} (ms, median, log scale)",
+                title,
+                out / "plots" / f"efficiency-macs-vs-latency-{dev}{suffix}",
+                colours,
+                ref_rate=rate,
+                ref_label=f"median rate: {1e3 / rate:.1f} GMAC/s "
+                "(above the line = slower than MACs predict)",
+            )
+            report.add_figure("efficiency", paths, title)
+        _eager_vs_runtime(res, dev, lat, out, colours, input_label, report)
+
+
+def _eager_vs_runtime(
+    res: Results,
+    dev: str,
+    lat: pd.DataFrame,
+    out: Path,
+    colours: dict[str, Any],
+    input_label: str,
+    report: ReportOutput,
+) -> None:
+    """Eager PyTorch latency vs the fastest deployment runtime's, per model (same run file)."""
+    eager = lat[lat["backend"] == "torch"].set_index("model")["latency_ms"]
+    rt = lat[lat["backend"] != "torch"]
+    if rt.empty or eager.empty:
+        return
+    best = rt.loc[rt.groupby("model")["latency_ms"].idxmin()].set_index("model")
+    both = [m for m in best.index if m in eager.index]
+    if not both:
+        return
+    names = [f"{m} ({best.loc[m, 'backend']})" for m in both]
+    pal = {n: colours[m] for n, m in zip(names, both)}
+    title = (
+        f"Eager PyTorch vs the fastest runtime, {res.device_name(dev)}, fp32, batch 1, "
+        f"input {input_label}"
+    )
+    paths = plot_scatter(
+        [float(eager[m]) for m in both],
+        [float(best.loc[m, "latency_ms"]) for m in both],
+        names,
+        "Eager PyTorch latency (ms, median, log scale)",
+        "Fastest runtime latency (ms, median, log scale)",
+        title,
+        out / "plots" / f"efficiency-eager-vs-runtime-{dev}",
+        pal,
+        ref_rate=1.0,
+        ref_label="equal latency (below the line = the runtime is faster)",
+    )
+    report.add_figure("efficiency", paths, title)

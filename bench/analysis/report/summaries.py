@@ -31,9 +31,19 @@ def _truthy(s: pd.Series) -> pd.Series:
     return s.astype(str).str.strip().str.lower().isin({"true", "1", "yes"})
 
 
-def _default_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the baseline variant: fp32, NCHW, eager, successful."""
+def _backend(df: pd.DataFrame) -> pd.Series:
+    """Each row's backend; rows from before the backend column are eager PyTorch."""
+    if "backend" not in df:
+        return pd.Series("torch", index=df.index)
+    return df["backend"].fillna("").astype(str).replace("", "torch")
+
+
+def _default_variant(df: pd.DataFrame, backend: str | None = "torch") -> pd.DataFrame:
+    """Rows of the baseline variant: fp32, NCHW, not compiled, successful, on ``backend``
+    (eager PyTorch by default; None: any backend)."""
     keep = pd.Series(True, index=df.index)
+    if backend is not None:
+        keep &= _backend(df) == backend
     if "dtype" in df:
         keep &= df["dtype"].astype(str).str.lower().isin(_FP32)
     if "layout" in df:
@@ -94,18 +104,63 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             out[model]["train_img_s"] = float(best["throughput_img_s"])
             out[model]["train_batch"] = int(best["batch_size"])
+    _best_backend(df, input_size, out)
     # Configurations that were skipped or failed, so the table can say why a cell is empty.
     if "status" in df:
         bad = df[~df["status"].fillna("").astype(str).str.lower().isin(_OK_STATUS)]
         for model, g in bad.groupby("model"):
+            backends = _backend(g)
             reasons = sorted(
                 {
-                    f"{r['mode']} bs{r['batch_size']}: {r.get('reason', r['status'])}"
-                    for _, r in g.iterrows()
+                    f"{'' if b == 'torch' else b + ' '}{r['mode']} bs{r['batch_size']}: "
+                    f"{r.get('reason', r['status'])}"
+                    for b, (_, r) in zip(backends, g.iterrows())
                 }
             )
             out[model]["speed_notes"] = "; ".join(reasons)
     return pd.DataFrame(list(out.values()))
+
+
+def backend_latencies(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFrame:
+    """fp32 batch-1 inference latency per (model, backend): columns model, backend,
+    latency_ms (the latest run's row of each configuration)."""
+    base = _default_variant(df, backend=None).copy()
+    base["backend"] = _backend(base)
+    base = base[base["mode"].astype(str) == "inference"]
+    base = base[pd.to_numeric(base["batch_size"], errors="coerce") == 1]
+    if input_size is not None and "input_size" in base:
+        at_size = pd.to_numeric(base["input_size"], errors="coerce") == input_size
+        if at_size.any():
+            base = base[at_size]
+    if "run" in base:
+        base = base.sort_values("run", kind="stable")
+    last = base.groupby(["model", "backend"], sort=True).tail(1)
+    return pd.DataFrame(
+        {
+            "model": last["model"].to_numpy(),
+            "backend": last["backend"].to_numpy(),
+            "latency_ms": pd.to_numeric(last["median_ms"]).to_numpy(),
+        }
+    )
+
+
+def _best_backend(df: pd.DataFrame, input_size: int | None, out: dict[str, dict]) -> None:
+    """Per model: the fastest fp32 backend at batch 1, its latency and its speedup over
+    eager PyTorch (only where eager was timed too, so the ratio is one machine's)."""
+    lat = backend_latencies(df, input_size)
+    for model, g in lat.groupby("model"):
+        best = g.loc[g["latency_ms"].idxmin()]
+        row = out[model]
+        row["best_backend"] = str(best["backend"])
+        row["best_latency_ms"] = float(best["latency_ms"])
+        eager = g[g["backend"] == "torch"]["latency_ms"]
+        if len(eager):
+            row["speedup_vs_eager"] = float(eager.iloc[0]) / float(best["latency_ms"])
+        runtimes = g[g["backend"] != "torch"]
+        if len(runtimes):
+            r = runtimes.loc[runtimes["latency_ms"].idxmin()]
+            row["best_runtime"] = str(r["backend"])
+            row["best_runtime_latency_ms"] = float(r["latency_ms"])
 
 
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:

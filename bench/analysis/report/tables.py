@@ -102,6 +102,9 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
         Col(f"train step{dev} (img/s)", "train_img_s"),
         Col("peak mem bs1 (MB)", "peak_mem_mb"),
         Col("roofline bs1 (%)", "roofline_fraction", 100),
+        Col("best fp32 backend bs1", "best_backend"),
+        Col(f"best backend latency bs1{dev} (ms)", "best_latency_ms"),
+        Col("speedup over eager", "speedup_vs_eager", decimals=2),
     ]
 
 
@@ -159,6 +162,7 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
 def _speed_cols() -> list[Col]:
     return [
         Col("model", "model"),
+        Col("backend", "backend"),
         Col("mode", "mode"),
         Col("dtype", "dtype"),
         Col("layout", "layout"),
@@ -176,6 +180,7 @@ def _speed_cols() -> list[Col]:
         Col("RSS delta (MB)", "rss_delta_mb"),
         Col("achieved GFLOP/s", "achieved_gflops"),
         Col("roofline (%)", "roofline_fraction", 100),
+        Col("precision", "precision_detail"),
         Col("status", "status"),
         Col("reason", "reason"),
     ]

@@ -101,7 +101,8 @@ def write_report(
             out, "accuracy", accuracy_table(res, summary), _experiment_cols(paper_keys), report
         )
     for slug in res.devices:
-        rows = res.speed[slug].sort_values(["model", "mode", "batch_size"], kind="stable")
+        sort = [c for c in ("model", "backend", "mode", "batch_size") if c in res.speed[slug]]
+        rows = res.speed[slug].sort_values(sort, kind="stable")
         _write_table(
             out,
             f"speed-{slug}",
