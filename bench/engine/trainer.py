@@ -490,7 +490,12 @@ class _Trainer:
         cfg, p = self.cfg, self.prepared
         write_json(
             self.run_dir / "config.json",
-            {**cfg.to_dict(), "dataset": cfg.dataset_name, "config_hash": self.chash},
+            {
+                **cfg.to_dict(),
+                "dataset": cfg.dataset_name,
+                "config_hash": self.chash,
+                "experiment_hash": cfg.experiment_hash,
+            },
         )
         env = environment(self.device)
         write_json(
@@ -543,6 +548,11 @@ class _Trainer:
             "recipe": cfg.recipe,
             "epochs": cfg.epochs,
             "config_hash": self.chash,
+            # the config without the seed: runs that share it are seeds of one experiment
+            "experiment_hash": cfg.experiment_hash,
+            # the precision the run really trained in (a CPU bf16 crash falls back to fp32)
+            "amp": self.amp,
+            "amp_requested": cfg.amp,
             "status": "finished",
             "best_epoch": self.best["epoch"],
             "selection": {
