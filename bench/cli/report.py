@@ -36,8 +36,9 @@ def register(subparsers: Any) -> None:
         "report",
         help="tables, Pareto plots and results/README.md from results/",
         description="Read every result file under --results (complexity, speed per device, "
-        "finished training runs, optional paired statistics) and write Markdown + CSV tables "
-        "(tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --out.",
+        "finished training runs, their evaluations on other data, trivial baselines) and "
+        "write Markdown + CSV tables (accuracy per experiment, comparisons tested over seeds, "
+        "external validation; tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --out.",
     )
     p.add_argument(
         "--results",

@@ -73,7 +73,7 @@ def speed_input_label(res: Results, dev: str) -> str:
     if "input_size" in sp and sp["input_size"].notna().any():
         sizes = sorted({int(v) for v in pd.to_numeric(sp["input_size"], errors="coerce").dropna()})
         return ", ".join(f"{v}x{v}" for v in sizes)
-    return "input size not recorded"
+    return "not recorded"
 
 
 def baseline_lines(res: Results, dataset: str | None) -> list[Line]:
@@ -123,7 +123,12 @@ def _accuracy_plots(
         if dataset and not rows.empty:
             report.point_sources[dataset] = [
                 f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, {r['precision']}, "
-                f"{r['image_size'] or '?'} px, {r['n_seeds']} seed(s) ({r['seeds']})"
+                + (
+                    f"input {r['image_size']}x{r['image_size']}"
+                    if r["image_size"]
+                    else "input size not recorded"
+                )
+                + f", {r['n_seeds']} seed(s) ({r['seeds']})"
                 + (f", {r['setting']}" if r.get("setting") else "")
                 + f", `runs/{dataset}/{r['model']}/{r['experiment']}/`"
                 for _, r in rows.iterrows()

@@ -246,7 +246,7 @@ def _readme(
             lines.extend(
                 [
                     "Each model's measured point shows its experiment with the most epochs "
-                    "(ties: more seeds); the accuracy table lists every experiment.",
+                    "(ties: more seeds, then fp32); the accuracy table lists every experiment.",
                     "",
                 ]
             )

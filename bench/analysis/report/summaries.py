@@ -299,7 +299,9 @@ def baseline_rows(res: Results) -> pd.DataFrame:
         row: dict[str, Any] = {
             "model": f"baseline: {r['kind']}",
             "dataset": r["dataset"],
-            "setting": BASELINE_NAMES.get(str(r["kind"]), "trivial predictor"),
+            "row_note": "trivial baseline: "
+            + BASELINE_NAMES.get(str(r["kind"]), "a fixed predictor")
+            + f", {r['split']} split",
         }
         for m in METRICS:
             if m.key in r and pd.notna(r[m.key]):

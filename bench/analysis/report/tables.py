@@ -196,7 +196,7 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
             Col(f"paper DSC {name} (%)", f"paper_{key}_dsc", decimals=2),
             Col(f"paper mIoU {name} (%)", f"paper_{key}_miou", decimals=2),
         ]
-    cols.append(_SIGNIFICANCE)
+    cols += [_SIGNIFICANCE, Col("note", "row_note")]
     return cols
 
 
