@@ -60,7 +60,6 @@ def write_run(
                     **cfg.to_dict(),
                     "dataset": dataset,
                     "config_hash": cfg.config_hash,
-                    "experiment_hash": cfg.experiment_hash,
                 }
             )
         )

@@ -490,12 +490,7 @@ class _Trainer:
         cfg, p = self.cfg, self.prepared
         write_json(
             self.run_dir / "config.json",
-            {
-                **cfg.to_dict(),
-                "dataset": cfg.dataset_name,
-                "config_hash": self.chash,
-                "experiment_hash": cfg.experiment_hash,
-            },
+            {**cfg.to_dict(), "dataset": cfg.dataset_name, "config_hash": self.chash},
         )
         env = environment(self.device)
         write_json(

@@ -79,11 +79,12 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             # CPU the model's own increase of the process RSS (rss_delta_mb) when the speed
             # file has it, else the whole process's RSS, which includes the interpreter.
             row["peak_mem_mb"] = r.get("peak_mem_mb")
-            delta = pd.to_numeric(pd.Series([r.get("rss_delta_mb")]), errors="coerce").iloc[0]
-            if pd.notna(delta):
-                row["rss_delta_mb"] = float(delta)
-            elif pd.isna(r.get("peak_mem_mb")):
-                row["process_rss_mb"] = r.get("rss_mb")
+            if pd.isna(r.get("peak_mem_mb")):  # a CPU: no device peak
+                delta = pd.to_numeric(pd.Series([r.get("rss_delta_mb")]), errors="coerce")
+                if delta.notna().iloc[0]:
+                    row["rss_delta_mb"] = float(delta.iloc[0])
+                else:
+                    row["process_rss_mb"] = r.get("rss_mb")
         if "throughput_img_s" in g and g["throughput_img_s"].notna().any():
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             row["throughput_img_s"] = float(best["throughput_img_s"])
