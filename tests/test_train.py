@@ -172,6 +172,7 @@ def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
     m = json.loads((run / "metrics.json").read_text())
     assert METRIC_KEYS <= set(m) and TEST_KEYS <= set(m["test"])
     assert m["status"] == "finished" and m["config_hash"] == cfg.config_hash
+    assert m["experiment_hash"] == cfg.experiment_hash and m["amp"] is None  # fp32
     assert m["best_epoch"] == int(log.loc[log["val_loss"].idxmin(), "epoch"])
     assert all(0 <= m["test"][k] <= 1 for k in ("acc", "sen", "spe", "dsc", "miou", "dice_mean"))
     per = pd.read_csv(run / "per_image.csv")

@@ -12,6 +12,7 @@ which units, come from :mod:`bench.engine.metric_table`.
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import sys
@@ -39,9 +40,6 @@ _PER_IMAGE_SPREAD = ("dice_std", "iou_std")
 _PERCENT = {m.key for m in METRICS if m.percent}
 
 
-_GROUP = ["dataset", "model", "recipe", "epochs"]
-
-
 # runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (bench.engine.rundir.run_dir_for)
 RUN_METRICS_GLOB = "runs/*/*/*/seed*/metrics.json"
 
@@ -55,6 +53,18 @@ def experiment_label(recipe: Any, epochs: Any) -> str:
     return f"{recipe}-e{epochs}"
 
 
+#: one experiment: the same configuration except the seed, trained in the same precision
+EXPERIMENT_KEY = [
+    "dataset",
+    "model",
+    "recipe",
+    "epochs",
+    "experiment",
+    "precision",
+    "experiment_hash",
+]
+
+
 def find_runs(
     results_dir: str | Path = "results",
     dataset: str | None = None,
@@ -64,10 +74,16 @@ def find_runs(
 ) -> pd.DataFrame:
     """One row per finished run (``metrics.json`` with ``status == "finished"``).
 
-    Columns: dataset, model, seed, recipe, epochs, experiment (``<recipe>-e<epochs>``),
-    config_hash, run_dir, the test metrics of :data:`SUMMARY_METRICS` (NaN where a run
-    lacks one), n_images, train_images_per_s, epoch_time_s, device_name, torch_version.
-    The arguments other than ``results_dir`` keep only matching runs.
+    Columns: dataset, model, seed, recipe, epochs, experiment (the run's folder name,
+    ``<recipe>-e<epochs>[-<amp>]``), precision (what the run really trained in: ``fp32``,
+    ``bf16``, ``fp16`` or ``unknown``), amp_requested, experiment_hash (the configuration
+    without the seed, see :func:`run_identity`), config_hash, run_dir, the test metrics of
+    :data:`SUMMARY_METRICS` (NaN where a run lacks one), hd95_n_undefined, n_images,
+    train_images_per_s, epoch_time_s, image_size, device_name, torch_version, git_commit,
+    command, config (the run's ``config.json`` as a dict, or None), environment (the
+    ``metrics.json`` environment dict). The arguments other
+    than ``results_dir`` keep only matching runs. A malformed ``metrics.json`` or
+    ``config.json`` raises ValueError naming the file.
     """
     rows = []
     for path in _metrics_files(results_dir):
@@ -89,31 +105,202 @@ def find_runs(
             continue
         test = m.get("test") or {}
         env = m.get("environment") or {}
+        ident = run_identity(run_dir, m)
         row: dict[str, Any] = {
             "dataset": ds,
             "model": mdl,
             "seed": int(m.get("seed", run_dir.name.removeprefix("seed"))),
             "recipe": rcp,
             "epochs": ep,
-            "experiment": experiment_label(rcp, ep),
+            "experiment": run_dir.parent.name,
+            "precision": ident["precision"],
+            "amp_requested": ident["amp_requested"],
+            "experiment_hash": ident["experiment_hash"],
             "config_hash": m.get("config_hash"),
             "run_dir": str(run_dir),
         }
         for key in (*SUMMARY_METRICS, *_PER_IMAGE_SPREAD):
             row[key] = _float(test.get(key))
+        row["hd95_n_undefined"] = _hd95_undefined(run_dir, test)
         row["n_images"] = test.get("n_images")
         for key in _RUN_EXTRAS:
             row[key] = _float(m.get(key))
+        row["image_size"] = ident["image_size"]
         row["device_name"] = env.get("device_name", "")
         row["torch_version"] = (env.get("versions") or {}).get("torch", "")
+        row["git_commit"] = env.get("git_commit") or ident["git_commit"] or ""
+        row["command"] = ident["command"]
+        row["config"] = ident["config"]
+        row["environment"] = env
         rows.append(row)
-    cols = (
-        ["dataset", "model", "seed", "recipe", "epochs", "experiment", "config_hash", "run_dir"]
-        + [*SUMMARY_METRICS, *_PER_IMAGE_SPREAD]
-        + ["n_images", *_RUN_EXTRAS, "device_name", "torch_version"]
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    return df.sort_values(
+        ["dataset", "model", "recipe", "epochs", "experiment", "experiment_hash", "seed"],
+        ignore_index=True,
     )
-    df = pd.DataFrame(rows, columns=cols)
-    return df.sort_values(["dataset", "model", "recipe", "epochs", "seed"], ignore_index=True)
+
+
+RUN_COLUMNS = (
+    [
+        "dataset",
+        "model",
+        "seed",
+        "recipe",
+        "epochs",
+        "experiment",
+        "precision",
+        "amp_requested",
+        "experiment_hash",
+        "config_hash",
+        "run_dir",
+    ]
+    + [*SUMMARY_METRICS, *_PER_IMAGE_SPREAD]
+    + ["hd95_n_undefined", "n_images", *_RUN_EXTRAS, "image_size"]
+    + ["device_name", "torch_version", "git_commit", "command", "config", "environment"]
+)
+
+
+def _optional_json(path: Path) -> dict[str, Any] | None:
+    """A run's side file (config.json, manifest.json): None when absent, ValueError naming
+    it when it exists but is not a JSON object."""
+    if not path.is_file():
+        return None
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _precision(amp: Any) -> str:
+    return "fp32" if amp in (None, "", "none", "fp32") else str(amp)
+
+
+def run_identity(run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run's experiment: its precision and its configuration without the seed.
+
+    - ``precision``: the precision the run really trained in. ``metrics.json`` ``amp``
+      first, else ``manifest.json`` ``amp`` (both written after a CPU bf16 crash probe
+      may have fallen back to fp32), else the requested ``config.json`` ``amp``; ``unknown``
+      when no file records it. ``amp_requested`` is what the configuration asked for.
+    - ``experiment_hash``: recomputed from ``config.json`` with
+      :func:`bench.engine.config.experiment_hash_of` (so runs written before the hash
+      existed, or under an older definition, are grouped by today's definition), else the
+      ``experiment_hash`` metrics.json recorded, else ``""`` (unknown: such runs are only
+      grouped with runs of the same folder).
+
+    Also returns ``config`` (dict or None), ``image_size``, ``command`` and ``git_commit``
+    (from the manifest).
+    """
+    from bench.engine.config import experiment_hash_of
+
+    run_dir = Path(run_dir)
+    config = _optional_json(run_dir / "config.json")
+    manifest = _optional_json(run_dir / "manifest.json")
+    if "amp" in metrics:
+        precision = _precision(metrics["amp"])
+    elif manifest is not None and "amp" in manifest:
+        precision = _precision(manifest["amp"])
+    elif config is not None and "amp" in config:
+        precision = _precision(config["amp"])
+    else:
+        precision = "unknown"
+    requested = metrics.get("amp_requested", (config or {}).get("amp"))
+    if manifest is not None and "amp_requested" in manifest:
+        requested = manifest["amp_requested"]
+    if config is not None:
+        ehash = experiment_hash_of(config, source=str(run_dir / "config.json"))
+    else:
+        ehash = str(metrics.get("experiment_hash") or "")
+    size = (config or {}).get("image_size")
+    if size is None and manifest is not None:
+        size = (manifest.get("dataset") or {}).get("image_size")
+    return {
+        "precision": precision,
+        "amp_requested": _precision(requested) if requested else None,
+        "experiment_hash": ehash,
+        "config": config,
+        "image_size": int(size) if size is not None else None,
+        "command": str((manifest or {}).get("command") or ""),
+        "git_commit": (manifest or {}).get("git_commit"),
+    }
+
+
+def _hd95_undefined(run_dir: Path, test: dict[str, Any]) -> float:
+    """Test images whose HD95 is undefined (empty prediction or empty mask).
+
+    ``test.hd95_n_undefined`` when the run recorded it; for older runs, the empty cells of
+    ``per_image.csv``'s hd95 column; NaN when neither exists or HD95 was not computed.
+    """
+    n = test.get("hd95_n_undefined")
+    if n is not None:
+        return float(n)
+    path = run_dir / "per_image.csv"
+    if not path.is_file() or math.isnan(_float(test.get("hd95_mean"))):
+        return math.nan
+    try:
+        col = pd.read_csv(path, usecols=["hd95"])["hd95"]
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return math.nan  # the per-image loader reports a bad file where it is needed
+    return float(pd.to_numeric(col, errors="coerce").isna().sum())
+
+
+def experiment_settings(runs: pd.DataFrame) -> dict[tuple, str]:
+    """What tells experiments of one (dataset, model, recipe, epochs) apart.
+
+    Returns, for each :data:`EXPERIMENT_KEY` tuple, ``"lr=0.0005"``-style text of the
+    configuration values in which it differs from another experiment of the same
+    (dataset, model, recipe, epochs); ``""`` when it is the only one. ``amp`` is left
+    out (the precision is its own column); an experiment without ``config.json`` is
+    ``"config not recorded"``.
+    """
+    from bench.engine.config import RUNTIME_FIELDS
+
+    skip = set(RUNTIME_FIELDS) | {"seed", "amp", "config_hash", "experiment_hash"}
+    out: dict[tuple, str] = {}
+    if runs.empty:
+        return out
+    for _, grp in runs.groupby(["dataset", "model", "recipe", "epochs"], sort=False):
+        exps = list(grp.groupby(EXPERIMENT_KEY, sort=True, dropna=False))
+        if len(exps) < 2:
+            out.update({key: "" for key, _ in exps})
+            continue
+        configs = {}
+        for key, g in exps:
+            cfgs = [c for c in g["config"] if isinstance(c, dict)]
+            configs[key] = cfgs[0] if cfgs else None
+        known = [c for c in configs.values() if c is not None]
+        keys = sorted({k for c in known for k in c} - skip)
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in known}) > 1]
+        for key, cfg in configs.items():
+            if cfg is None:
+                out[key] = "config not recorded"
+            else:
+                out[key] = ", ".join(f"{k}={_show(cfg.get(k))}" for k in differ)
+    return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+
+
+def experiment_differences(runs: pd.DataFrame) -> list[str]:
+    """One line per (dataset, model, recipe, epochs) with several experiments, naming what
+    differs, e.g. ``"isic2017-mini malunet fair-e20: lr=0.001 vs lr=0.0005"``."""
+    settings = experiment_settings(runs)
+    lines = []
+    for (ds, mdl, rcp, ep), grp in runs.groupby(
+        ["dataset", "model", "recipe", "epochs"], sort=True
+    ):
+        keys = list(grp.groupby(EXPERIMENT_KEY, sort=True, dropna=False).groups)
+        if len(keys) < 2:
+            continue
+        texts = []
+        for k in keys:
+            t = settings.get(k) or ""
+            prec = k[EXPERIMENT_KEY.index("precision")]
+            texts.append(f"{t} ({prec})" if t else prec)
+        lines.append(f"{ds} {mdl} {experiment_label(rcp, ep)}: " + " vs ".join(texts))
+    return lines
 
 
 def choose_experiment(
@@ -171,26 +358,31 @@ def _float(value: Any) -> float:
 
 
 def aggregate_runs(results_dir: str | Path = "results") -> pd.DataFrame:
-    """Mean, std (ddof=1) and n over seeds per dataset, model, recipe and epochs.
+    """Mean, std (ddof=1) and n over seeds per experiment (:data:`EXPERIMENT_KEY`).
 
-    Columns: dataset, model, recipe, epochs, n, seeds ("0,1,2"), ``<metric>_mean`` and
-    ``<metric>_std`` for each of :data:`SUMMARY_METRICS` plus train_images_per_s and
-    epoch_time_s, then devices and torch_versions (the distinct values among the runs,
-    so a table says where its numbers came from). Empty (with these columns) when no
-    run has finished.
+    An experiment is one configuration except the seed, trained in one precision: runs
+    that differ in anything else (``lr``, ``amp``, ...) are never averaged together.
+    Columns: the experiment key, setting (what tells it apart from other experiments of
+    the same dataset, model, recipe and epochs, :func:`experiment_settings`), n, seeds
+    ("0,1,2"), ``<metric>_mean`` and ``<metric>_std`` for each of :data:`SUMMARY_METRICS`
+    plus train_images_per_s and epoch_time_s, then devices and torch_versions (the
+    distinct values among the runs, so a table says where its numbers came from). Empty
+    (with these columns) when no run has finished.
     """
     runs = find_runs(results_dir)
     values = list(SUMMARY_METRICS) + list(_RUN_EXTRAS)
-    cols = _GROUP + ["n", "seeds"]
+    cols = EXPERIMENT_KEY + ["setting", "n", "seeds"]
     for v in values:
         cols += [f"{v}_mean", f"{v}_std"]
     cols += ["devices", "torch_versions"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
     runs["epochs"] = runs["epochs"].astype("Int64")
+    settings = experiment_settings(runs)
     out = []
-    for key, grp in runs.groupby(_GROUP, sort=True, dropna=False):
-        row: dict[str, Any] = dict(zip(_GROUP, key))
+    for key, grp in runs.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(EXPERIMENT_KEY, key))
+        row["setting"] = settings.get(key, "")
         row["n"] = len(grp)
         row["seeds"] = ",".join(str(s) for s in sorted(grp["seed"]))
         for v in values:
@@ -223,6 +415,8 @@ def summary_markdown(df: pd.DataFrame) -> str:
             "model": df["model"],
             "recipe": df["recipe"],
             "epochs": df["epochs"],
+            "precision": df["precision"],
+            "setting": df["setting"],
             "n": df["n"],
             **{
                 heads[m]: [

@@ -1,24 +1,35 @@
-"""Paired statistics between models: is model A really better than model B?
+"""Paired statistics between models on the same test images, claimed only at the level tested.
 
-Both are scored on the same test images, so the comparison is paired:
-:func:`pairwise_comparisons` joins the runs' ``per_image.csv`` on ``image_id`` (and
-refuses when the image sets differ) and gives, per pair, a Wilcoxon signed-rank test on
-the per-image differences (:func:`scipy.stats.wilcoxon`, zero differences dropped, exact
-p-value for small samples without ties), a bootstrap 95% confidence interval of the mean
-difference (:func:`scipy.stats.bootstrap`, paired resampling of images, BCa, seeded) and
-the Holm-adjusted p-value across all pairs. Only runs of one experiment (recipe, epochs)
-are compared: by default the one with the most epochs that every model has
-(:func:`bench.analysis.runs.choose_experiment`). With several seeds per model the
-per-image values are first averaged over seeds (or one ``--seed`` is chosen). The table
-goes to ``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``; the report
-marks a difference significant when ``p_holm < alpha``.
+Both models are scored on the same test images, so image-level comparisons are paired.
+But a difference between two *models* is a claim about training runs: one run per model
+says nothing about the next seed. So each comparison says at which level it was tested:
+
+* **over seeds** (both models have >= :data:`MIN_SEEDS` finished seeds): a Welch t-test
+  on the per-seed means (:func:`scipy.stats.ttest_ind`, ``equal_var=False``; the seed is
+  the unit of replication) and a hierarchical bootstrap confidence interval of the mean
+  difference that resamples seeds within each model and images (paired across the two
+  models) (:func:`hierarchical_bootstrap_ci`). A difference is *significant* only when
+  the Holm-adjusted p-value is below alpha **and** the interval excludes 0; where the two
+  disagree, both are shown and nothing is claimed.
+* **per image** (fewer seeds): the per-image scores (averaged over the seeds there are)
+  get a Wilcoxon signed-rank test and a paired BCa bootstrap interval over images
+  (:func:`paired_comparison`). Such a row is labelled "one training run, per-image test"
+  (or "fewer than 3 seeds, per-image test") and is never called significant.
+
+Holm's correction runs across every comparison of a table (:func:`holm`). Only runs of
+one experiment per model are compared (one configuration except the seed, one
+precision; see :data:`bench.analysis.runs.EXPERIMENT_KEY`), chosen by
+:func:`bench.analysis.runs.choose_experiment` (recipe, epochs) and, where a model has
+several experiments there, ``precision`` (default: fp32 when present).
+:func:`pairwise_comparisons` writes
+``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``.
 
 ``mean_diff = mean(A - B)``: positive means A scores higher (better for Dice / IoU,
 worse for HD95).
 
-CLI: ``segbench compare A B [--dataset D] [--recipe R] [--epochs E] [--seed K]`` prints
-one comparison; ``segbench compare --all --dataset D`` compares every pair and writes
-the table.
+CLI: ``segbench compare A B [--dataset D] [--recipe R] [--epochs E] [--precision P]
+[--seed K]`` prints one comparison; ``segbench compare --all --dataset D`` compares every
+pair and writes the table.
 """
 
 from __future__ import annotations
@@ -31,7 +42,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.analysis.runs import _command, choose_experiment, experiment_label, find_runs
+from bench.analysis.runs import (
+    EXPERIMENT_KEY,
+    _command,
+    choose_experiment,
+    experiment_differences,
+    experiment_label,
+    find_runs,
+)
 from bench.core.io import write_csv, write_json
 
 PAIRWISE_COLUMNS = [
@@ -49,42 +67,76 @@ PAIRWISE_COLUMNS = [
     "significant",
 ]
 
+#: columns after :data:`PAIRWISE_COLUMNS`: how each row was tested, and what it claims
+LEVEL_COLUMNS = ["level", "n_seeds_a", "n_seeds_b", "test", "ci_method", "claim", "note"]
 
-def load_per_image(
-    results_dir: str | Path,
+#: seeds per model needed for a test over seeds (below it: per-image test, no claim)
+MIN_SEEDS = 3
+
+LEVEL_SEEDS = "over seeds"
+ONE_RUN = "one training run, per-image test"
+FEW_SEEDS = f"fewer than {MIN_SEEDS} seeds, per-image test"
+
+_TEST_SEEDS = "Welch t-test over per-seed means"
+_CI_SEEDS = "hierarchical bootstrap over seeds and images (percentile)"
+_TEST_IMAGES = "Wilcoxon signed-rank over images (per-image scores averaged over seeds)"
+_CI_IMAGES = "paired bootstrap over images (BCa)"
+
+
+def select_runs(
+    runs: pd.DataFrame,
     dataset: str,
     model: str,
-    seed: int | None = None,
-    metric: str = "dice",
     recipe: str | None = None,
     epochs: int | None = None,
-) -> pd.Series:
-    """Per-image ``metric`` of one model in one experiment, indexed by image_id.
+    precision: str | None = None,
+    seed: int | None = None,
+) -> pd.DataFrame:
+    """The finished runs (:func:`find_runs` rows) of one experiment of ``model``.
 
-    With ``seed=None`` the values are averaged over every finished seed (which must all
-    have scored the same images); ``series.attrs["seeds"]`` lists the seeds used.
-    ``recipe`` / ``epochs`` pick the experiment; they may be left out only when the
-    model has runs of a single experiment on ``dataset`` (never mixed).
+    Narrowed by ``recipe`` / ``epochs`` / ``precision`` / ``seed``. When several
+    experiments remain and ``precision`` was not given, fp32 ones are preferred; when
+    several still remain (e.g. runs that differ in ``lr``), ValueError names what
+    differs. FileNotFoundError when nothing is left.
     """
-    runs = find_runs(results_dir, dataset=dataset, model=model, recipe=recipe, epochs=epochs)
+    rows = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
+    if recipe is not None:
+        rows = rows[rows["recipe"] == recipe]
+    if epochs is not None:
+        rows = rows[rows["epochs"] == epochs]
+    if precision is not None:
+        rows = rows[rows["precision"] == precision]
     if seed is not None:
-        runs = runs[runs["seed"] == seed]
-    exps = sorted(set(runs["experiment"]))
-    if len(exps) > 1:
-        raise ValueError(
-            f"model {model!r} on dataset {dataset!r} has runs of several experiments "
-            f"({', '.join(exps)}); choose one with recipe/epochs (--recipe, --epochs)"
-        )
-    if runs.empty:
+        rows = rows[rows["seed"] == seed]
+    if rows.empty:
         which = f"seed {seed}" if seed is not None else "any seed"
-        if recipe is not None or epochs is not None:
-            which += f", recipe {recipe or 'any'}, epochs {epochs or 'any'}"
-        known = find_runs(results_dir, dataset=dataset)
-        have = ", ".join(sorted(set(known["model"]))) or "none"
+        if recipe is not None or epochs is not None or precision is not None:
+            which += (
+                f", recipe {recipe or 'any'}, epochs {epochs or 'any'}, "
+                f"precision {precision or 'any'}"
+            )
+        have = ", ".join(sorted(set(runs.loc[runs["dataset"] == dataset, "model"]))) or "none"
         raise FileNotFoundError(
-            f"no finished run of model {model!r} on dataset {dataset!r} ({which}) under "
-            f"{Path(results_dir) / 'runs'}; models with finished runs there: {have}"
+            f"no finished run of model {model!r} on dataset {dataset!r} ({which}); "
+            f"models with finished runs there: {have}"
         )
+    groups = rows.groupby(EXPERIMENT_KEY, sort=True, dropna=False)
+    if groups.ngroups > 1 and precision is None and (rows["precision"] == "fp32").any():
+        rows = rows[rows["precision"] == "fp32"]
+        groups = rows.groupby(EXPERIMENT_KEY, sort=True, dropna=False)
+    if groups.ngroups > 1:
+        diff = "; ".join(experiment_differences(rows)) or ", ".join(sorted(set(rows["experiment"])))
+        raise ValueError(
+            f"model {model!r} on dataset {dataset!r} has runs of several experiments ({diff}); "
+            "choose one with recipe/epochs/precision (--recipe, --epochs, --precision), or "
+            "move the runs of the others out of the results folder"
+        )
+    return rows
+
+
+def per_image_matrix(runs: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Per-image ``metric`` of the given runs (one experiment): rows = seeds, columns =
+    image_id (sorted). Every run must have scored the same images."""
     per_seed = []
     for run_dir, s in zip(runs["run_dir"], runs["seed"]):
         path = Path(run_dir) / "per_image.csv"
@@ -99,14 +151,41 @@ def load_per_image(
         if df["image_id"].duplicated().any():
             dup = df.loc[df["image_id"].duplicated(), "image_id"].iloc[0]
             raise ValueError(f"{path}: image_id {dup!r} appears more than once")
-        per_seed.append((s, path, df.set_index("image_id")[metric].astype(float)))
+        per_seed.append((int(s), path, df.set_index("image_id")[metric].astype(float)))
+    if not per_seed:
+        raise ValueError("no runs given")
     _, first_path, first = per_seed[0]
     for _, path, values in per_seed[1:]:
         _check_same_images(first, values, str(first_path), str(path))
-    mean = pd.concat([v for _, _, v in per_seed], axis=1).mean(axis=1)
+    mat = pd.DataFrame({s: v for s, _, v in per_seed}).T.sort_index(axis=1)
+    mat.index.name = "seed"
+    return mat
+
+
+def load_per_image(
+    results_dir: str | Path,
+    dataset: str,
+    model: str,
+    seed: int | None = None,
+    metric: str = "dice",
+    recipe: str | None = None,
+    epochs: int | None = None,
+    precision: str | None = None,
+) -> pd.Series:
+    """Per-image ``metric`` of one model in one experiment, indexed by image_id.
+
+    With ``seed=None`` the values are averaged over every finished seed (which must all
+    have scored the same images); ``series.attrs["seeds"]`` lists the seeds used.
+    The experiment is chosen by :func:`select_runs` (never mixed).
+    """
+    runs = select_runs(
+        find_runs(results_dir, dataset=dataset), dataset, model, recipe, epochs, precision, seed
+    )
+    mat = per_image_matrix(runs, metric)
+    mean = mat.mean(axis=0)
     mean.name = model
-    mean.attrs["seeds"] = [int(s) for s, _, _ in per_seed]
-    mean.attrs["experiment"] = exps[0]
+    mean.attrs["seeds"] = [int(s) for s in mat.index]
+    mean.attrs["experiment"] = str(runs["experiment"].iloc[0])
     return mean.sort_index()
 
 
@@ -218,6 +297,233 @@ def paired_comparison(
     return {k: float(v) if k != "n" else int(v) for k, v in res.items()}
 
 
+def hierarchical_bootstrap_ci(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile CI of mean(A) - mean(B) resampling seeds and images.
+
+    ``a`` (seeds_a, images) and ``b`` (seeds_b, images) hold per-image scores on the same
+    images (same column order). Each resample draws images with replacement (the same
+    draw for both models: the images are shared) and, independently per model, seeds
+    with replacement; the statistic is the mean over the drawn seeds of the mean over the
+    drawn images. Written here because scipy's ``bootstrap`` resamples one level only.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"expected (seeds, images) arrays over the same images, got {a.shape}, {b.shape}"
+        )
+    rng = np.random.default_rng(seed)
+    n_img, sa, sb = a.shape[1], a.shape[0], b.shape[0]
+    diffs = np.empty(n_resamples)
+    chunk = max(1, 2_000_000 // max(n_img, 1))  # bounded memory for large test sets
+    for start in range(0, n_resamples, chunk):
+        r = min(chunk, n_resamples - start)
+        w = rng.multinomial(n_img, np.full(n_img, 1 / n_img), size=r)  # image counts
+        ca = rng.multinomial(sa, np.full(sa, 1 / sa), size=r)  # seed counts, model A
+        cb = rng.multinomial(sb, np.full(sb, 1 / sb), size=r)
+        ma = (w @ a.T) / n_img  # (r, sa): each seed's mean over the drawn images
+        mb = (w @ b.T) / n_img
+        diffs[start : start + r] = (ca * ma).sum(1) / sa - (cb * mb).sum(1) / sb
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def seed_level_comparison(
+    a: pd.DataFrame | np.ndarray,
+    b: pd.DataFrame | np.ndarray,
+    *,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Test A against B over training seeds.
+
+    ``a`` / ``b``: per-image scores, rows = seeds, columns = images (DataFrames are
+    aligned on their columns, the image ids, and must cover the same images). Images
+    with a non-finite value in any seed of either model are dropped; ``n`` counts the
+    images used. Returns n, n_seeds_a, n_seeds_b, mean_a, mean_b (grand means), mean_diff,
+    statistic and p_value (two-sided Welch t-test on the per-seed means: the seed is the
+    unit of replication; NaN when neither model varies over seeds), ci_low / ci_high
+    (:func:`hierarchical_bootstrap_ci`).
+    """
+    from scipy import stats
+
+    if isinstance(a, pd.DataFrame) and isinstance(b, pd.DataFrame):
+        _check_same_images(
+            pd.Series(index=a.columns, dtype=float), pd.Series(index=b.columns, dtype=float),
+            "model A", "model B",
+        )  # fmt: skip
+        b = b[a.columns]
+    x = np.asarray(a, dtype=float)
+    y = np.asarray(b, dtype=float)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(
+            f"expected (seeds, images) arrays over the same images, got {x.shape}, {y.shape}"
+        )
+    keep = np.isfinite(x).all(0) & np.isfinite(y).all(0)
+    x, y = x[:, keep], y[:, keep]
+    if x.shape[1] == 0:
+        raise ValueError("no image has a finite value in every seed of both models")
+    if min(len(x), len(y)) < 2:
+        raise ValueError("a test over seeds needs at least two seeds per model")
+    sx, sy = x.mean(1), y.mean(1)
+    res: dict[str, float] = {
+        "n": int(x.shape[1]),
+        "n_seeds_a": len(x),
+        "n_seeds_b": len(y),
+        "mean_a": float(sx.mean()),
+        "mean_b": float(sy.mean()),
+        "mean_diff": float(sx.mean() - sy.mean()),
+    }
+    if np.ptp(sx) == 0 and np.ptp(sy) == 0:
+        res.update(statistic=math.nan, p_value=math.nan)  # no spread over seeds: undefined
+    else:
+        t = stats.ttest_ind(sx, sy, equal_var=False)
+        res.update(statistic=float(t.statistic), p_value=float(t.pvalue))
+    lo, hi = hierarchical_bootstrap_ci(
+        x, y, confidence=confidence, n_resamples=n_resamples, seed=seed
+    )
+    res.update(ci_low=lo, ci_high=hi)
+    return res
+
+
+def compare_pair(
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    *,
+    min_seeds: int = MIN_SEEDS,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> dict[str, object]:
+    """One comparison at the level the seeds allow (see the module doc); no Holm yet.
+
+    ``a`` / ``b`` are :func:`per_image_matrix` frames. Both with >= ``min_seeds`` seeds:
+    :func:`seed_level_comparison`; otherwise :func:`paired_comparison` of the per-image
+    scores averaged over seeds, labelled with its level.
+    """
+    na, nb = len(a), len(b)
+    if min(na, nb) >= min_seeds:
+        r: dict[str, object] = dict(
+            seed_level_comparison(a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        )
+        r.update(level=LEVEL_SEEDS, test=_TEST_SEEDS, ci_method=_CI_SEEDS)
+        return r
+    sa, sb = a.mean(axis=0), b.mean(axis=0)
+    sa.name, sb.name = "A", "B"
+    r = dict(paired_comparison(sa, sb, confidence=confidence, n_resamples=n_resamples, seed=seed))
+    r.update(
+        n_seeds_a=na,
+        n_seeds_b=nb,
+        level=ONE_RUN if min(na, nb) == 1 else FEW_SEEDS,
+        test=_TEST_IMAGES,
+        ci_method=_CI_IMAGES,
+    )
+    return r
+
+
+def finalize_comparisons(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Holm across every row of ``df``, then what each row may claim.
+
+    ``significant`` is True only for rows tested over seeds whose Holm-adjusted p-value
+    is below ``alpha`` and whose CI excludes 0. ``claim`` says so in words: "significant",
+    "not significant", or, for per-image rows, "none: <level>" (never "significant").
+    ``note`` shows both numbers where the test and the CI disagree.
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    df = df.copy()
+    if df.empty:
+        for col in ("p_holm", "significant", "claim", "note"):
+            df[col] = pd.Series(dtype=object)
+        return df
+    df["p_holm"] = holm(pd.to_numeric(df["p_value"], errors="coerce").to_numpy())
+    claims, notes, sig = [], [], []
+    for _, r in df.iterrows():
+        lo, hi, p = float(r["ci_low"]), float(r["ci_high"]), float(r["p_holm"])
+        excludes = (lo > 0 or hi < 0) if math.isfinite(lo) and math.isfinite(hi) else False
+        tested = math.isfinite(p) and p < alpha
+        note = r.get("note") if "note" in df else ""
+        note = note if isinstance(note, str) else ""
+        if r["level"] != LEVEL_SEEDS:
+            sig.append(False)
+            claims.append(f"none: {r['level']}")
+        else:
+            sig.append(tested and excludes)
+            claims.append("significant" if tested and excludes else "not significant")
+            if tested != excludes:
+                why = (
+                    f"test: Holm p {p:.3g} {'<' if tested else '>='} {alpha:g}; CI "
+                    f"[{lo:.4f}, {hi:.4f}] {'excludes' if excludes else 'includes'} 0"
+                )
+                if not math.isfinite(p):
+                    why = f"test undefined (no spread over seeds); CI [{lo:.4f}, {hi:.4f}]"
+                note = "; ".join(x for x in (note, f"test and CI disagree ({why})") if x)
+        notes.append(note)
+    df["significant"] = sig
+    df["claim"] = claims
+    df["note"] = notes
+    return df
+
+
+def compare_models(
+    scores: dict[str, pd.DataFrame],
+    pairs: Sequence[tuple[str, str]] | None = None,
+    *,
+    alpha: float = 0.05,
+    min_seeds: int = MIN_SEEDS,
+    confidence: float = 0.95,
+    n_resamples: int = 9999,
+    rng_seed: int = 0,
+    finalize: bool = True,
+) -> pd.DataFrame:
+    """Every pair (or ``pairs``) of ``scores`` (name -> :func:`per_image_matrix`) compared
+    with :func:`compare_pair`; Holm across the rows (:func:`finalize_comparisons`) unless
+    ``finalize=False`` (the caller pools rows of several tables first).
+
+    A pair that cannot be compared (different image sets, no finite value) becomes a row
+    with NaN statistics and the reason in ``note``.
+    """
+    names = list(scores)
+    pairs = list(itertools.combinations(names, 2)) if pairs is None else list(pairs)
+    rows = []
+    for ma, mb in pairs:
+        row: dict[str, object] = {"model_a": ma, "model_b": mb}
+        try:
+            row.update(
+                compare_pair(
+                    scores[ma],
+                    scores[mb],
+                    min_seeds=min_seeds,
+                    confidence=confidence,
+                    n_resamples=n_resamples,
+                    seed=rng_seed,
+                )
+            )
+        except ValueError as err:
+            row.update(
+                n_seeds_a=len(scores[ma]),
+                n_seeds_b=len(scores[mb]),
+                level="not compared",
+                p_value=math.nan,
+                ci_low=math.nan,
+                ci_high=math.nan,
+                note=str(err),
+            )
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[*PAIRWISE_COLUMNS, *LEVEL_COLUMNS])
+    df = df.drop(columns=["p_holm", "significant", "claim"])
+    return finalize_comparisons(df, alpha) if finalize else df
+
+
 def pairwise_comparisons(
     results_dir: str | Path = "results",
     dataset: str | None = None,
@@ -226,6 +532,7 @@ def pairwise_comparisons(
     seed: int | None = None,
     recipe: str | None = None,
     epochs: int | None = None,
+    precision: str | None = None,
     metric: str = "dice",
     alpha: float = 0.05,
     confidence: float = 0.95,
@@ -235,15 +542,17 @@ def pairwise_comparisons(
 ) -> pd.DataFrame:
     """Every pair of models on one dataset and experiment, Holm-corrected across the pairs.
 
-    Only runs of one experiment (recipe, epochs) are compared, chosen by
-    :func:`choose_experiment` (default: the most epochs every model has; ``recipe`` /
-    ``epochs`` narrow the choice). ``models`` defaults to every model with a finished
-    run of that experiment (sorted by name; A is the first of each pair). With
-    ``write`` the table goes to ``<results>/stats/<dataset>_<recipe>-e<epochs>_pairwise.csv``
-    and, with the command, machine, versions and parameters, to ``..._pairwise.json``.
+    The experiment (recipe, epochs) is chosen by :func:`choose_experiment` (default: the
+    most epochs every model has), each model's runs in it by :func:`select_runs`
+    (``precision``; default fp32 where a model has several). ``models`` defaults to
+    every model with a finished run of that experiment (sorted by name; A is the first
+    of each pair). Each pair is tested at the level its seeds allow (module doc); with
+    ``seed`` one seed per model is used, so every row is a per-image test. With ``write``
+    the table goes to ``<results>/stats/<dataset>_<recipe>-e<epochs>_pairwise.csv`` and,
+    with the command, machine, versions and parameters, to ``..._pairwise.json``.
 
-    Columns: :data:`PAIRWISE_COLUMNS` plus seeds_a, seeds_b, metric, dataset, recipe
-    and epochs.
+    Columns: :data:`PAIRWISE_COLUMNS`, :data:`LEVEL_COLUMNS`, then seeds_a, seeds_b,
+    precision_a, precision_b, metric, dataset, recipe and epochs.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
@@ -258,6 +567,8 @@ def pairwise_comparisons(
             )
         dataset = found[0]
     on_ds = runs[runs["dataset"] == dataset]
+    if precision is not None:
+        on_ds = on_ds[on_ds["precision"] == precision]
     names = sorted(set(on_ds["model"])) if models is None else list(models)
     if len(set(names)) < 2:
         raise ValueError(
@@ -275,34 +586,34 @@ def pairwise_comparisons(
     if models is None:
         exp = on_ds[(on_ds["recipe"] == recipe) & (on_ds["epochs"] == epochs)]
         names = sorted(set(exp["model"]))
-    scores = {
-        m: load_per_image(
-            results_dir, dataset, m, seed=seed, metric=metric, recipe=recipe, epochs=epochs
-        )
-        for m in names
-    }
-    rows = []
-    for ma, mb in itertools.combinations(names, 2):
-        r = paired_comparison(
-            scores[ma], scores[mb], confidence=confidence, n_resamples=n_resamples, seed=rng_seed
-        )
-        rows.append(
-            {
-                "model_a": ma,
-                "model_b": mb,
-                **r,
-                "seeds_a": ",".join(map(str, scores[ma].attrs["seeds"])),
-                "seeds_b": ",".join(map(str, scores[mb].attrs["seeds"])),
-                "metric": metric,
-                "dataset": dataset,
-                "recipe": recipe,
-                "epochs": epochs,
-            }
-        )
-    df = pd.DataFrame(rows)
-    df["p_holm"] = holm(df["p_value"].to_numpy())
-    df["significant"] = df["p_holm"] < alpha
-    df = df[PAIRWISE_COLUMNS + ["seeds_a", "seeds_b", "metric", "dataset", "recipe", "epochs"]]
+    chosen = {m: select_runs(on_ds, dataset, m, recipe, epochs, precision, seed) for m in names}
+    scores = {m: per_image_matrix(r, metric) for m, r in chosen.items()}
+    df = compare_models(
+        scores,
+        alpha=alpha,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        rng_seed=rng_seed,
+    )
+    df["seeds_a"] = [",".join(map(str, scores[m].index)) for m in df["model_a"]]
+    df["seeds_b"] = [",".join(map(str, scores[m].index)) for m in df["model_b"]]
+    df["precision_a"] = [str(chosen[m]["precision"].iloc[0]) for m in df["model_a"]]
+    df["precision_b"] = [str(chosen[m]["precision"].iloc[0]) for m in df["model_b"]]
+    df = df.assign(metric=metric, dataset=dataset, recipe=recipe, epochs=epochs)
+    df = df[
+        PAIRWISE_COLUMNS
+        + LEVEL_COLUMNS
+        + [
+            "seeds_a",
+            "seeds_b",
+            "precision_a",
+            "precision_b",
+            "metric",
+            "dataset",
+            "recipe",
+            "epochs",
+        ]
+    ]
     if write:
         from bench.core.env import environment
 
@@ -317,14 +628,19 @@ def pairwise_comparisons(
                 "epochs": epochs,
                 "parameters": {
                     "metric": metric,
-                    "seed": seed if seed is not None else "all seeds averaged per image",
+                    "seed": seed if seed is not None else "all seeds",
+                    "precision": precision or "fp32 where a model has several",
                     "alpha": alpha,
                     "confidence": confidence,
                     "n_resamples": n_resamples,
                     "rng_seed": rng_seed,
-                    "test": "two-sided Wilcoxon signed-rank (scipy.stats.wilcoxon, zero_method=wilcox)",
-                    "ci": "paired bootstrap of the mean difference (scipy.stats.bootstrap, BCa)",
+                    "min_seeds_for_a_test_over_seeds": MIN_SEEDS,
+                    "test_over_seeds": _TEST_SEEDS + " (scipy.stats.ttest_ind, equal_var=False)",
+                    "ci_over_seeds": _CI_SEEDS,
+                    "test_per_image": _TEST_IMAGES + " (scipy.stats.wilcoxon, zero_method=wilcox)",
+                    "ci_per_image": _CI_IMAGES + " (scipy.stats.bootstrap)",
                     "correction": "Holm across all pairs of this table",
+                    "significant": "tested over seeds, Holm p < alpha and CI excludes 0",
                 },
                 "environment": environment(),
                 "rows": df.to_dict(orient="records"),

@@ -31,6 +31,7 @@ COMMANDS = {
     "data": "bench.cli.data",
     "train": "bench.cli.train",
     "evaluate": "bench.cli.evaluate",
+    "baselines": "bench.cli.baselines",
     "report": "bench.cli.report",
     "benchmark": "bench.cli.benchmark",
     "sweep": "bench.cli.sweep",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis.runs import find_runs
-from bench.analysis.stats import pairwise_comparisons, pairwise_path
+from bench.analysis.stats import MIN_SEEDS, pairwise_comparisons, pairwise_path
 from bench.cli.common import add_results
 
 
@@ -54,6 +54,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             seed=args.seed,
             recipe=args.recipe,
             epochs=args.epochs,
+            precision=args.precision,
             metric=args.metric,
             alpha=args.alpha,
             confidence=args.confidence,
@@ -64,21 +65,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    seeds = f"seed {args.seed}" if args.seed is not None else "per-image mean over seeds"
+    seeds = f"seed {args.seed}" if args.seed is not None else "all seeds"
     recipe, epochs = str(df["recipe"].iloc[0]), int(df["epochs"].iloc[0])
     print(
         f"{dataset}, recipe {recipe}, {epochs} epochs: per-image {args.metric}, {seeds}; "
-        "diff = A - B, "
-        f"{100 * args.confidence:g}% paired bootstrap CI (BCa, {args.resamples} resamples), "
-        f"two-sided Wilcoxon signed-rank, Holm across {len(df)} pair(s), alpha {args.alpha}"
+        f"diff = A - B; both models with >= {MIN_SEEDS} seeds: Welch t-test over seeds and a "
+        "hierarchical bootstrap CI (seeds and images), else a Wilcoxon test and a paired "
+        f"bootstrap CI over images (never called significant); {100 * args.confidence:g}% CI, "
+        f"{args.resamples} resamples, Holm across {len(df)} pair(s), alpha {args.alpha}"
     )
     shown = df.copy()
     for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("p_value", "p_holm"):
         shown[col] = shown[col].map(lambda v: f"{v:.3g}")
-    shown = shown.drop(columns=["statistic", "metric", "dataset", "recipe", "epochs"])
+    shown = shown[
+        ["model_a", "model_b", "precision_a", "precision_b", "seeds_a", "seeds_b", "n"]
+        + ["mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm", "claim"]
+    ]
     print(shown.to_string(index=False))
+    for _, r in df[df["note"].astype(str) != ""].iterrows():
+        print(f"note {r['model_a']} vs {r['model_b']}: {r['note']}")
     if args.all:
         print(f"wrote {pairwise_path(results, dataset, recipe, epochs)}")
     return 0
@@ -88,9 +95,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "compare",
         help="paired statistics between models on the same test images",
-        description="Compare models on the same test images: two-sided Wilcoxon "
-        "signed-rank test on per-image scores, paired bootstrap CI of the mean "
-        "difference, Holm correction across pairs. Reads results/runs/; with --all "
+        description="Compare models on the same test images, at the level the seeds allow: "
+        f"with >= {MIN_SEEDS} seeds per model a Welch t-test over seeds and a hierarchical "
+        "bootstrap CI (seeds and images), else a Wilcoxon signed-rank test and a paired "
+        "bootstrap CI over images, labelled as a per-image test and never called "
+        "significant. Holm correction across pairs. Reads results/runs/; with --all "
         "writes results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}. Only runs of "
         "one experiment (recipe, epochs) are compared: by default the one with the most "
         "epochs that all the models have.",
@@ -116,10 +125,16 @@ def register(subparsers: Any) -> None:
         help="compare runs of this many epochs (default: the most all the models have)",
     )
     p.add_argument(
+        "--precision",
+        default=None,
+        help="compare runs trained in this precision (fp32, bf16; default: fp32 where a "
+        "model has several)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="use this seed only (default: average each image over all seeds)",
+        help="use this seed only (a per-image test; default: all seeds)",
     )
     p.add_argument(
         "--metric", default="dice", help="per_image.csv column to compare (default: dice)"

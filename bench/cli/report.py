@@ -38,8 +38,9 @@ def register(subparsers: Any) -> None:
         "report",
         help="tables, Pareto plots and results/README.md from results/",
         description="Read every result file under --results (complexity, speed per device, "
-        "finished training runs, optional paired statistics) and write Markdown + CSV tables "
-        "(tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --results (or --report-dir).",
+        "finished training runs, their evaluations on other data, trivial baselines) and "
+        "write Markdown + CSV tables (accuracy per experiment, comparisons tested over seeds, "
+        "external validation; tables/), Pareto and efficiency plots as PNG + SVG (plots/) and README.md into --results (or --report-dir).",
     )
     p.add_argument(
         "--results",

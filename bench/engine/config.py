@@ -211,7 +211,45 @@ class TrainConfig:
         d.pop("per_model_kwargs", None)
         d["model_kwargs"] = self.effective_model_kwargs
         d["dataset"] = self.dataset_name
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return _hash(d)
+
+    @property
+    def experiment_hash(self) -> str:
+        """sha256 prefix of the result-defining fields except the seed.
+
+        Runs with equal experiment hashes differ only in their training seed, so their
+        results may be summarised as mean ± std over seeds; any other difference (``lr``,
+        ``amp``, ``image_size``, ...) makes another experiment. The analysis recomputes it
+        from each run's ``config.json`` with :func:`experiment_hash_of`.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_EXPERIMENT}
+        d["dataset"] = self.dataset_name
+        return _hash(d)
+
+
+def _hash(d: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def experiment_hash_of(values: dict[str, Any], source: str = "config") -> str:
+    """:attr:`TrainConfig.experiment_hash` of a stored configuration (a run's ``config.json``).
+
+    Fields missing from ``values`` take today's defaults, so a run written before a field
+    existed matches a new run that leaves it at its default. Keys TrainConfig no longer
+    knows stay in the hash as they are: a setting that cannot be interpreted separates
+    experiments rather than silently merging them. ``config_hash`` / ``experiment_hash``
+    entries are ignored. A value TrainConfig rejects raises ValueError naming ``source``.
+    """
+    known = {k: v for k, v in values.items() if k in _FIELD_NAMES}
+    unknown = {k: v for k, v in values.items() if k not in _FIELD_NAMES and k not in _HASH_KEYS}
+    if not known.get("data") and not known.get("dataset"):
+        raise ValueError(f"{source}: neither 'dataset' nor 'data' is set")
+    cfg = TrainConfig.from_dict(known, source=source)
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_EXPERIMENT}
+    d["dataset"] = cfg.dataset_name
+    # JSON round trip: the stored lists compare like the tuples of a fresh config
+    d.update(json.loads(json.dumps(unknown)))
+    return _hash(d)
 
 
 def dataset_label(root: str | Path) -> str:
@@ -252,6 +290,13 @@ def _unknown_text(unknown: list[str]) -> str:
         )
         parts.append(f"{key} (did you mean: {', '.join(close)}?)" if close else key)
     return f"{', '.join(parts)}; known: {', '.join(sorted(_FIELD_NAMES))}"
+
+
+#: left out of the experiment hash: runtime fields and the training seed
+_NOT_EXPERIMENT = RUNTIME_FIELDS | {"seed"}
+
+
+_HASH_KEYS = frozenset({"config_hash", "experiment_hash"})
 
 
 _HINTS = typing.get_type_hints(TrainConfig)

@@ -652,6 +652,11 @@ class _Trainer:
             "recipe": cfg.recipe,
             "epochs": cfg.epochs,
             "config_hash": self.chash,
+            # the config without the seed: runs that share it are seeds of one experiment
+            "experiment_hash": cfg.experiment_hash,
+            # the precision the run really trained in (a CPU bf16 crash falls back to fp32)
+            "amp": self.amp,
+            "amp_requested": cfg.amp,
             "status": "finished",
             # the precision the run really used (amp may fall back to fp32, see amp.py)
             "precision": self.amp or "fp32",

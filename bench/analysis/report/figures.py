@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.report.load import ReportOutput, Results
-from bench.analysis.report.plots import Point, plot_pareto, plot_scatter
+from bench.analysis.report.plots import Line, Point, plot_pareto, plot_scatter
 from bench.analysis.report.summaries import (
     _paper_datasets,
     accuracy_summary,
@@ -36,6 +36,58 @@ def _cost_points(summary: pd.DataFrame) -> dict[str, dict[str, float]]:
         c["best_latency"] = r.get("best_latency_ms", math.nan)
         out[r["model"]] = {k: float(v) if pd.notna(v) else math.nan for k, v in c.items()}
     return out
+
+
+def _protocol(rows: pd.DataFrame) -> str:
+    """How the measured points were made, from the runs behind them (never a default)."""
+    keys = ["recipe", "epochs", "image_size", "precision"]
+    distinct = rows[keys].astype(str).drop_duplicates()
+    if len(distinct) == 1:
+        r = rows.iloc[0]
+        sz = str(r["image_size"])
+        size = f"input {sz}x{sz}" if sz else "input size not recorded"
+        return f"recipe {r['recipe']}, {r['epochs']} epochs, {size}, {r['precision']}"
+    parts = [
+        f"{r['model']} {r['experiment']} ({r['image_size'] or '?'}px, {r['precision']})"
+        for _, r in rows.iterrows()
+    ]
+    return "protocols differ: " + ", ".join(parts)
+
+
+def _point_label(r: pd.Series, rows: pd.DataFrame) -> str | None:
+    """The model name, plus what differs between the panel's points (epochs, precision,
+    input size, number of seeds)."""
+    extra = []
+    if rows["epochs"].nunique() > 1 or rows["recipe"].nunique() > 1:
+        extra.append(f"{r['recipe']} {r['epochs']} ep")
+    if rows["precision"].nunique() > 1:
+        extra.append(str(r["precision"]))
+    if rows["image_size"].astype(str).nunique() > 1:
+        extra.append(f"{r['image_size']} px")
+    if rows["n_seeds"].nunique() > 1:
+        extra.append(f"n={r['n_seeds']}")
+    return f"{r['model']} ({', '.join(extra)})" if extra else None
+
+
+def speed_input_label(res: Results, dev: str) -> str:
+    """The input size of the batch-1 latency rows of device ``dev`` (from the speed file)."""
+    sp = speed_summary(res.speed[dev])
+    if "input_size" in sp and sp["input_size"].notna().any():
+        sizes = sorted({int(v) for v in pd.to_numeric(sp["input_size"], errors="coerce").dropna()})
+        return ", ".join(f"{v}x{v}" for v in sizes)
+    return "not recorded"
+
+
+def baseline_lines(res: Results, dataset: str | None) -> list[Line]:
+    """The trivial baselines of ``dataset`` as horizontal lines (pooled DSC, %)."""
+    b = res.baselines
+    if dataset is None or b.empty or "dsc" not in b:
+        return []
+    rows = b[(b["dataset"] == dataset) & b["dsc"].notna()].sort_values("kind")
+    return [
+        Line(float(r["dsc"]) * 100, f"trivial baseline, {r['kind']}: {float(r['dsc']) * 100:.1f}")
+        for _, r in rows.iterrows()
+    ]
 
 
 def _accuracy_plots(
@@ -85,82 +137,104 @@ def _accuracy_plots(
         )
     for dataset, pkey in pairs:
         rows = acc[acc["dataset"] == dataset] if dataset else acc.iloc[0:0]
-        # Models trained for different epochs are not like for like: say so on the plot.
-        mixed = rows["epochs"].nunique() > 1 or rows["recipe"].nunique() > 1
         if dataset and not rows.empty:
             report.point_sources[dataset] = [
-                f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, "
-                f"{r['n_seeds']} seed(s) ({r['seeds']}), "
-                f"`runs/{dataset}/{r['model']}/{r['experiment']}/`"
+                f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, {r['precision']}, "
+                + (
+                    f"input {r['image_size']}x{r['image_size']}"
+                    if r["image_size"]
+                    else "input size not recorded"
+                )
+                + f", {r['n_seeds']} seed(s) ({r['seeds']})"
+                + (f", {r['setting']}" if r.get("setting") else "")
+                + f", `runs/{dataset}/{r['model']}/{r['experiment']}/`"
                 for _, r in rows.iterrows()
             ]
+        lines = baseline_lines(res, dataset)
         for name, xlabel, key, dev in axes:
             if dev is not None and dev != res.primary_device:
+                sp = speed_summary(res.speed[dev])
                 dev_costs = (
-                    {
-                        m: {"latency": v}
-                        for m, v in speed_summary(res.speed[dev])
-                        .set_index("model")["latency_ms"]
-                        .items()
-                    }
-                    if "latency_ms" in speed_summary(res.speed[dev])
+                    {m: {"latency": v} for m, v in sp.set_index("model")["latency_ms"].items()}
+                    if "latency_ms" in sp
                     else {}
                 )
             else:
                 dev_costs = costs
-            pts: list[Point] = []
+            measured: list[Point] = []
             for _, r in rows.iterrows():
                 x = dev_costs.get(r["model"], {}).get(key, math.nan)
                 if math.isfinite(x):
-                    label = f"{r['model']} ({r['epochs']} ep)" if mixed else None
+                    label = _point_label(r, rows)
                     if key == "best_latency":  # say which backend each latency is from
                         label = f"{label or r['model']} [{backend_of.get(r['model'], '?')}]"
-                    pts.append(
-                        Point(
-                            r["model"],
-                            x,
-                            r["dsc_mean"],
-                            "measured",
-                            r.get("dsc_std", math.nan),
-                            label=label,
-                        )
-                    )
+                    measured.append(
+                        Point(r["model"], x, r["dsc_mean"], "measured",
+                              r.get("dsc_std", math.nan), label=label)
+                    )  # fmt: skip
+            reported: list[Point] = []
             if pkey is not None and f"paper_{pkey}_dsc" in paper:
                 for _, r in paper.iterrows():
                     x = dev_costs.get(r["model"], {}).get(key, math.nan)
                     y = r[f"paper_{pkey}_dsc"]
                     if math.isfinite(x) and pd.notna(y):
-                        pts.append(Point(r["model"], x, float(y), "reported"))
-            if not pts:
+                        reported.append(Point(r["model"], x, float(y), "reported"))
+            if not measured and not reported:
                 continue
             what = {"params": "parameters", "macs": "MACs"}.get(key, "latency")
-            if key == "best_latency":
+            if key == "params":
+                cost = "parameter count"
+            elif key == "macs":
+                cost = f"MACs per image at input {input_label}"
+            elif key == "best_latency":
                 what = "fastest-backend latency [backend]"
-            head = f"Pooled DSC vs {what}, input {input_label}"
-            if key in ("latency", "best_latency"):
-                head += f", {res.device_name(dev)} (batch 1, fp32)"  # type: ignore[arg-type]
-            where = []
-            if dataset and not rows.empty and mixed:
-                eps = ", ".join(f"{r['model']} {r['experiment']}" for _, r in rows.iterrows())
-                where.append(f"measured on {dataset}, epochs differ: {eps}")
-            elif dataset and not rows.empty:
-                r0 = rows.iloc[0]
-                where.append(f"measured on {dataset} ({r0['recipe']}, {r0['epochs']} epochs)")
+                cost = (
+                    f"fastest fp32 backend on {res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
+                    f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
+                )
+            else:
+                cost = (
+                    f"latency on {res.device_name(dev)}, batch 1, fp32, "  # type: ignore[arg-type]
+                    f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
+                )
+            suptitle = f"Pooled DSC vs {what} ({cost})"
+            t_measured = ""
+            if dataset and not rows.empty:
+                t_measured = "\n".join(
+                    textwrap.wrap(
+                        f"Measured by segbench on {dataset} (test split): {_protocol(rows)}; "
+                        "mean ± std over seeds",
+                        80,
+                    )
+                )
+            t_reported = ""
             if pkey:
-                where.append(f"reported: papers' {pkey.upper()} test split")
-            # One line per clause: a long list of experiments would run off the figure.
-            title = "\n".join([head, *(textwrap.fill(w, 100) for w in where)])
+                t_reported = (
+                    f"Reported by the papers on their own {pkey.upper()} test splits\n"
+                    "(not measured here; not comparable with measured DSC)"
+                )
             tag = dataset or pkey
             paths = plot_pareto(
-                pts,
+                measured,
+                reported,
                 xlabel,
-                "DSC, pooled over test pixels (%)",
-                title,
+                f"DSC pooled over {dataset} test pixels (%)" if dataset else "",
+                "DSC reported by the papers (%)",
+                t_measured,
+                t_reported,
+                suptitle,
                 out / "plots" / f"pareto-dsc-vs-{name}-{tag}",
                 colours,
-                logx=True,
+                baselines=lines if measured else (),
+                reported_front_label=(
+                    "Pareto front (reported DSC, segbench-measured cost)"
+                    if key == "latency"
+                    else "Pareto front (reported DSC, cost measured by segbench where it can)"
+                ),
             )
-            report.add_figure("accuracy", paths, title)
+            parts = (suptitle, t_measured, t_reported)
+            caption = ". ".join(x.replace("\n", " ") for x in parts if x)
+            report.add_figure("accuracy", paths, caption)
 
 
 def _efficiency_plots(
@@ -209,8 +283,17 @@ def _efficiency_plots(
             # their MAC count suggests (memory- or overhead-bound).
             rate = float(np.median(m["latency_ms"] / gmacs))
             engine = "eager PyTorch" if backend == "torch" else str(backend)
+            sp_in = speed_input_label(res, dev)
+            same = (
+                sp_in.split(", ") == [input_label.split("x", 2)[-1]]
+                if "x" in input_label
+                else False
+            )
             title = (
                 f"Compute vs latency, {engine}, {res.device_name(dev)}, fp32, input {input_label}"
+                if same
+                else f"Compute vs latency, {engine}, {res.device_name(dev)}, fp32, MACs at input "
+                f"{input_label}, latency at input {sp_in}"
             )
             # eager keeps the file name it had before runtime backends existed
             suffix = "" if backend == "torch" else f"-{backend}"

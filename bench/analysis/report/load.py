@@ -8,7 +8,11 @@
   runs; an experiment (recipe, epochs) is never averaged with another: the accuracy
   table has one row per (dataset, model, recipe, epochs), and the per-model summary and
   the Pareto plots use each model's experiment with the most epochs (ties: more seeds);
-- ``stats/*.csv`` (optional): paired significance tests, shown when present;
+- ``runs/<dataset>/<model>/<experiment>/seed<k>/eval/<eval dataset>-<split>/metrics.json``
+  (optional): a trained run scored on another dataset (``segbench evaluate --run``), for
+  the external-validation table;
+- ``baselines/<dataset>/<kind>/metrics.json`` (optional): trivial predictors scored on the
+  runs' test split (``segbench baselines``);
 
 and the papers' figures from the model registry (``model_info(name).reported``).
 It writes ``tables/*.{csv,md}``, ``plots/*.{png,svg}`` and ``README.md``.
@@ -24,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.runs import find_runs
+from bench.analysis.runs import EXPERIMENT_KEY, find_runs
 from bench.core.io import read_json
 
 RESULTS_DIR = Path("results")
@@ -39,8 +43,12 @@ _CHANNELS_LAST = {"channels_last", "nhwc", "torch.channels_last"}
 _OK_STATUS = {"ok", "success", "finished", ""}
 
 
-# runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/ (bench.engine.rundir.run_dir_for)
-_EXPERIMENT = ["dataset", "model", "recipe", "epochs"]
+# runs/<dataset>/<model>/<experiment>/seed<k>/eval/<eval dataset>-<split>/metrics.json
+EVAL_METRICS_GLOB = "runs/*/*/*/seed*/eval/*/metrics.json"
+
+
+# baselines/<dataset>/<kind>/metrics.json (bench.jobs.baselines)
+BASELINE_METRICS_GLOB = "baselines/*/*/metrics.json"
 
 
 # Complexity columns under the names other writers may use; the first present wins.
@@ -70,9 +78,11 @@ class Results:
     speed: dict[str, pd.DataFrame] = field(default_factory=dict)  # device slug -> rows
     speed_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per finished run
-    stats: pd.DataFrame = field(default_factory=pd.DataFrame)
+    external: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs scored elsewhere
+    baselines: pd.DataFrame = field(default_factory=pd.DataFrame)  # trivial predictors
     benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json, if any
     files: list[Path] = field(default_factory=list)
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived tables
 
     @property
     def devices(self) -> list[str]:
@@ -175,6 +185,108 @@ def _load_runs(root: Path) -> pd.DataFrame:
     return runs
 
 
+def _metric_block(obj: dict[str, Any], split: str, path: Path) -> dict[str, Any]:
+    """The metrics of ``split`` in an evaluation's metrics.json (``segbench evaluate``
+    writes them under the split's name; a training run under ``test``)."""
+    for key in (split, "test", "metrics"):
+        block = obj.get(key)
+        if isinstance(block, dict) and "dsc" in block:
+            return block
+    raise ReportInputError(
+        f"{path}: no metrics block with a 'dsc' entry (looked for {split!r}, 'test', 'metrics')"
+    )
+
+
+_SPLIT_SUFFIX = re.compile(r"(?P<dataset>.+)-(?P<split>train|val|test|all)")
+
+
+def _load_external(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs scored on another dataset: one row per (run, evaluation folder).
+
+    Columns: the training run's experiment key and seed (from ``runs``), eval_dataset,
+    eval_split, dsc, miou, dice_mean (fractions), n_images, path. An evaluation of a run
+    that is not a finished run is ignored (its in-domain score is unknown).
+    """
+    paths = sorted(root.glob(EVAL_METRICS_GLOB))
+    if not paths or runs.empty:
+        return pd.DataFrame()
+    by_dir = {str(Path(d)): i for i, d in enumerate(runs["run_dir"])}
+    rows = []
+    for path in paths:
+        idx = by_dir.get(str(path.parents[2]))
+        if idx is None:
+            continue
+        m = _eval_folder(path)
+        obj = _read_json(path)
+        if not isinstance(obj, dict):
+            raise ReportInputError(f"{path}: expected a JSON object")
+        block = _metric_block(obj, m["split"], path)
+        run = runs.iloc[idx]
+        rows.append(
+            {
+                **{k: run[k] for k in (*EXPERIMENT_KEY, "seed")},
+                "in_domain_dsc": run["dsc"],
+                "eval_dataset": m["dataset"],
+                "eval_split": m["split"],
+                "eval_dsc": _num(block.get("dsc")),
+                "eval_miou": _num(block.get("miou")),
+                "eval_dice_mean": _num(block.get("dice_mean")),
+                "eval_n_images": block.get("n_images"),
+                "command": str(obj.get("command") or ""),
+                "path": str(path),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _eval_folder(path: Path) -> dict[str, str]:
+    """Evaluated dataset and split from the folder name ``<eval dataset>-<split>``."""
+    name = path.parent.name
+    m = _SPLIT_SUFFIX.fullmatch(name)
+    if m is None:
+        raise ReportInputError(
+            f"{path}: evaluation folder {name!r} is not named <dataset>-<split> "
+            "(split one of train, val, test, all)"
+        )
+    return m.groupdict()
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _load_baselines(root: Path) -> pd.DataFrame:
+    """Trivial predictors scored on a dataset's test split: one row per (dataset, kind).
+
+    Columns: dataset, kind, split, the test metrics (fractions, as in metrics.json),
+    hd95_n_undefined, n_images, command, path.
+    """
+    rows = []
+    for path in sorted(root.glob(BASELINE_METRICS_GLOB)):
+        obj = _read_json(path)
+        if not isinstance(obj, dict):
+            raise ReportInputError(f"{path}: expected a JSON object")
+        split = str(obj.get("split") or "test")
+        block = _metric_block(obj, split, path)
+        row: dict[str, Any] = {
+            "dataset": path.parents[1].name,
+            "kind": str(obj.get("kind") or path.parent.name),
+            "split": split,
+        }
+        for key, val in block.items():
+            if isinstance(val, (int, float)):
+                row[key] = float(val)
+        row["command"] = str(obj.get("command") or "")
+        env = obj.get("environment") if isinstance(obj.get("environment"), dict) else {}
+        row["git_commit"] = str(env.get("git_commit") or "")
+        row["path"] = str(path)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def load_results(root: str | Path = RESULTS_DIR) -> Results:
     """Read every result file under ``root``; a malformed file raises :class:`ReportInputError`."""
     root = Path(root)
@@ -202,20 +314,11 @@ def load_results(root: str | Path = RESULTS_DIR) -> Results:
     res.runs = _load_runs(root)
     if not res.runs.empty:
         res.files.extend(Path(p) for p in res.runs["path"])
-    stat_frames = []
-    for path in sorted((root / "stats").glob("*.csv")):
-        df = _read_csv(path, [])
-        # bench.analysis.stats names its files <dataset>_<recipe>-e<epochs>_pairwise.csv
-        name = path.stem.removesuffix("_pairwise")
-        m = re.fullmatch(r"(?P<dataset>.+)_(?P<recipe>[^_]+)-e(?P<epochs>\d+)", name)
-        found = m.groupdict() if m else {"dataset": name}
-        for key, val in found.items():
-            if key not in df:
-                df[key] = int(val) if key == "epochs" else val
-        stat_frames.append(df.assign(source=str(path)))
-        res.files.append(path)
-    if stat_frames:
-        res.stats = pd.concat(stat_frames, ignore_index=True)
+    res.external = _load_external(root, res.runs)
+    res.baselines = _load_baselines(root)
+    for frame in (res.external, res.baselines):
+        if not frame.empty:
+            res.files.extend(Path(p) for p in frame["path"])
     return res
 
 

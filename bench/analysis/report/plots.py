@@ -172,12 +172,24 @@ def _finish_axes(
     axis-aligned line ``segments`` (front steps, connectors) given in data coordinates."""
     _freeze_limits(ax)
     kw = {"handles": handles} if handles is not None else {}
-    leg = ax.legend(loc=legend_loc, fontsize=8, framealpha=0.9, **kw)
+    ax.legend(loc=legend_loc, fontsize=8, framealpha=0.9, **kw)
     fig.tight_layout()
-    # no full draw needed: extents below come from the renderer directly
-    renderer = canvas.get_renderer()
+    _label_axes(ax, canvas, labels, markers, segments)
+
+
+def _label_axes(
+    ax: Any,
+    canvas: Any,
+    labels: list[tuple[float, float, str, bool]],
+    markers: Sequence[tuple[float, float]] = (),
+    segments: Sequence[tuple[tuple[float, float], tuple[float, float]]] = (),
+) -> None:
+    """Place ``labels`` on a laid-out axis, avoiding its legend, markers and segments."""
     from matplotlib.transforms import Bbox
 
+    fig = ax.figure
+    renderer = canvas.get_renderer()  # no full draw needed: extents come from the renderer
+    leg = ax.get_legend()
     obstacles = [leg.get_window_extent(renderer)] if leg else []
     r = 5 * fig.dpi / 72  # marker radius in pixels
     for x, y in [(lab[0], lab[1]) for lab in labels] + list(markers):
@@ -191,121 +203,123 @@ def _finish_axes(
     _place_labels(ax, renderer, labels, obstacles)
 
 
+@dataclass
+class Line:
+    """A horizontal reference line (a trivial baseline) on the measured panel."""
+
+    y: float
+    label: str
+
+
+def _draw_front(
+    ax: Any, group: list[Point], label: str, style: dict[str, Any]
+) -> tuple[list[str], list[tuple[tuple[float, float], tuple[float, float]]]]:
+    """Staircase of the Pareto front of ``group``: (front names, its segments)."""
+    xs = np.array([p.x for p in group])
+    ys = np.array([p.y for p in group])
+    order = pareto_order(xs, ys)
+    if len(order) == 0:
+        return [], []
+    names = list(dict.fromkeys(group[i].label or group[i].model for i in order))
+    # The best accuracy reachable at each cost, held to the right edge.
+    fx = np.append(xs[order], ax.get_xlim()[1])
+    fy = np.append(ys[order], ys[order][-1])
+    ax.step(fx, fy, where="post", lw=1.3, zorder=1, alpha=0.8,
+            label=f"{label}: " + " → ".join(names), **style)  # fmt: skip
+    segments = []
+    for i in range(len(fx) - 1):
+        segments += [
+            ((fx[i], fy[i]), (fx[i + 1], fy[i])),
+            ((fx[i + 1], fy[i]), (fx[i + 1], fy[i + 1])),
+        ]
+    return [group[i].model for i in order], segments
+
+
 def plot_pareto(
-    points: list[Point],
+    measured: list[Point],
+    reported: list[Point],
     xlabel: str,
-    ylabel: str,
-    title: str,
+    ylabel_measured: str,
+    ylabel_reported: str,
+    title_measured: str,
+    title_reported: str,
+    suptitle: str,
     stem: Path,
     colours: dict[str, Any],
+    baselines: Sequence[Line] = (),
+    reported_front_label: str = "Pareto front (reported)",
     logx: bool = True,
 ) -> list[Path]:
-    """Accuracy vs cost: measured points filled, reported ones hollow, fronts as steps."""
+    """Accuracy vs cost, measured and reported in separate panels with their own y axes.
+
+    Measured points (filled, bars = std over seeds where given) with their Pareto front
+    and the trivial baselines as horizontal lines on the left; the papers' figures
+    (hollow) with their own front on the right. No line joins the panels: the papers'
+    numbers come from other splits and protocols and are not on the measured scale.
+    A panel without points is left out.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    fig, ax, canvas = _new_figure()
-    if logx:
-        ax.set_xscale("log")
-    measured = [p for p in points if p.kind == "measured"]
-    reported = [p for p in points if p.kind == "reported"]
-    by_model = {p.model: p for p in measured}
-    for p in reported:  # connect a model's reported point to its measured one
-        m = by_model.get(p.model)
-        if m is not None:
-            ax.plot([m.x, p.x], [m.y, p.y], ls=":", lw=0.8, color=colours[p.model], zorder=1)
-    for p in measured:
-        ax.errorbar(
-            p.x,
-            p.y,
-            yerr=None if math.isnan(p.yerr) else p.yerr,
-            fmt="o",
-            ms=7,
-            color=colours[p.model],
-            mec="black",
-            mew=0.6,
-            zorder=3,
-            capsize=2,
-        )
-    for p in reported:
-        ax.scatter(
-            p.x, p.y, s=60, facecolors="none", edgecolors=colours[p.model], linewidths=1.6, zorder=3
-        )
-    _freeze_limits(ax)
-    front_names: set[str] = set()
-    segments = [
-        ((by_model[p.model].x, by_model[p.model].y), (p.x, p.y))
-        for p in reported
-        if p.model in by_model
-    ]
-    for group, style in (
-        (measured, {"color": "black", "ls": "-"}),
-        (reported, {"color": "0.45", "ls": "--"}),
-    ):
-        xs = np.array([p.x for p in group])
-        ys = np.array([p.y for p in group])
-        order = pareto_order(xs, ys)
-        if len(order) == 0:
-            continue
-        names = list(dict.fromkeys(group[i].label or group[i].model for i in order))
-        kind = group[0].kind
-        if kind == "measured" or not measured:
-            front_names.update(names)
-        # Staircase: the best accuracy reachable at each cost, held to the right edge.
-        fx = np.append(xs[order], ax.get_xlim()[1])
-        fy = np.append(ys[order], ys[order][-1])
-        ax.step(
-            fx,
-            fy,
-            where="post",
-            lw=1.3,
-            zorder=1,
-            alpha=0.8,
-            label=f"Pareto front ({kind}): " + " → ".join(names),
-            **style,
-        )
-        for i in range(len(fx) - 1):
-            segments += [
-                ((fx[i], fy[i]), (fx[i + 1], fy[i])),
-                ((fx[i + 1], fy[i]), (fx[i + 1], fy[i + 1])),
-            ]
-    handles = list(ax.get_legend_handles_labels()[0])
-    if measured:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="o",
-                ls="",
-                color="0.5",
-                mec="black",
-                label="measured (segbench; bar = std over seeds)",
+    panels = [k for k, pts in (("measured", measured), ("reported", reported)) if pts]
+    if not panels:
+        raise ValueError("plot_pareto: no points to plot")
+    fig = Figure(figsize=(7.0 * len(panels) + 1.0, 6.0), dpi=150)
+    canvas = FigureCanvasAgg(fig)
+    # One cost axis for both panels, so a model sits at the same x on each side.
+    axes = fig.subplots(1, len(panels), squeeze=False, sharex=True)[0]
+    for ax, kind in zip(axes, panels):
+        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="minor", alpha=0.1)
+        if logx:
+            ax.set_xscale("log")
+        if kind == "measured":
+            for p in measured:
+                ax.errorbar(p.x, p.y, yerr=None if math.isnan(p.yerr) else p.yerr, fmt="o",
+                            ms=7, color=colours[p.model], mec="black", mew=0.6, zorder=3,
+                            capsize=2)  # fmt: skip
+            if baselines:  # inside the limits: a floor the reader must see
+                ax.update_datalim([(measured[0].x, line.y) for line in baselines])
+        else:
+            for p in reported:
+                ax.scatter(p.x, p.y, s=60, facecolors="none", edgecolors=colours[p.model],
+                           linewidths=1.6, zorder=3)  # fmt: skip
+    for ax in axes:
+        _freeze_limits(ax)
+    todo = []
+    for ax, kind in zip(axes, panels):
+        handles: list[Any] = []
+        if kind == "measured":
+            pts = measured
+            for j, line in enumerate(baselines):
+                ax.axhline(line.y, ls=(0, (4, 2 + j)), lw=1.0, color="0.35", zorder=1,
+                           label=line.label)  # fmt: skip
+            front, segments = _draw_front(
+                ax, pts, "Pareto front (measured)", {"color": "black", "ls": "-"}
             )
-        )
-    if any(p.model in by_model for p in reported):
-        handles.append(Line2D([], [], ls=":", color="0.4", label="same model: measured ↔ reported"))
-    if reported:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="o",
-                ls="",
-                mfc="none",
-                mec="0.3",
-                label="reported (paper, full test split)",
+            handles = list(ax.get_legend_handles_labels()[0])
+            handles.append(Line2D([], [], marker="o", ls="", color="0.5", mec="black",
+                                  label="measured (bar = std over seeds)"))  # fmt: skip
+        else:
+            pts = reported
+            front, segments = _draw_front(
+                ax, pts, reported_front_label, {"color": "0.45", "ls": "--"}
             )
-        )
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    labels = [(p.x, p.y, p.label or p.model, p.model in front_names) for p in measured]
-    labels += [
-        (p.x, p.y, f"{p.model} (reported)", p.model in front_names and not measured)
-        for p in reported
-        if p.model not in by_model
-    ]
-    markers = [(p.x, p.y) for p in reported]
-    _finish_axes(fig, ax, canvas, labels, markers=markers, handles=handles, segments=segments)
+            handles = list(ax.get_legend_handles_labels()[0])
+            handles.append(Line2D([], [], marker="o", ls="", mfc="none", mec="0.3",
+                                  label="reported by the paper"))  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.tick_params(labelbottom=True)
+        ax.set_ylabel(ylabel_measured if kind == "measured" else ylabel_reported)
+        ax.set_title(title_measured if kind == "measured" else title_reported, fontsize=9)
+        ax.legend(handles=handles, loc="best", fontsize=7, framealpha=0.9)
+        labels = [(p.x, p.y, p.label or p.model, p.model in front) for p in pts]
+        todo.append((ax, labels, segments))
+    fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    for ax, labels, segments in todo:
+        _label_axes(ax, canvas, labels, segments=segments)
     return _save(fig, stem)
 
 

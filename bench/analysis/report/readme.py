@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import shlex
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.report.load import _EXPERIMENT, ReportOutput, Results
+from bench.analysis.report.figures import speed_input_label
+from bench.analysis.report.load import ReportOutput, Results
+from bench.analysis.report.significance import ALPHA, report_comparisons
+from bench.analysis.runs import EXPERIMENT_KEY, experiment_differences
+from bench.analysis.stats import MIN_SEEDS
 
 
 def _env_lines(env: dict[str, Any]) -> list[str]:
@@ -92,7 +97,11 @@ def _readme(
         "",
         f"- command: `{command}`",
         f"- report written: {when}",
-        f"- input size for complexity and speed: {input_label}",
+        f"- input of the complexity counts: {input_label}",
+        *(
+            f"- input of the speed measurements on {res.device_name(d)}: {speed_input_label(res, d)}"
+            for d in res.devices
+        ),
         f"- machine ({env_source}):",
         *("  " + line for line in _env_lines(env)),
         "",
@@ -123,14 +132,24 @@ def _readme(
         )
     if not res.runs.empty:
         n = len(res.runs)
-        n_exp = len(res.runs.drop_duplicates(_EXPERIMENT))
+        n_exp = len(res.runs.drop_duplicates(EXPERIMENT_KEY))
         lines.append(
-            f"- `runs/`: {n} finished training run(s), {n_exp} experiment(s) "
-            f"(dataset, model, recipe, epochs), {res.runs['dataset'].nunique()} dataset(s); "
-            "each run's `metrics.json` records its own command environment and config"
+            f"- `runs/`: {n} finished training run(s), {n_exp} experiment(s) (one "
+            "configuration except the seed, one precision), "
+            f"{res.runs['dataset'].nunique()} dataset(s); each row's command, commit, machine "
+            "and versions are listed under 'Provenance of the accuracy rows'"
         )
-    if res.stats.shape[0]:
-        lines.append("- `stats/`: paired tests (the accuracy table lists significant differences)")
+    if not res.external.empty:
+        lines.append(
+            f"- `runs/*/*/*/seed*/eval/`: {len(res.external)} evaluation(s) of trained runs on "
+            "other data (`segbench evaluate --run`)"
+        )
+    if not res.baselines.empty:
+        lines.append(
+            f"- `baselines/`: {len(res.baselines)} trivial predictor(s) scored on the runs' "
+            "test split: "
+            + "; ".join(sorted({f"`{c}`" for c in res.baselines["command"] if c}) or {"?"})
+        )
     lines.append("")
 
     def section(title: str, name: str, note: str = "") -> None:
@@ -152,31 +171,74 @@ def _readme(
         "stopped at its time cap); "
         "throughput: best over the batch sizes measured; train step: forward, "
         "backward and AdamW step (models the time budget left out have none). Peak "
-        "memory: CUDA max allocated on a GPU; on a CPU the process's peak RSS, which "
-        "includes the interpreter and libraries. Roofline: achieved fraction of the "
+        "memory: CUDA max allocated on a GPU; on a CPU the model's own increase of the "
+        "process's peak RSS (RSS delta) where the speed file records it, else the whole "
+        "process's RSS, which includes the interpreter and libraries (labelled so). Roofline: achieved fraction of the "
         "device's roofline bound at batch 1. Every configuration is in the speed tables "
         "below.",
     )
-    section(
-        "Accuracy",
-        "accuracy",
-        "One row per experiment (dataset, model, recipe, epochs): runs of different "
-        "recipes or epochs are never averaged together. "
-        "Measured: mean ± std over seeds (std shown from 2 seeds on); DSC and mIoU pooled "
-        "over all test pixels (the papers' convention), Dice per image averaged over "
-        "images, HD95 in pixels at the evaluation resolution. 'paper' columns are the "
-        "papers' printed figures on their own (full) test splits, not measured here.",
+    acc_note = (
+        "One row per experiment: the same configuration except the training seed, trained "
+        "in the same precision (the precision a run really used; a CPU bf16 run that fell "
+        "back to fp32 says so). Runs that differ in anything else (lr, epochs, recipe, "
+        "input size, precision) are never averaged together; 'differs in' names what "
+        "tells experiments of one model, recipe and epoch count apart. "
+        "Measured: mean ± std over seeds (std shown from 2 seeds on; 'seeds' is n); DSC and "
+        "mIoU pooled over all test pixels (the papers' convention), Dice per image averaged "
+        "over images, HD95 in pixels at the evaluation resolution, averaged over the images "
+        "where it is defined, with the number of images where it is undefined (empty "
+        "prediction or empty mask) summed over seeds. 'baseline' rows are trivial "
+        "predictors scored on the same test split (`segbench baselines`): the floor. "
+        "'paper' columns are the papers' printed figures on their own (full) test splits, "
+        "not measured here. The significance column lists only differences tested over "
+        "seeds (see 'Model comparisons')."
     )
+    diffs = experiment_differences(res.runs) if not res.runs.empty else []
+    if diffs:
+        acc_note += "\n\nExperiments that differ:\n\n" + "\n".join(f"- {d}" for d in diffs)
+    section("Accuracy", "accuracy", acc_note)
+    comparisons, skipped = report_comparisons(res)
+    cmp_note = (
+        "Each model's main experiment (the one in the plots) against every other model's "
+        "on the same dataset, recipe and epochs, on per-image Dice of the test images. "
+        f"With >= {MIN_SEEDS} seeds per model the difference is tested over seeds: a "
+        "Welch t-test on the per-seed means and a 95% hierarchical bootstrap CI "
+        "(resampling seeds, and images paired across the two models). A difference is "
+        "claimed only when the Holm-adjusted p-value (across every row of this table) is "
+        f"below {ALPHA:g} and the CI excludes 0; where the two disagree the note shows "
+        f"both. With fewer seeds the row is a per-image test (Wilcoxon signed-rank, paired "
+        "bootstrap CI over images) of one training run per model: it says how the runs "
+        "differ on these images, not that the models do, and it is never claimed."
+    )
+    if skipped:
+        cmp_note += "\n\nNot compared (no usable per-image scores):\n\n" + "\n".join(
+            f"- {s}" for s in skipped
+        )
+    section("Model comparisons", "comparisons", cmp_note)
+    section(
+        "External validation",
+        "external",
+        "Rows: models trained on one dataset (the experiment, n seeds); columns: another "
+        "dataset (and split) they were scored on with `segbench evaluate --run`. Each cell: "
+        "pooled DSC (%) mean ± std over the seeds scored there, and in parentheses the drop "
+        "from in-domain (that seed's DSC there minus its own test DSC, percentage points), "
+        "mean ± std over seeds; n is given where fewer seeds were scored than trained.",
+    )
+    lines.extend(_provenance_section(res))
     if report.figures:
         lines.extend(
             [
                 "## Plots",
                 "",
-                "Filled markers: measured by segbench. Hollow markers: figures reported "
-                "in the papers (accuracy on the papers' own test splits; cost measured "
-                "here where segbench has the model, else as printed). Step lines: Pareto "
-                "fronts (lower cost, higher accuracy), front models in bold. An SVG "
-                "version lies beside each PNG.",
+                "Left panel: measured by segbench (filled markers, bars = std over seeds; "
+                "the Pareto front drawn from every measured model; dashed lines = trivial "
+                "baselines). Right panel, on its own axis: the papers' reported accuracy "
+                "on their own test splits (hollow markers; cost measured here where "
+                "segbench has the model, else as printed); its front combines those "
+                "reported accuracies with these costs and is labelled so. No line joins "
+                "a measured point to a reported one: they are not on one scale. Step "
+                "lines: Pareto fronts (lower cost, higher accuracy), front models in "
+                "bold. An SVG version lies beside each PNG.",
                 "",
             ]
         )
@@ -184,7 +246,7 @@ def _readme(
             lines.extend(
                 [
                     "Each model's measured point shows its experiment with the most epochs "
-                    "(ties: more seeds); the accuracy table lists every experiment.",
+                    "(ties: more seeds, then fp32); the accuracy table lists every experiment.",
                     "",
                 ]
             )
@@ -208,3 +270,129 @@ def _readme(
             "Every configuration measured (one row each); skipped ones give a reason.",
         )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _short_commit(commit: str) -> str:
+    dirty = commit.endswith("-dirty")
+    return commit.removesuffix("-dirty")[:12] + (" (dirty tree)" if dirty else "")
+
+
+def reproduce_command(config: dict[str, Any] | None, seeds: list[int]) -> str | None:
+    """A ``segbench train`` command equivalent to a stored run config (None when the
+    recipe is not a built-in one or the config is missing): the recipe's fields that the
+    run changed become ``--set`` overrides."""
+    from bench.engine.config import RUNTIME_FIELDS, TrainConfig
+
+    if not config or not config.get("recipe"):
+        return None
+    try:
+        base = TrainConfig.from_recipe(str(config["recipe"])).to_dict()
+    except (ValueError, FileNotFoundError):
+        return None
+    parts = [
+        "segbench train",
+        f"--model {config.get('model')}",
+        f"--data {shlex.quote(str(config.get('data') or '<dataset root>'))}",
+    ]
+    if config.get("dataset"):
+        parts.append(f"--dataset {config['dataset']}")
+    parts += [f"--recipe {config['recipe']}", f"--epochs {config.get('epochs')}"]
+    if config.get("amp"):
+        parts.append(f"--amp {config['amp']}")
+    skip = set(RUNTIME_FIELDS) | {"model", "recipe", "epochs", "seed", "amp"}
+    for key in sorted(set(base) & set(config) - skip):
+        if json.dumps(base[key], sort_keys=True) != json.dumps(config[key], sort_keys=True):
+            v = config[key]
+            if isinstance(v, list):
+                text = ",".join(map(str, v))
+            elif isinstance(v, dict):
+                text = json.dumps(v, sort_keys=True)
+            elif v is None:
+                text = "none"
+            elif isinstance(v, bool):
+                text = str(v).lower()
+            else:
+                text = str(v)
+            parts.append(f"--set {shlex.quote(f'{key}={text}')}")
+    seed = f"--seed {seeds[0]}" if len(seeds) == 1 else "--seed K"
+    return " ".join([*parts, seed])
+
+
+def _provenance_section(res: Results) -> list[str]:
+    """For each accuracy row: command, commit, machine and versions of its runs; runs
+    made from a dirty tree (uncommitted changes) flagged."""
+    if res.runs.empty and res.baselines.empty:
+        return []
+    lines = [
+        "## Provenance of the accuracy rows",
+        "",
+        "Each experiment's runs: the command recorded in their manifest, an equivalent "
+        "`segbench train` command, the git commit, machine and versions from their "
+        "`metrics.json`. **dirty tree** marks runs made with uncommitted changes: their "
+        "code is not exactly the commit named.",
+        "",
+    ]
+    if not res.runs.empty:
+        for key, g in res.runs.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
+            row = dict(zip(EXPERIMENT_KEY, key))
+            seeds = sorted(int(s) for s in g["seed"])
+            head = (
+                f"- **{row['model']}**, {row['dataset']}, `{row['experiment']}`, "
+                f"{row['precision']}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+            )
+            if row["experiment_hash"]:
+                head += f", experiment `{row['experiment_hash']}`"
+            lines.append(head)
+            cmds = sorted({c for c in g["command"] if c})
+            lines.append(
+                "  - recorded command(s): "
+                + ("; ".join(f"`{c}`" for c in cmds) if cmds else "not recorded")
+            )
+            cfg = next((c for c in g["config"] if isinstance(c, dict)), None)
+            repro = reproduce_command(cfg, seeds)
+            if repro:
+                lines.append(
+                    f"  - equivalent: `{repro}`"
+                    + (f" for K in {', '.join(map(str, seeds))}" if len(seeds) > 1 else "")
+                )
+            commits = sorted({str(c) for c in g["git_commit"] if c})
+            lines.append(
+                "  - commit: "
+                + (
+                    ", ".join(f"`{_short_commit(c)}`" for c in commits)
+                    if commits
+                    else "not recorded"
+                )
+            )
+            envs = [e for e in g["environment"] if isinstance(e, dict)]
+            machines = sorted(
+                {
+                    f"{e.get('device_name') or e.get('cpu') or '?'} ({e.get('device', '?')})"
+                    for e in envs
+                }
+            )
+            versions = sorted(
+                {", ".join(f"{k} {v}" for k, v in (e.get("versions") or {}).items()) for e in envs}
+                - {""}
+            )
+            lines.append("  - machine: " + ("; ".join(machines) if machines else "not recorded"))
+            lines.append("  - versions: " + (" | ".join(versions) if versions else "not recorded"))
+            dirty = sorted(
+                int(s) for s, c in zip(g["seed"], g["git_commit"]) if str(c).endswith("-dirty")
+            )
+            if dirty:
+                lines.append(
+                    "  - **dirty tree**: seed(s) "
+                    + ", ".join(map(str, dirty))
+                    + " ran with uncommitted changes"
+                )
+    for _, b in res.baselines.iterrows() if not res.baselines.empty else []:
+        commit = str(b.get("git_commit") or "")
+        lines.append(
+            f"- **baseline: {b['kind']}**, {b['dataset']}: command "
+            + (f"`{b['command']}`" if b["command"] else "not recorded")
+            + (f", commit `{_short_commit(commit)}`" if commit else "")
+            + (" — **dirty tree**" if commit.endswith("-dirty") else "")
+        )
+    lines.append("")
+    return lines

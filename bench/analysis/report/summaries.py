@@ -9,7 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.report.load import _CHANNELS_LAST, _EXPERIMENT, _FP32, _OK_STATUS, Results
+from bench.analysis.report.load import _CHANNELS_LAST, _FP32, _OK_STATUS, Results
+from bench.analysis.runs import EXPERIMENT_KEY, experiment_settings
 from bench.engine.metric_table import METRICS
 
 
@@ -87,13 +88,20 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
                 "roofline_fraction",
                 "achieved_gflops",
                 "threads",
+                "input_size",
             ):
                 if key in r:
                     row[key] = r[key]
-            mem = r.get("peak_mem_mb")
-            if mem is None or pd.isna(mem):
-                mem = r.get("rss_mb")
-            row["peak_mem_mb"] = mem
+            # Memory at batch 1: the device's peak (CUDA max allocated) where measured; on a
+            # CPU the model's own increase of the process RSS (rss_delta_mb) when the speed
+            # file has it, else the whole process's RSS, which includes the interpreter.
+            row["peak_mem_mb"] = r.get("peak_mem_mb")
+            if pd.isna(r.get("peak_mem_mb")):  # a CPU: no device peak
+                delta = pd.to_numeric(pd.Series([r.get("rss_delta_mb")]), errors="coerce")
+                if delta.notna().iloc[0]:
+                    row["rss_delta_mb"] = float(delta.iloc[0])
+                else:
+                    row["process_rss_mb"] = r.get("rss_mb")
         if "throughput_img_s" in g and g["throughput_img_s"].notna().any():
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             row["throughput_img_s"] = float(best["throughput_img_s"])
@@ -164,71 +172,110 @@ def _best_backend(df: pd.DataFrame, input_size: int | None, out: dict[str, dict]
 
 
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment (dataset, model, recipe, epochs): metrics averaged over
-    seeds, in percent (HD95 in px).
+    """One row per experiment (:data:`bench.analysis.runs.EXPERIMENT_KEY`: the same
+    configuration except the seed, one precision): metrics averaged over seeds, in
+    percent (HD95 in px).
 
     ``*_mean`` / ``*_std`` are the mean and sample standard deviation over seeds (std
     is NaN with one seed); ``dice_img_std`` is the per-image spread averaged over seeds.
-    ``experiment`` is ``<recipe>-e<epochs>``, as in the runs' folder names.
+    ``experiment`` is the runs' folder name (``<recipe>-e<epochs>[-<amp>]``); ``setting``
+    names what tells the row apart from other experiments of the same dataset, model,
+    recipe and epochs (e.g. ``lr=0.0005``); ``precision_note`` says when a run fell back
+    from the precision it asked for. ``hd95_undefined`` / ``hd95_scored`` count test
+    images with an undefined HD95 (empty prediction or mask) and all test images, summed
+    over seeds (NaN when a run did not record it).
     """
-    cols = [*_EXPERIMENT, "experiment", "n_seeds"]
+    cols = [*EXPERIMENT_KEY, "setting", "n_seeds"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
+    settings = experiment_settings(runs)
     rows = []
-    for (dataset, model, recipe, epochs), g in runs.groupby(_EXPERIMENT, sort=True):
-        row: dict[str, Any] = {
-            "dataset": dataset,
-            "model": model,
-            "recipe": recipe,
-            "epochs": int(epochs),
-            "experiment": f"{recipe}-e{epochs}",
-            "n_seeds": len(g),
-        }
-        row["seeds"] = ",".join(str(s) for s in sorted(g["seed"].astype(str)))
+    for key, g in runs.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(EXPERIMENT_KEY, key))
+        row["epochs"] = int(row["epochs"])
+        row["setting"] = settings.get(key, "")
+        row["n_seeds"] = len(g)
+        row["seeds"] = ",".join(str(s) for s in sorted(g["seed"].astype(int)))
+        asked = sorted({str(a) for a in g["amp_requested"].dropna()} - {row["precision"]})
+        row["precision_note"] = (
+            f"{', '.join(asked)} requested; fell back to {row['precision']}" if asked else ""
+        )
         # percentages first, then pixels (the column order of the accuracy summary)
-        for key, scale in [(m.key, m.scale) for m in sorted(METRICS, key=lambda m: not m.percent)]:
-            if key in g and g[key].notna().any():
-                vals = g[key].dropna() * scale
-                name = key.removesuffix("_mean")
+        for key_, scale in [(m.key, m.scale) for m in sorted(METRICS, key=lambda m: not m.percent)]:
+            if key_ in g and g[key_].notna().any():
+                vals = g[key_].dropna() * scale
+                name = key_.removesuffix("_mean")
                 row[f"{name}_mean"] = float(vals.mean())
                 row[f"{name}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
         if "dice_std" in g:
             row["dice_img_std"] = float(g["dice_std"].mean() * 100)
         if "n_images" in g:
-            row["n_images"] = int(g["n_images"].max())
+            n_img = pd.to_numeric(g["n_images"], errors="coerce")
+            row["n_images"] = int(n_img.max()) if n_img.notna().any() else math.nan
+            undefined = pd.to_numeric(g["hd95_n_undefined"], errors="coerce")
+            if undefined.notna().all() and n_img.notna().all():
+                row["hd95_undefined"] = int(undefined.sum())
+                row["hd95_scored"] = int(n_img.sum())
+                row["hd95_undefined_text"] = (
+                    f"{row['hd95_undefined']}/{row['hd95_scored']} undefined"
+                )
+            else:
+                row["hd95_undefined_text"] = "undefined count not recorded"
+        sizes = sorted({int(v) for v in g["image_size"].dropna()})
+        row["image_size"] = ", ".join(map(str, sizes)) if sizes else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _precision_rank(p: Any) -> int:
+    return {"fp32": 0, "unknown": 2}.get(str(p), 1)
+
+
 def main_experiments(acc: pd.DataFrame) -> pd.DataFrame:
     """Of :func:`accuracy_summary` rows, each (dataset, model)'s experiment with the most
-    epochs (ties: more seeds, then the recipe name): the one plots and the per-model
-    summary show."""
+    epochs (ties: more seeds, then fp32 before other precisions, then the recipe name):
+    the one plots, comparisons and the per-model summary show."""
     if acc.empty:
         return acc
-    order = acc.sort_values(
-        ["dataset", "model", "epochs", "n_seeds", "recipe"],
-        ascending=[True, True, False, False, True],
+    order = acc.assign(_prec=acc["precision"].map(_precision_rank)).sort_values(
+        ["dataset", "model", "epochs", "n_seeds", "_prec", "recipe", "experiment_hash"],
+        ascending=[True, True, False, False, True, True, True],
         kind="stable",
     )
+    order = order.drop(columns="_prec")
     return order.drop_duplicates(["dataset", "model"], keep="first").reset_index(drop=True)
 
 
-def accuracy_table(res: Results, summary: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per experiment (dataset, model, recipe, epochs), then models that have
-    only the papers' figures; paper and significance columns joined by model."""
+def accuracy_table(
+    res: Results, summary: pd.DataFrame | None = None, baselines: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per experiment (see :func:`accuracy_summary`), then the trivial baselines
+    of each dataset, then models that have only the papers' figures; paper columns joined
+    by model. The significance column is filled only on each model's main experiment
+    (the one the comparisons tested)."""
     summary = summary_table(res) if summary is None else summary
     acc = accuracy_summary(res.runs)
     extra = [c for c in summary.columns if c.startswith("paper_") and c.endswith(("_dsc", "_miou"))]
-    if "significantly_different_from" in summary:
-        extra.append("significantly_different_from")
     by_model = summary[["model", *extra]]
     measured = acc.merge(by_model, on="model", how="left")
+    if "significant_over_seeds" in summary and not measured.empty:
+        main = main_experiments(acc)[[*EXPERIMENT_KEY]].assign(_main=True)
+        measured = measured.merge(main, on=EXPERIMENT_KEY, how="left")
+        sig = summary.set_index("model")["significant_over_seeds"]
+        measured["significant_over_seeds"] = [
+            sig.get(m) if flag is True else math.nan
+            for m, flag in zip(measured["model"], measured["_main"])
+        ]
+        measured = measured.drop(columns="_main")
+    parts = [measured]
+    if baselines is not None and not baselines.empty:
+        parts.append(baselines)
     paper_cols = [c for c in extra if c.endswith("_dsc")]
     paper_only = by_model[
         ~by_model["model"].isin(acc["model"]) & by_model[paper_cols].notna().any(axis=1)
     ]
-    out = pd.concat([measured, paper_only], ignore_index=True)
+    parts.append(paper_only)
+    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     for col in ("epochs", "n_seeds"):  # stay integers next to the paper-only rows' NaN
         if col in out:
             out[col] = out[col].astype("Int64")
@@ -287,42 +334,96 @@ def summary_table(res: Results, device: str | None = None) -> pd.DataFrame:
     for dataset, g in acc.groupby("dataset", sort=True):
         sub = g.drop(columns="dataset").set_index("model").add_prefix(f"{dataset}:")
         out = out.merge(sub, left_on="model", right_index=True, how="left")
-    sig = significance_marks(res.stats)
+    from bench.analysis.report.significance import report_comparisons, significance_column
+
+    sig = significance_column(report_comparisons(res)[0])
     if not sig.empty:
         out = out.merge(sig, on="model", how="left")
     out = out.merge(paper_summary(models), on="model", how="left")
     return out
 
 
-def significance_marks(stats: pd.DataFrame) -> pd.DataFrame:
-    """Hook for paired statistics (``results/stats/*.csv``): per model, the models it
-    differs from significantly.
+BASELINE_NAMES = {
+    "disc": "centred disc (training mean lesion area)",
+    "mean-mask": "mean training mask, thresholded",
+    "all": "every pixel lesion",
+}
 
-    Reads rows with ``model_a``, ``model_b`` and either a boolean ``significant`` or a
-    corrected p-value (``p_holm`` / ``p_adjusted`` / ``p_adj``, alpha 0.05), plus an
-    optional ``dataset``. Anything else yields an empty frame (no column in the tables).
-    """
-    if stats.empty or not {"model_a", "model_b"} <= set(stats.columns):
+
+def baseline_rows(res: Results) -> pd.DataFrame:
+    """The trivial baselines (``baselines/<dataset>/<kind>/metrics.json``) as accuracy-table
+    rows: model ``baseline: <kind>``, metrics in percent (HD95 in px), no seeds (a
+    baseline is deterministic)."""
+    b = res.baselines
+    if b.empty:
         return pd.DataFrame()
-    if "significant" in stats:
-        sig = _truthy(stats["significant"])
-    else:
-        pcol = next((c for c in ("p_holm", "p_adjusted", "p_adj") if c in stats), None)
-        if pcol is None:
-            return pd.DataFrame()
-        sig = pd.to_numeric(stats[pcol], errors="coerce") < 0.05
-    rows: dict[str, set[str]] = {}
-    for (_, r), s in zip(stats.iterrows(), sig):
-        if not s:
-            continue
-        tag = f"@{r['dataset']}" if "dataset" in stats and pd.notna(r.get("dataset")) else ""
-        if {"recipe", "epochs"} <= set(stats.columns) and pd.notna(r.get("epochs")):
-            tag += f"/{r['recipe']}-e{int(r['epochs'])}"  # stats compare one experiment
-        rows.setdefault(str(r["model_a"]), set()).add(f"{r['model_b']}{tag}")
-        rows.setdefault(str(r["model_b"]), set()).add(f"{r['model_a']}{tag}")
-    return pd.DataFrame(
-        [
-            {"model": m, "significantly_different_from": ", ".join(sorted(v))}
-            for m, v in rows.items()
-        ]
-    )
+    rows = []
+    for _, r in b.sort_values(["dataset", "kind"]).iterrows():
+        row: dict[str, Any] = {
+            "model": f"baseline: {r['kind']}",
+            "dataset": r["dataset"],
+            "row_note": "trivial baseline: "
+            + BASELINE_NAMES.get(str(r["kind"]), "a fixed predictor")
+            + f", {r['split']} split",
+        }
+        for m in METRICS:
+            if m.key in r and pd.notna(r[m.key]):
+                row[f"{m.column}_mean"] = float(r[m.key]) * m.scale
+        n_img, undefined = r.get("n_images"), r.get("hd95_n_undefined")
+        if pd.notna(n_img) and pd.notna(undefined):
+            row["hd95_undefined"], row["hd95_scored"] = int(undefined), int(n_img)
+            row["hd95_undefined_text"] = f"{int(undefined)}/{int(n_img)} undefined"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm_text(values: pd.Series, digits: int = 2, signed: bool = False) -> str:
+    v = values.dropna().astype(float)
+    if v.empty:
+        return "–"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    text = fmt.format(v.mean())
+    if len(v) > 1:
+        text += f" ± {v.std(ddof=1):.{digits}f}"
+    return text
+
+
+def external_table(res: Results) -> tuple[pd.DataFrame, list[str]]:
+    """External validation: (table, the evaluated dataset-split columns).
+
+    One row per experiment (trained on dataset A) that has runs scored elsewhere; for
+    each evaluated ``<dataset B>-<split>``: pooled DSC (%) mean ± std over the seeds
+    scored there, and the drop from in-domain (B minus the same seed's A test DSC,
+    percentage points), mean ± std over seeds. Numbers also go to ``<B>:dsc_mean`` /
+    ``<B>:dsc_std`` / ``<B>:drop_mean`` / ``<B>:drop_std`` / ``<B>:n`` for the CSV.
+    """
+    ext = res.external
+    if ext.empty:
+        return pd.DataFrame(), []
+    ext = ext.assign(target=ext["eval_dataset"] + "-" + ext["eval_split"])
+    targets = sorted(set(ext["target"]))
+    rows = []
+    for key, g in ext.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(EXPERIMENT_KEY, key))
+        keep = pd.Series(True, index=res.runs.index)
+        for k, v in zip(EXPERIMENT_KEY, key):
+            keep &= res.runs[k].astype(str) == str(v)
+        in_domain = res.runs.loc[keep, "dsc"] * 100
+        row["n_seeds"] = int(keep.sum())
+        row["in_domain"] = _pm_text(in_domain)
+        row["in_domain_dsc_mean"] = float(in_domain.mean())
+        for t in targets:
+            cell = g[g["target"] == t]
+            if cell.empty:
+                continue
+            dsc = cell["eval_dsc"].astype(float) * 100
+            drop = (cell["eval_dsc"].astype(float) - cell["in_domain_dsc"].astype(float)) * 100
+            n = int(dsc.notna().sum())
+            row[f"{t}:text"] = f"{_pm_text(dsc)} ({_pm_text(drop, signed=True)})" + (
+                f", n={n}" if n != row["n_seeds"] else ""
+            )
+            row[f"{t}:dsc_mean"], row[f"{t}:dsc_std"] = dsc.mean(), dsc.std(ddof=1)
+            row[f"{t}:drop_mean"], row[f"{t}:drop_std"] = drop.mean(), drop.std(ddof=1)
+            row[f"{t}:n"] = n
+        rows.append(row)
+    return pd.DataFrame(rows), targets

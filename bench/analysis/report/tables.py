@@ -36,13 +36,15 @@ class Col:
     std: str | None = None  # key of a spread shown as "mean ± std"
     flag: str | None = None  # key of a boolean that marks the value with " (noisy)"
     lower_bound: str | None = None  # key of a boolean that marks the value ">= " (a lower bound)
+    note: str | None = None  # key of a text shown after the value, in parentheses
+    csv_only: bool = False  # a CSV column only (numbers the Markdown shows in a note)
 
     def text(self, row: pd.Series) -> str:
         v = row.get(self.key)
         if v is None or (not isinstance(v, str) and pd.isna(v)):
             return "–"
         if isinstance(v, str):
-            return v
+            return (v or "–") + self._note(row)
         if isinstance(v, (bool, np.bool_)):
             return "yes" if v else "no"
         v = float(v) * self.scale
@@ -62,7 +64,11 @@ class Col:
             s += " (noisy)"
         if self.lower_bound and str(row.get(self.lower_bound)).strip().lower() in ("true", "1"):
             s = ">= " + s
-        return s
+        return s + self._note(row)
+
+    def _note(self, row: pd.Series) -> str:
+        text = row.get(self.note) if self.note else None
+        return f" ({text})" if isinstance(text, str) and text else ""
 
     def values(self, df: pd.DataFrame) -> dict[str, pd.Series]:
         out: dict[str, pd.Series] = {}
@@ -74,14 +80,20 @@ class Col:
         return out
 
 
+def _has_values(col: pd.Series) -> bool:
+    """Any value that is neither missing nor an empty string."""
+    return bool((col.notna() & (col.astype(str).str.strip() != "")).any())
+
+
 def render(df: pd.DataFrame, cols: Sequence[Col]) -> tuple[pd.DataFrame, str]:
     """(CSV frame with unrounded numbers, Markdown text) for the columns present in ``df``."""
-    present = [c for c in cols if c.key in df and (df[c.key].notna().any() or c.key == "model")]
+    present = [c for c in cols if c.key in df and (_has_values(df[c.key]) or c.key == "model")]
     csv = pd.DataFrame(index=df.index)
     for c in present:
         for name, series in c.values(df).items():
             csv[name] = series
-    text = pd.DataFrame({c.header: [c.text(r) for _, r in df.iterrows()] for c in present})
+    shown = [c for c in present if not c.csv_only]
+    text = pd.DataFrame({c.header: [c.text(r) for _, r in df.iterrows()] for c in shown})
     md = text.to_markdown(index=False, disable_numparse=True) if not text.empty else "(no rows)"
     return csv.reset_index(drop=True), md
 
@@ -101,6 +113,8 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
         Col("best batch", "best_batch", decimals=0),
         Col(f"train step{dev} (img/s)", "train_img_s"),
         Col("peak mem bs1 (MB)", "peak_mem_mb"),
+        Col("CPU peak mem bs1, model's RSS increase (MB)", "rss_delta_mb"),
+        Col("CPU process RSS bs1, incl. interpreter (MB)", "process_rss_mb"),
         Col("roofline bs1 (%)", "roofline_fraction", 100),
         Col("best fp32 backend bs1", "best_backend"),
         Col(f"best backend latency bs1{dev} (ms)", "best_latency_ms"),
@@ -109,21 +123,45 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
 
 
 def _metric_cols(header_prefix: str = "", key_prefix: str = "") -> list[Col]:
-    """Mean ± std over seeds of the metric table's report metrics (bench.engine.metric_table)."""
-    return [
-        Col(
-            f"{header_prefix}{m.header}",
-            f"{key_prefix}{m.column}_mean",
-            decimals=m.decimals,
-            std=f"{key_prefix}{m.column}_std",
+    """Mean ± std over seeds of the metric table's report metrics (bench.engine.metric_table);
+    HD95 with the count of images where it is undefined beside it."""
+    cols = []
+    for m in METRICS:
+        if not m.in_report:
+            continue
+        hd95 = m.key == "hd95_mean"
+        cols.append(
+            Col(
+                f"{header_prefix}{m.header}",
+                f"{key_prefix}{m.column}_mean",
+                decimals=m.decimals,
+                std=f"{key_prefix}{m.column}_std",
+                note=f"{key_prefix}hd95_undefined_text" if hd95 else None,
+            )
         )
-        for m in METRICS
-        if m.in_report
-    ]
+        if hd95:
+            cols += [
+                Col(
+                    f"{header_prefix}HD95 undefined (images, all seeds)",
+                    f"{key_prefix}hd95_undefined",
+                    decimals=0,
+                    csv_only=True,
+                ),
+                Col(
+                    f"{header_prefix}HD95 scored (images, all seeds)",
+                    f"{key_prefix}hd95_scored",
+                    decimals=0,
+                    csv_only=True,
+                ),
+            ]
+    return cols
 
 
-def _paper_cols(paper_keys: Sequence[str]) -> list[Col]:
-    """The papers' DSC / mIoU per dataset key, then the significance marks."""
+_SIGNIFICANCE = Col("significant over seeds (Holm, CI excl. 0)", "significant_over_seeds")
+
+
+def _paper_cols(paper_keys: Sequence[str], *, note: bool = False) -> list[Col]:
+    """The papers' DSC / mIoU per dataset key, the significance marks (and the row note)."""
     cols = []
     for key in paper_keys:
         name = key.upper()
@@ -131,7 +169,9 @@ def _paper_cols(paper_keys: Sequence[str]) -> list[Col]:
             Col(f"paper DSC {name} (%)", f"paper_{key}_dsc", decimals=2),
             Col(f"paper mIoU {name} (%)", f"paper_{key}_miou", decimals=2),
         ]
-    cols.append(Col("significantly different from", "significantly_different_from"))
+    cols.append(_SIGNIFICANCE)
+    if note:
+        cols.append(Col("note", "row_note"))
     return cols
 
 
@@ -140,6 +180,7 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
     for ds in datasets:
         cols += [
             Col(f"{ds} experiment", f"{ds}:experiment"),
+            Col(f"{ds} precision", f"{ds}:precision", note=f"{ds}:precision_note"),
             Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
             *_metric_cols(f"{ds} ", f"{ds}:"),
         ]
@@ -147,16 +188,23 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
 
 
 def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
-    """Columns of the accuracy table: one row per (dataset, model, recipe, epochs)."""
+    """Columns of the accuracy table: one row per experiment (configuration except the
+    seed, precision), then the trivial baselines."""
     cols = [
         Col("model", "model"),
         Col("dataset", "dataset"),
         Col("recipe", "recipe"),
         Col("epochs", "epochs", decimals=0),
+        Col("input (px)", "image_size"),
+        Col("precision", "precision", note="precision_note"),
+        Col("differs in", "setting"),
         Col("seeds", "n_seeds", decimals=0),
+        Col("seed list", "seeds", csv_only=True),
+        Col("experiment folder", "experiment", csv_only=True),
+        Col("experiment hash", "experiment_hash", csv_only=True),
         *_metric_cols(),
     ]
-    return [*cols, *_paper_cols(paper_keys)]
+    return [*cols, *_paper_cols(paper_keys, note=True)]
 
 
 def _speed_cols() -> list[Col]:
@@ -183,4 +231,54 @@ def _speed_cols() -> list[Col]:
         Col("precision", "precision_detail"),
         Col("status", "status"),
         Col("reason", "reason"),
+    ]
+
+
+def _external_cols(targets: Sequence[str]) -> list[Col]:
+    """Columns of the external-validation table (:func:`summaries.external_table`)."""
+    cols = [
+        Col("model", "model"),
+        Col("trained on", "dataset"),
+        Col("experiment", "experiment"),
+        Col("precision", "precision"),
+        Col("differs in", "setting"),
+        Col("seeds", "n_seeds", decimals=0),
+        Col("in-domain test DSC (%)", "in_domain"),
+        Col("in-domain test DSC mean (%)", "in_domain_dsc_mean", csv_only=True),
+    ]
+    for t in targets:
+        cols += [
+            Col(f"{t}: DSC % (drop from in-domain, pp)", f"{t}:text"),
+            Col(f"{t} DSC mean (%)", f"{t}:dsc_mean", csv_only=True),
+            Col(f"{t} DSC std (%)", f"{t}:dsc_std", csv_only=True),
+            Col(f"{t} drop mean (pp)", f"{t}:drop_mean", csv_only=True),
+            Col(f"{t} drop std (pp)", f"{t}:drop_std", csv_only=True),
+            Col(f"{t} seeds", f"{t}:n", csv_only=True),
+        ]
+    return cols
+
+
+def _comparison_cols() -> list[Col]:
+    """Columns of the model comparisons (:func:`significance.comparison_table`)."""
+    return [
+        Col("dataset", "dataset"),
+        Col("experiment", "experiment"),
+        Col("A", "a"),
+        Col("B", "b"),
+        Col("images", "n", decimals=0),
+        Col("Dice/img A (%)", "mean_a", decimals=2),
+        Col("Dice/img B (%)", "mean_b", decimals=2),
+        Col("A − B (pp)", "mean_diff", decimals=2),
+        Col("95% CI (pp)", "ci"),
+        Col("CI low (pp)", "ci_low", csv_only=True),
+        Col("CI high (pp)", "ci_high", csv_only=True),
+        Col("tested", "level"),
+        Col("p", "p_value"),
+        Col("p Holm", "p_holm"),
+        Col("claim", "claim"),
+        Col("note", "note"),
+        Col("test", "test", csv_only=True),
+        Col("CI method", "ci_method", csv_only=True),
+        Col("model A", "model_a", csv_only=True),
+        Col("model B", "model_b", csv_only=True),
     ]

@@ -19,12 +19,21 @@ from bench.analysis.report.load import (
 )
 from bench.analysis.report.plots import _model_colours
 from bench.analysis.report.readme import _meta_runs, _readme
-from bench.analysis.report.summaries import _paper_datasets, accuracy_table, summary_table
+from bench.analysis.report.significance import comparison_table, report_comparisons
+from bench.analysis.report.summaries import (
+    _paper_datasets,
+    accuracy_table,
+    baseline_rows,
+    external_table,
+    summary_table,
+)
 from bench.analysis.report.tables import (
     Col,
     _accuracy_cols,
+    _comparison_cols,
     _efficiency_cols,
     _experiment_cols,
+    _external_cols,
     _speed_cols,
     render,
 )
@@ -43,7 +52,7 @@ def _input_label(res: Results) -> str:
     shape = res.complexity_meta.get("input_shape")
     if isinstance(shape, (list, tuple)):
         return "x".join(str(s) for s in shape)
-    return "1x3x256x256"  # the default every harness module measures at
+    return "not recorded"  # never a default: a title must describe the data behind it
 
 
 def _write_table(
@@ -98,8 +107,18 @@ def write_report(
     datasets, paper_keys = _datasets(summary)
     if datasets or paper_keys:
         _write_table(
-            out, "accuracy", accuracy_table(res, summary), _experiment_cols(paper_keys), report
+            out,
+            "accuracy",
+            accuracy_table(res, summary, baseline_rows(res)),
+            _experiment_cols(paper_keys),
+            report,
         )
+    comparisons, _ = report_comparisons(res)
+    if not comparisons.empty:
+        _write_table(out, "comparisons", comparison_table(comparisons), _comparison_cols(), report)
+    ext, targets = external_table(res)
+    if not ext.empty:
+        _write_table(out, "external", ext, _external_cols(targets), report)
     for slug in res.devices:
         sort = [c for c in ("model", "backend", "mode", "batch_size") if c in res.speed[slug]]
         rows = res.speed[slug].sort_values(sort, kind="stable")
@@ -146,7 +165,15 @@ def write_report(
 # (a dataset or device that is gone) and removed. Other files in tables/ stay.
 _OWN_OUTPUTS = {
     "plots": ("pareto-*.png", "pareto-*.svg", "efficiency-*.png", "efficiency-*.svg"),
-    "tables": ("summary.*", "efficiency.*", "accuracy.*", "speed-*.csv", "speed-*.md"),
+    "tables": (
+        "summary.*",
+        "efficiency.*",
+        "accuracy.*",
+        "comparisons.*",
+        "external.*",
+        "speed-*.csv",
+        "speed-*.md",
+    ),
 }
 
 

@@ -1,0 +1,146 @@
+"""The report's model comparisons: each model's main experiment against the others.
+
+The report does not trust a stored ``stats/*.csv`` (it may have been written under an
+older rule, or for other runs): it compares the runs it shows with
+:func:`bench.analysis.stats.compare_models`, so a difference is called significant only
+when it was tested over seeds (>= 3 per model) with a Holm-adjusted p-value below
+alpha and a confidence interval that excludes 0. Comparisons run within one dataset and
+one protocol (recipe, epochs); Holm corrects across every comparison the report shows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from bench.analysis.report.load import Results
+from bench.analysis.report.summaries import accuracy_summary, main_experiments
+from bench.analysis.runs import EXPERIMENT_KEY
+from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
+
+#: family-wise significance level of the report's comparisons
+ALPHA = 0.05
+
+#: bootstrap resamples per comparison (seeded: the report is deterministic)
+N_RESAMPLES = 9999
+
+COMPARISON_COLUMNS = [
+    "dataset",
+    "recipe",
+    "epochs",
+    "model_a",
+    "precision_a",
+    "n_seeds_a",
+    "model_b",
+    "precision_b",
+    "n_seeds_b",
+    "n",
+    "mean_a",
+    "mean_b",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "level",
+    "test",
+    "ci_method",
+    "p_value",
+    "p_holm",
+    "significant",
+    "claim",
+    "note",
+]
+
+
+def report_comparisons(
+    res: Results, alpha: float = ALPHA, n_resamples: int = N_RESAMPLES
+) -> tuple[pd.DataFrame, list[str]]:
+    """(comparison rows, models left out with the reason), cached on ``res``.
+
+    Pairs: the main experiments (:func:`main_experiments`) of one dataset that share
+    recipe and epochs; per-image Dice from each run's ``per_image.csv``. A model whose
+    runs have no per-image scores, or whose seeds scored different images, is left out
+    and named in the second element.
+    """
+    cached = res.cache.get(("comparisons", alpha, n_resamples))
+    if cached is not None:
+        return cached
+    acc = main_experiments(accuracy_summary(res.runs))
+    parts, skipped = [], []
+    if not acc.empty:
+        for (dataset, recipe, epochs), fam in acc.groupby(["dataset", "recipe", "epochs"]):
+            if len(fam) < 2:
+                continue
+            scores, precision = {}, {}
+            for _, row in fam.iterrows():
+                keep = pd.Series(True, index=res.runs.index)
+                for k in EXPERIMENT_KEY:
+                    keep &= res.runs[k].astype(str) == str(row[k])
+                try:
+                    scores[row["model"]] = per_image_matrix(res.runs[keep], "dice")
+                except (FileNotFoundError, ValueError) as err:
+                    skipped.append(f"{row['model']} ({dataset}, {row['experiment']}): {err}")
+                    continue
+                precision[row["model"]] = row["precision"]
+            if len(scores) < 2:
+                continue
+            df = compare_models(scores, n_resamples=n_resamples, finalize=False)
+            df["dataset"], df["recipe"], df["epochs"] = dataset, recipe, int(epochs)
+            df["precision_a"] = df["model_a"].map(precision)
+            df["precision_b"] = df["model_b"].map(precision)
+            differ = df["precision_a"] != df["precision_b"]
+            df.loc[differ, "note"] = [
+                "; ".join(x for x in (str(n or ""), "precisions differ") if x)
+                for n in df.loc[differ, "note"]
+            ]
+            parts.append(df)
+    if parts:
+        out = finalize_comparisons(pd.concat(parts, ignore_index=True), alpha)
+        out = out[COMPARISON_COLUMNS]
+    else:
+        out = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    res.cache[("comparisons", alpha, n_resamples)] = (out, skipped)
+    return out, skipped
+
+
+def significance_column(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Per model, the significant differences over seeds, e.g. ``better than unet``.
+
+    Only rows with ``significant`` (tested over seeds, Holm, CI excludes 0) count; a
+    per-image test on one training run never appears here. The dataset is named when
+    the comparisons span several. Empty frame when nothing is significant.
+    """
+    sig = comparisons[comparisons["significant"].astype(bool)] if not comparisons.empty else None
+    if sig is None or sig.empty:
+        return pd.DataFrame()
+    several = comparisons["dataset"].nunique() > 1
+    marks: dict[str, list[str]] = {}
+    for _, r in sig.iterrows():
+        tag = f" @{r['dataset']}" if several else ""
+        a_better = float(r["mean_diff"]) > 0
+        marks.setdefault(r["model_a"], []).append(
+            f"{'better' if a_better else 'worse'} than {r['model_b']}{tag}"
+        )
+        marks.setdefault(r["model_b"], []).append(
+            f"{'worse' if a_better else 'better'} than {r['model_a']}{tag}"
+        )
+    return pd.DataFrame(
+        [{"model": m, "significant_over_seeds": "; ".join(sorted(v))} for m, v in marks.items()]
+    )
+
+
+def comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons as the report shows them: differences in Dice percentage points."""
+    df = comparisons.copy()
+    for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
+        df[col] = pd.to_numeric(df[col], errors="coerce") * 100
+    df["ci"] = [
+        f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "–"
+        for lo, hi in zip(df["ci_low"].astype(float), df["ci_high"].astype(float))
+    ]
+    df["experiment"] = [f"{r}-e{e}" for r, e in zip(df["recipe"], df["epochs"])]
+    df["a"] = [f"{m} ({p}, {n} seed{'s' if n != 1 else ''})" for m, p, n in
+               zip(df["model_a"], df["precision_a"], df["n_seeds_a"])]  # fmt: skip
+    df["b"] = [f"{m} ({p}, {n} seed{'s' if n != 1 else ''})" for m, p, n in
+               zip(df["model_b"], df["precision_b"], df["n_seeds_b"])]  # fmt: skip
+    return df
