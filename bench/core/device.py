@@ -53,6 +53,16 @@ def autocast_context(device: str, amp: str | None) -> contextlib.AbstractContext
     return torch.autocast(kind, dtype=dtype)
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, as torch sees them).
+
+    Without either, torch emulates bf16 through fp32 and bf16 autocast runs slower than
+    fp32 (seen here on an AVX2-only AMD EPYC: a MALUNet training epoch 2-4x slower).
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
+
+
 def cuda_bf16_native(device: str | torch.device | None = None) -> bool:
     """Whether the GPU computes bf16 natively (compute capability >= 8.0).
 

@@ -216,8 +216,9 @@ def _gemm_openvino(n: int, threads: int, reps: int, precision: str = "f32") -> f
 def _gemm_torch_bf16(n: int, threads: int, reps: int) -> float:
     import torch
 
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    if not any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks):
+    from bench.core.device import cpu_bf16_native
+
+    if not cpu_bf16_native():
         # emulated bf16 is slower than fp32 and would only cost time: fp32 bounds the row
         raise _Skip("no native bf16 on this CPU (torch sees neither AVX512-BF16 nor AMX)")
 

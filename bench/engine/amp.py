@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from bench.core.device import cuda_bf16_native
+from bench.core.device import cpu_bf16_native, cuda_bf16_native
 from bench.engine.config import TrainConfig
 
 _BF16_PROBE = """
@@ -37,7 +37,8 @@ def _effective_amp(cfg: TrainConfig, device: str) -> tuple[str | None, str | Non
     survives it: CPU bf16 backward kernels have crashed the process (a segfault in a dilated
     depthwise convolution with channels_last was seen), which no ``try`` can catch, so the
     step is probed once in a child process and a crash falls back to fp32, said so in the
-    run's manifest.
+    run's manifest. A CPU without native bf16 still trains in bf16 (emulated, slower than
+    fp32), with a note saying so.
     """
     kind = torch.device(device).type
     if not cfg.amp:
@@ -68,4 +69,9 @@ def _effective_amp(cfg: TrainConfig, device: str) -> tuple[str | None, str | Non
         if proc.returncode < 0:
             tail = f"killed by signal {-proc.returncode} ({tail})"
         return None, f"a CPU bf16 training step failed ({tail}); training in fp32"
+    if not cpu_bf16_native():  # still bf16 arithmetic, so the precision stays bf16
+        return "bf16", (
+            "this CPU has no native bf16 (neither AVX512-BF16 nor AMX): torch emulates it, "
+            "so bf16 training runs slower than fp32 here"
+        )
     return "bf16", None

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from bench.core.device import cuda_bf16_native
+from bench.core.device import cpu_bf16_native, cuda_bf16_native
 from bench.speed.memory import _free_memory
 
 MODES = ("inference", "train")
@@ -45,11 +45,6 @@ def compile_problem(device: str | torch.device) -> str | None:
     return None
 
 
-def _cpu_native_bf16() -> bool:
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(torch.cpu, c, lambda: False)()) for c in checks)
-
-
 def variant_skip_reason(device: str | torch.device, dtype: str, compile: bool) -> str | None:
     """Reason to skip a (device, dtype, compile) variant, or None when it can run."""
     dev = torch.device(device)
@@ -69,7 +64,7 @@ def variant_skip_reason(device: str | torch.device, dtype: str, compile: bool) -
 
 def _dtype_note(device: torch.device, dtype: str) -> str:
     if device.type == "cpu" and dtype == "bf16":
-        return f"bf16 autocast on CPU (native bf16 instructions: {'yes' if _cpu_native_bf16() else 'no'})"
+        return f"bf16 autocast on CPU (native bf16 instructions: {'yes' if cpu_bf16_native() else 'no'})"
     return ""
 
 
