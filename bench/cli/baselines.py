@@ -6,13 +6,14 @@ import argparse
 import shlex
 from typing import Any
 
+from bench.cli.common import add_input_size
 from bench.jobs.baselines import DEFAULT_KINDS, run_baselines
 
 
 def _cmd_baselines(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
-    if args.size is not None:
-        overrides["image_size"] = args.size
+    if args.input_size is not None:
+        overrides["image_size"] = args.input_size
     if args.split_seed is not None:
         overrides["split_seed"] = args.split_seed
     paths = run_baselines(
@@ -33,7 +34,7 @@ def _command(args: argparse.Namespace) -> str:
     """The command as parsed (the same whether called from a shell or from main(argv))."""
     cmd = ["segbench", "baselines", "--data", str(args.data), "--results", str(args.results)]
     cmd += ["--kinds", *args.kinds]
-    for flag, value in (("--dataset", args.dataset), ("--size", args.size),
+    for flag, value in (("--dataset", args.dataset), ("--input-size", args.input_size),
                         ("--split-seed", args.split_seed)):  # fmt: skip
         if value is not None:
             cmd += [flag, str(value)]
@@ -64,9 +65,7 @@ def register(subparsers: Any) -> None:
         help=f"baselines to score (default: {' '.join(DEFAULT_KINDS)}; also: all)",
     )
     p.add_argument("--results", default="results", help="results root (default: results)")
-    p.add_argument(
-        "--size", type=int, default=None, help="evaluation size (default: the runs' image_size)"
-    )
+    add_input_size(p, None, help="evaluation size (default: the runs' image_size)")
     p.add_argument(
         "--split-seed", type=int, default=None, help="split seed (default: the runs' split_seed)"
     )
