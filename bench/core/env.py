@@ -77,6 +77,12 @@ def package_versions() -> dict[str, str]:
 
 
 def git_commit(root: str | Path | None = None) -> str | None:
+    """``HEAD``'s hash, with ``-dirty`` when tracked files outside ``results/`` differ.
+
+    ``results/`` is left out: a job such as ``segbench benchmark`` rewrites committed
+    result files in its first stage, which would otherwise mark every later stage's
+    numbers as coming from a dirty tree although no code changed.
+    """
     root = Path(root) if root else Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
@@ -88,7 +94,7 @@ def git_commit(root: str | Path | None = None) -> str | None:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -111,6 +117,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "versions": package_versions(),
         "git_commit": git_commit(),
+        # 1/5/15-minute load: a timing taken beside other work says so
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     if dev.type == "cuda":
         info["cuda"] = torch.version.cuda
