@@ -286,7 +286,7 @@ def test_fault_sigterm_mid_epoch_saves_then_resume_is_identical(
 
 
 def test_fault_sigterm_under_submitit_is_left_to_submitit():
-    from bench.engine.trainer import _StopRequest
+    from bench.engine.run_control import _StopRequest
 
     def submitit_bypass(signum, frame):  # what submitit installs in a job
         pass

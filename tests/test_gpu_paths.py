@@ -182,7 +182,7 @@ def _count_trainer_reads(monkeypatch) -> dict[str, int]:
 
 
 def test_training_reads_the_loss_back_only_at_checks(data_root, tmp_path, monkeypatch):
-    from bench.engine.trainer import CHECK_EVERY, _check_every, _StopRequest
+    from bench.engine.run_control import CHECK_EVERY, _check_every, _StopRequest
 
     assert _check_every("cuda", False) == CHECK_EVERY == _check_every("cpu", True) > 1
     assert _check_every("cpu", False) == 1  # a single CPU process has no sync to save
@@ -202,7 +202,7 @@ def test_training_reads_the_loss_back_only_at_checks(data_root, tmp_path, monkey
 
 def test_ddp_flags_are_reduced_only_at_checks(data_root, tmp_path, monkeypatch):
     from bench.engine import distributed as bdist
-    from bench.engine.trainer import _StopRequest
+    from bench.engine.run_control import _StopRequest
 
     t = _trainer(data_root, tmp_path / "d", augment=False)
     t.d = bdist.DistInfo(rank=0, world_size=2)  # as rank 0 of two identical ranks
@@ -220,7 +220,7 @@ def test_ddp_flags_are_reduced_only_at_checks(data_root, tmp_path, monkeypatch):
 
 
 def test_a_nan_between_checks_is_caught_at_the_next_check(data_root, tmp_path):
-    from bench.engine.trainer import NonFiniteLossError, _StopRequest
+    from bench.engine.run_control import NonFiniteLossError, _StopRequest
 
     t = _trainer(data_root, tmp_path / "n", augment=False)
     t.check_every = 4

@@ -220,7 +220,16 @@ def test_baselines_command_scores_the_runs_test_split(tmp_path: Path) -> None:
 
     data = make_synthetic(tmp_path / "lesions", n=20, size=(40, 40), seed=3)
     results = tmp_path / "results"
-    args = ["baselines", "--data", str(data), "--results", str(results), "--input-size", "32", "--quiet"]
+    args = [
+        "baselines",
+        "--data",
+        str(data),
+        "--results",
+        str(results),
+        "--input-size",
+        "32",
+        "--quiet",
+    ]
     assert main(args) == 0
     disc = json.loads((results / "baselines" / "lesions" / "disc" / "metrics.json").read_text())
     assert disc["split"] == "test" and disc["settings"]["image_size"] == 32

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from bench.engine.config import TrainConfig
+from bench.engine.run_control import NonFiniteLossError
 from bench.engine.train import run_training
-from bench.engine.trainer import NonFiniteLossError
 
 METRIC_KEYS = {
     "model",

@@ -114,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.core import exitcodes
 
         log.error("interrupted")
-        if getattr(err, "signum", None) == signal.SIGTERM:  # bench.engine.trainer.TrainingStopped
+        if (
+            getattr(err, "signum", None) == signal.SIGTERM
+        ):  # bench.engine.run_control.TrainingStopped
             return exitcodes.TERMINATED
         return exitcodes.INTERRUPTED
     except (ValueError, KeyError, OSError) as err:

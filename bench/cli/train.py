@@ -13,8 +13,8 @@ from bench.core.lock import LockBusy
 from bench.engine import distributed as bdist
 from bench.engine.checkpoints import CheckpointWriteError
 from bench.engine.config import TrainConfig
+from bench.engine.run_control import NonFiniteLossError, TrainingStopped
 from bench.engine.train import run_training
-from bench.engine.trainer import NonFiniteLossError, TrainingStopped
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -36,8 +36,9 @@ from bench.core.lock import LOCK_NAME, DirLock, LockBusy
 from bench.engine import distributed as bdist
 from bench.engine.checkpoints import load_resume_checkpoint
 from bench.engine.config import TrainConfig
+from bench.engine.run_control import _log
 from bench.engine.rundir import _clear_run, _conflict_text, run_dir_for
-from bench.engine.trainer import _log, _Trainer
+from bench.engine.trainer import _Trainer
 
 
 def run_training(

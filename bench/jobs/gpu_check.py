@@ -226,7 +226,7 @@ def check_train_step_syncs(dev: torch.device) -> str:
     from bench.core.optim import adamw
     from bench.data.augment import augment_batch, scale_images
     from bench.engine.losses import build_loss
-    from bench.engine.trainer import CHECK_EVERY
+    from bench.engine.run_control import CHECK_EVERY
 
     model = _malunet().to(dev)
     opt = adamw(model)
