@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
         description="Run every cell of a sweep file (models x datasets x seeds [x input "
         "sizes]) as one engine run each, through submitit. Finished cells are skipped, "
         "interrupted ones resume, failures are reported with their log path. See "
-        "bench/sweeps/example.yaml and the bench.jobs.sweep_definition docstring for cluster use.",
+        "bench/jobs/sweeps/example.yaml and the bench.jobs.sweep_definition docstring for cluster use.",
     )
     p.add_argument("config", help="sweep YAML file")
     p.add_argument(

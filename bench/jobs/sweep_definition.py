@@ -1,6 +1,6 @@
 """Sweeps: models x datasets x seeds (x input sizes), one engine run per cell, via submitit.
 
-A sweep is a YAML file (see ``bench/sweeps/example.yaml``)::
+A sweep is a YAML file (see ``bench/jobs/sweeps/example.yaml``)::
 
     name: isic2017-main          # names the log folder (default: the file's stem)
     recipe: fair                 # engine recipe (bench.engine.config.TrainConfig.from_recipe)
@@ -40,7 +40,7 @@ Running the same sweep on a Slurm cluster
    that submitted it, and workers import ``bench`` from the checkout).
 2. On the login node, in the checkout, with the environment active::
 
-       segbench sweep bench/sweeps/example.yaml --executor slurm --partition gpu \
+       segbench sweep bench/jobs/sweeps/example.yaml --executor slurm --partition gpu \
            --gpus-per-task 1 --cpus-per-task 8 --mem 32G --time 720 --array-parallelism 8
 
    ``--dry-run`` first shows the cells and what would be skipped. Defaults for these
