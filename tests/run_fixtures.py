@@ -115,3 +115,18 @@ def write_run(
 
 def image_ids(n: int) -> list[str]:
     return [f"ISIC_{i:07d}" for i in range(n)]
+
+
+def tiny_unet_config(data: str | Path, recipe: str = "fair", **overrides: Any) -> TrainConfig:
+    """A UNet run small enough for a unit test: width 2, 32 px, 2 epochs, 1 CPU thread."""
+    base: dict[str, Any] = dict(
+        model="unet",
+        model_kwargs={"base_width": 2},
+        data=str(data),
+        epochs=2,
+        image_size=32,
+        batch_size=4,
+        threads=1,
+        device="cpu",
+    )
+    return TrainConfig.from_recipe(recipe, **{**base, **overrides})

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from run_fixtures import tiny_unet_config
 
 from bench.cli import main
 from bench.data.cache import _dataset_name, split_file_for
 from bench.data.derive import SHIFTS, derive_dataset
 from bench.data.layouts import detect_layout, index_dataset
 from bench.data.synthetic import make_synthetic
-from bench.engine.config import TrainConfig
 from bench.engine.metrics import hd95
 from bench.engine.train import run_training
 
@@ -29,17 +29,7 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run(data_root, tmp_path_factory) -> Path:
-    cfg = TrainConfig.from_recipe(
-        "fair",
-        model="unet",
-        model_kwargs={"base_width": 2},
-        data=str(data_root),
-        epochs=2,
-        image_size=32,
-        batch_size=4,
-        threads=1,
-        device="cpu",
-    )
+    cfg = tiny_unet_config(data_root)
     return run_training(cfg, tmp_path_factory.mktemp("results"), quiet=True)
 
 
@@ -172,16 +162,7 @@ def test_a_validation_only_folder_is_never_resplit(run, val_only, capsys):
     err = capsys.readouterr().err
     assert "--split all" in err and "official val" in err
     # and it cannot be trained on
-    cfg = TrainConfig.from_recipe(
-        "fair",
-        model="unet",
-        model_kwargs={"base_width": 2},
-        data=str(val_only),
-        epochs=1,
-        image_size=32,
-        device="cpu",
-        threads=1,
-    )
+    cfg = tiny_unet_config(val_only, epochs=1)
     with pytest.raises(ValueError, match="no training part.*--split all"):
         run_training(cfg, run.parent / "val-only-results", quiet=True)
 

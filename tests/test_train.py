@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from run_fixtures import tiny_unet_config
 
 from bench.engine.config import TrainConfig
 from bench.engine.run_control import NonFiniteLossError
@@ -57,17 +58,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _cfg(data_root: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="unet",
-        model_kwargs={"base_width": 4},
-        data=str(data_root),
-        epochs=3,
-        image_size=32,
-        batch_size=4,
-        threads=1,
-        device="cpu",
-    )
-    return TrainConfig.from_recipe("fair", **{**base, **kw})
+    return tiny_unet_config(data_root, **{"model_kwargs": {"base_width": 4}, "epochs": 3, **kw})
 
 
 @pytest.fixture(autouse=True)
@@ -363,18 +354,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(data_root, tmp_path):
 
 
 def test_paper_recipe_selects_on_test_and_trains_on_train_plus_val(data_root, tmp_path):
-    cfg = TrainConfig.from_recipe(
-        "paper",
-        model="unet",
-        model_kwargs={"base_width": 2},
-        data=str(data_root),
-        epochs=2,
-        image_size=32,
-        batch_size=4,
-        threads=1,
-        device="cpu",
-        val_every=1,
-    )
+    cfg = tiny_unet_config(data_root, "paper", val_every=1)
     run = run_training(cfg, tmp_path, quiet=True)
     log = pd.read_csv(run / "log.csv")
     assert "test_loss" in log and "val_loss" not in log

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from bench.core.quiet import silenced
 from bench.core.shapes import DEFAULT_SHAPE
+
+# thop and fvcore log through these (fvcore: one warning per unsupported module)
+_TOOL_LOGGERS = ("fvcore", "iopath", "root")
 
 
 @dataclass
@@ -35,27 +35,8 @@ def _quiet_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
 
 
-@contextlib.contextmanager
-def _silenced():
-    loggers = [logging.getLogger(n) for n in ("fvcore", "iopath", "root")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.CRITICAL)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels, strict=True):
-            lg.setLevel(lvl)
-
-
 def _thop(model: nn.Module, x: torch.Tensor) -> CrossCheck:
-    with _silenced():
+    with silenced(loggers=_TOOL_LOGGERS):
         import thop
 
         macs, params = thop.profile(_quiet_copy(model), inputs=(x,), verbose=False)
@@ -63,7 +44,7 @@ def _thop(model: nn.Module, x: torch.Tensor) -> CrossCheck:
 
 
 def _fvcore(model: nn.Module, x: torch.Tensor) -> CrossCheck:
-    with _silenced():
+    with silenced(loggers=_TOOL_LOGGERS):
         from fvcore.nn import FlopCountAnalysis
 
         fca = FlopCountAnalysis(_quiet_copy(model), (x,))
@@ -79,7 +60,11 @@ def _torch_counter(model: nn.Module, x: torch.Tensor) -> CrossCheck:
     from torch.utils.flop_counter import FlopCounterMode
 
     work = _quiet_copy(model)
-    with _silenced(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with (
+        silenced(loggers=_TOOL_LOGGERS),
+        torch.no_grad(),
+        FlopCounterMode(display=False) as counter,
+    ):
         work(x)
     return CrossCheck("torch", float(counter.get_total_flops() // 2))
 

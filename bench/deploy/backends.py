@@ -122,6 +122,19 @@ def _check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
+def _usable(
+    precision: str, device: str, threads: int | None, skip: Callable[[str, str], str | None]
+) -> int:
+    """Validate a session request before building it: the thread count it gets, or
+    :class:`BackendUnavailable` with ``skip``'s reason (library or device absent)."""
+    _check_precision(precision)
+    n = _threads(threads)
+    reason = skip(precision, device)
+    if reason:
+        raise BackendUnavailable(reason)
+    return n
+
+
 def _ort_skip(precision: str, device: str) -> str | None:
     try:
         ort = _import("onnxruntime", "onnxruntime")
@@ -192,11 +205,7 @@ def onnxruntime_session(
 
     Raises :class:`BackendUnavailable` (with the reason) when the combination cannot run.
     """
-    _check_precision(precision)
-    n = _threads(threads)
-    reason = _ort_skip(precision, device)
-    if reason:
-        raise BackendUnavailable(reason)
+    n = _usable(precision, device, threads, _ort_skip)
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -252,11 +261,7 @@ def openvino_session(
     symbolic batch axis to that static shape before compiling (OpenVINO plans its kernels
     for static shapes; a dynamic graph would be timed on its slower dynamic path).
     """
-    _check_precision(precision)
-    n = _threads(threads)
-    reason = _ov_skip(precision, device)
-    if reason:
-        raise BackendUnavailable(reason)
+    n = _usable(precision, device, threads, _ov_skip)
     import openvino as ov
 
     core = ov.Core()

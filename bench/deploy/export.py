@@ -27,20 +27,19 @@ weights inline (no external-data side file; the registered models are far below 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import re
-import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from bench.core.quiet import silenced
 
 __all__ = [
     "EXPORTERS",
@@ -77,8 +76,7 @@ def error_reason(err: BaseException, limit: int = 400) -> str:
     return text[:limit]
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def _quiet() -> contextlib.AbstractContextManager[None]:
     """Silence the exporters' progress prints, warnings and C++-side logging.
 
     The TorchScript exporter (torch 2.14) turns its C++ ONNX log on unconditionally (its
@@ -89,29 +87,7 @@ def _quiet() -> Iterator[None]:
     scratch file for the duration. The useful part of a failure is the exception, which
     :func:`error_reason` reduces to one line.
     """
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = []
-    with tempfile.TemporaryFile() as sink:
-        try:
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(sink.fileno(), fd)
-        except OSError:  # no real descriptors (embedded interpreter): Python-level only
-            pass
-        try:
-            with (
-                warnings.catch_warnings(),
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
-                warnings.simplefilter("ignore")
-                yield
-        finally:
-            for fd, copy in saved:
-                os.dup2(copy, fd)
-                os.close(copy)
+    return silenced(descriptors=True)
 
 
 def graph_opset(path: str | Path) -> int | None:

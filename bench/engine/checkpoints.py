@@ -171,15 +171,25 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
     return out
 
 
-def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, Any]:
-    """Load a checkpoint file's weights into ``model``; returns the raw checkpoint."""
+def read_checkpoint_file(path: str | Path) -> Any:
+    """A user-named checkpoint file's content (weights only, on the CPU).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for
+    one torch cannot load (a segbench checkpoint, an authors' state_dict or a bare model).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
         raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({err})") from err
+
+
+def load_weights(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, Any]:
+    """Load a checkpoint file's weights into ``model``; returns the raw checkpoint."""
+    path = Path(path)
+    ckpt = read_checkpoint_file(path)
     state = extract_state_dict(ckpt, str(path))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -128,13 +128,10 @@ def load_source(
         return EvalSource(Path(checkpoint), run, config, precision)
     if checkpoint is None:
         return EvalSource()
+    from bench.engine.checkpoints import read_checkpoint_file
+
     path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({err})") from err
+    obj = read_checkpoint_file(path)
     config = obj.get("config") if isinstance(obj, dict) else None
     precision = obj.get("precision") if isinstance(obj, dict) else None
     return EvalSource(path, None, config if isinstance(config, dict) else None, precision)

@@ -57,6 +57,19 @@ def _default_variant(df: pd.DataFrame, backend: str | None = "torch") -> pd.Data
     return df[keep]
 
 
+def _at_size(df: pd.DataFrame, input_size: int | None) -> pd.DataFrame:
+    """The rows measured at ``input_size`` when the file holds any, else all rows."""
+    if input_size is None or "input_size" not in df:
+        return df
+    at_size = pd.to_numeric(df["input_size"], errors="coerce") == input_size
+    return df[at_size] if at_size.any() else df
+
+
+def _latest_last(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows in run order (stable), so ``tail(1)`` / later rows are the latest run's."""
+    return df.sort_values("run", kind="stable") if "run" in df else df
+
+
 def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFrame:
     """One row per model from one device's speed rows.
 
@@ -67,12 +80,7 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
     """
     base = _default_variant(df).copy()
     base["batch_size"] = pd.to_numeric(base["batch_size"], errors="coerce")
-    if input_size is not None and "input_size" in base:
-        at_size = pd.to_numeric(base["input_size"], errors="coerce") == input_size
-        if at_size.any():
-            base = base[at_size]
-    if "run" in base:
-        base = base.sort_values("run", kind="stable")
+    base = _latest_last(_at_size(base, input_size))
     out: dict[str, dict[str, Any]] = {m: {"model": m} for m in sorted(df["model"].unique())}
     inf = base[base["mode"].astype(str) == "inference"]
     for model, g in inf.groupby("model"):
@@ -136,12 +144,7 @@ def backend_latencies(df: pd.DataFrame, input_size: int | None = 256) -> pd.Data
     base["backend"] = _backend(base)
     base = base[base["mode"].astype(str) == "inference"]
     base = base[pd.to_numeric(base["batch_size"], errors="coerce") == 1]
-    if input_size is not None and "input_size" in base:
-        at_size = pd.to_numeric(base["input_size"], errors="coerce") == input_size
-        if at_size.any():
-            base = base[at_size]
-    if "run" in base:
-        base = base.sort_values("run", kind="stable")
+    base = _latest_last(_at_size(base, input_size))
     last = base.groupby(["model", "backend"], sort=True).tail(1)
     return pd.DataFrame(
         {
