@@ -61,7 +61,8 @@ def test_weights_from_sources(tmp_path: Path) -> None:
     w = job.weights_from(run_dir=run)
     assert w.trained and w.model == "toy" and w.input_size == 32
     assert w.split == {"split_seed": 1, "val_fraction": 0.2, "test_fraction": 0.3}
-    assert str(run) in w.label
+    # the label names the run by its place under runs/, not by this machine's path
+    assert "run runs/syn/toy/fair-e1/seed0 (best.pt" in w.label and str(tmp_path) not in w.label
     ckpt = run / "checkpoints" / "best.pt"
     assert job.weights_from(checkpoint=ckpt).checkpoint == ckpt
     with pytest.raises(ValueError, match="not both"):
@@ -182,7 +183,10 @@ def test_precision_with_trained_weights_reports_dsc_change(
     assert rows.loc["onnxruntime int8-static"]["n_images"] == eager["n_images"] > 0
     assert rows.loc["torch bf16"]["status"] == "ok"
     assert rows.loc["openvino bf16"]["status"] in ("ok", "skipped")
-    assert (tmp_path / "out" / "precision.csv").is_file()
+    table = pd.read_csv(tmp_path / "out" / "precision.csv")
+    # every row carries what produced it, so rows merged from several commands keep theirs
+    assert {"cpu", "load_avg_1min", "git_commit", "command"} <= set(table.columns)
+    assert table["command"].notna().all() and len(table) == len(df)
 
 
 def test_precision_untrained_has_no_dsc_and_static_needs_data(

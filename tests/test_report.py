@@ -229,6 +229,37 @@ def test_readme_states_machine_and_command(written: tuple[Path, load.ReportOutpu
     assert "paper DSC ISIC2017 (%)" in text
 
 
+def test_deployment_section_from_precision_file(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURES, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "deploy").mkdir()
+    rows = pd.DataFrame(
+        {
+            "model": ["malunet"] * 3,
+            "weights": ["run runs/isic2017-mini/malunet/fair-e20/seed1 (best.pt, config x)"] * 3,
+            "variant": ["torch fp32", "onnxruntime int8-static", "openvino bf16"],
+            "status": ["ok", "ok", "skipped"],
+            "latency_ms": [40.0, 16.0, None],
+            "dsc": [0.92, 0.9075, None],
+            "dsc_change_pts": [0.0, -1.25, None],
+            "out_mask_diff": [0.0, 0.012, None],
+            "reason": ["", "", "this CPU has no native bf16"],
+        }
+    )
+    rows.to_csv(tmp_path / "deploy" / "precision.csv", index=False)
+    write.write_report(tmp_path, progress=False)
+    table = pd.read_csv(tmp_path / "tables" / "deployment.csv")
+    assert table["DSC change (pts)"].tolist()[:2] == [0.0, -1.25]
+    text = (tmp_path / "README.md").read_text()
+    section = text.split("## Deployment precision: int8 and bf16", 1)[1].split("\n## ", 1)[0]
+    assert "| 90.75 " in section and "| 1.20 " in section  # DSC and mask pixels in %
+    assert "no native bf16" in section
+    # without the file there is no section (the fixture report above has none)
+    (tmp_path / "deploy" / "precision.csv").unlink()
+    write.write_report(tmp_path, progress=False)
+    assert "Deployment precision" not in (tmp_path / "README.md").read_text()
+    assert not (tmp_path / "tables" / "deployment.csv").exists()  # stale output removed
+
+
 def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from bench.cli import main
 

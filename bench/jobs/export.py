@@ -103,7 +103,7 @@ def weights_from(
         if cfg.get(k) is not None
     }
     return Weights(
-        label=f"run {run} (best.pt)",
+        label=f"run {_run_name(run)} (best.pt, config {cfg.get('config_hash', '?')})",
         checkpoint=ckpt,
         model_kwargs=dict(cfg.get("model_kwargs") or {}),
         input_size=int(cfg.get("image_size", input_size)),
@@ -112,6 +112,16 @@ def weights_from(
         split=split,
         model=str(cfg["model"]),
     )
+
+
+def _run_name(run: Path) -> str:
+    """``runs/<dataset>/<model>/<experiment>/seed<k>`` of a run folder wherever it lies (a
+    training worktree, a copy), so the label names the run, not this machine's paths."""
+    parts = run.resolve().parts
+    if "runs" in parts:
+        at = len(parts) - 1 - parts[::-1].index("runs")
+        return "/".join(parts[at:])
+    return str(run)
 
 
 # Indirection point: tests substitute tiny models without touching the registry.
@@ -207,9 +217,23 @@ def run_export(
 
 
 def _merge_write(df: pd.DataFrame, stem: Path, key: list[str]) -> None:
-    """Merge ``df`` into ``<stem>.{csv,json}``: rows with the same ``key`` are replaced."""
-    from bench.core.env import environment
+    """Merge ``df`` into ``<stem>.{csv,json}``: rows with the same ``key`` are replaced.
+
+    Each new row is stamped with what produced it (commit, command, CPU, 1-minute load
+    average), so rows merged from several commands keep their own provenance; the file's
+    ``environment`` is the latest command's.
+    """
+    from bench.core.env import command_line, environment
     from bench.core.io import read_json, write_csv, write_json
+
+    env = environment("cpu")
+    load = env.get("load_average") or [float("nan")]
+    df = df.assign(
+        cpu=env.get("device_name"),
+        load_avg_1min=load[0],
+        git_commit=env.get("git_commit"),
+        command=command_line(),
+    )
 
     json_path = stem.with_suffix(".json")
     old = pd.DataFrame()
@@ -225,7 +249,7 @@ def _merge_write(df: pd.DataFrame, stem: Path, key: list[str]) -> None:
     merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
     write_csv(stem.with_suffix(".csv"), merged)
     records = json.loads(merged.to_json(orient="records"))
-    write_json(json_path, {"environment": environment("cpu"), "rows": records})
+    write_json(json_path, {"environment": env, "rows": records})
 
 
 # --------------------------------------------------------------------------- precision

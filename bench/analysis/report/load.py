@@ -13,6 +13,8 @@
   the external-validation table;
 - ``baselines/<dataset>/<kind>/metrics.json`` (optional): trivial predictors scored on the
   runs' test split (``segbench baselines``);
+- ``deploy/precision.csv`` (optional): reduced-precision variants (int8, bf16) against
+  eager fp32 with their latency and DSC change (``segbench export --int8 ... --bf16``);
 
 and the papers' figures from the model registry (``model_info(name).reported``).
 It writes ``tables/*.{csv,md}``, ``plots/*.{png,svg}`` and ``README.md``.
@@ -80,6 +82,7 @@ class Results:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per finished run
     external: pd.DataFrame = field(default_factory=pd.DataFrame)  # runs scored elsewhere
     baselines: pd.DataFrame = field(default_factory=pd.DataFrame)  # trivial predictors
+    deploy: pd.DataFrame = field(default_factory=pd.DataFrame)  # deploy/precision.csv rows
     benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json, if any
     files: list[Path] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived tables
@@ -311,6 +314,10 @@ def load_results(root: str | Path = RESULTS_DIR) -> Results:
     if bpath.exists():
         obj = _read_json(bpath)
         res.benchmark = obj if isinstance(obj, dict) else {}
+    ppath = root / "deploy" / "precision.csv"
+    if ppath.exists():
+        res.deploy = _read_csv(ppath, ["model", "variant", "status"])
+        res.files.append(ppath)
     res.runs = _load_runs(root)
     if not res.runs.empty:
         res.files.extend(Path(p) for p in res.runs["path"])

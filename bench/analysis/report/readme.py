@@ -224,6 +224,21 @@ def _readme(
         "from in-domain (that seed's DSC there minus its own test DSC, percentage points), "
         "mean ± std over seeds; n is given where fewer seeds were scored than trained.",
     )
+    section(
+        "Deployment precision: int8 and bf16",
+        "deployment",
+        "Each model exported to ONNX and run in reduced precision beside eager PyTorch "
+        "fp32, with the same weights (`segbench export --run RUN --int8 dynamic,static "
+        "--bf16 --data DATA`; the CSV holds each row's command and commit). Latency: "
+        "median at batch 1 on the CPU named in the CSV, with the 1-minute load average "
+        "when it was measured. Output agreement on test images against eager fp32 "
+        "(largest logit difference relative to the logit range; share of thresholded mask "
+        "pixels that differ), and the pooled test DSC of each variant with its change "
+        "from eager fp32 in percentage points (trained weights only). int8: onnxruntime "
+        "quantization, dynamic and static (calibrated on training images). bf16 rows "
+        "on a CPU without native bf16 are emulated and say so by their latency; a "
+        "skipped row gives the reason.",
+    )
     lines.extend(_provenance_section(res))
     if report.figures:
         lines.extend(

@@ -282,3 +282,25 @@ def _comparison_cols() -> list[Col]:
         Col("model A", "model_a", csv_only=True),
         Col("model B", "model_b", csv_only=True),
     ]
+
+
+def _deployment_cols() -> list[Col]:
+    """Columns of the reduced-precision table (``deploy/precision.csv``)."""
+    return [
+        Col("model", "model"),
+        Col("weights", "weights"),
+        Col("variant", "variant"),
+        Col("status", "status"),
+        Col("latency bs1 (ms)", "latency_ms"),
+        Col("speedup vs eager fp32", "speedup_vs_eager_fp32", decimals=2),
+        Col("max rel. logit diff", "out_rel_max_diff"),
+        Col("mask pixels differing (%)", "out_mask_diff", 100, decimals=2),
+        Col("test DSC (%)", "dsc", 100, decimals=2),
+        Col("DSC change (pts)", "dsc_change_pts", decimals=2),
+        Col("test images", "n_images", decimals=0),
+        Col("threads", "threads", decimals=0),
+        Col("load avg (1 min)", "load_avg_1min", decimals=2),
+        Col("commit", "git_commit", csv_only=True),
+        Col("command", "command", csv_only=True),
+        Col("reason", "reason"),
+    ]

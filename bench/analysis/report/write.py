@@ -31,6 +31,7 @@ from bench.analysis.report.tables import (
     Col,
     _accuracy_cols,
     _comparison_cols,
+    _deployment_cols,
     _efficiency_cols,
     _experiment_cols,
     _external_cols,
@@ -119,6 +120,8 @@ def write_report(
     ext, targets = external_table(res)
     if not ext.empty:
         _write_table(out, "external", ext, _external_cols(targets), report)
+    if not res.deploy.empty:
+        _write_table(out, "deployment", res.deploy, _deployment_cols(), report)
     for slug in res.devices:
         sort = [c for c in ("model", "backend", "mode", "batch_size") if c in res.speed[slug]]
         rows = res.speed[slug].sort_values(sort, kind="stable")
@@ -171,6 +174,7 @@ _OWN_OUTPUTS = {
         "accuracy.*",
         "comparisons.*",
         "external.*",
+        "deployment.*",
         "speed-*.csv",
         "speed-*.md",
     ),
