@@ -252,3 +252,38 @@ def test_baselines_command_scores_the_runs_test_split(tmp_path: Path) -> None:
     assert sorted(rows["model"]) == ["baseline: disc", "baseline: mean-mask"]
     assert main(["baselines", "--data", str(data), "--results", str(results),
                  "--kinds", "square"]) == 2  # fmt: skip
+
+
+# ------------------------------------------------------------- experiment comparisons
+def test_experiments_of_one_model_are_compared_at_the_level_the_seeds_allow(tmp_path):
+    rng = np.random.default_rng(3)
+    ids = image_ids(30)
+    img = rng.uniform(0.5, 0.9, 30)
+    for s in range(3):
+        noise = rng.normal(0, 0.01, 30)
+        write_run(tmp_path, "malunet", s, np.clip(img + noise, 0, 1), ids)
+        write_run(tmp_path, "malunet", s, np.clip(img + noise - 0.05, 0, 1), ids,
+                  loss="bce_dice_probs", folder="fair-authors-e3")  # fmt: skip
+    write_run(tmp_path, "malunet", 0, np.clip(img - 0.001, 0, 1), ids, amp="bf16")
+    write_run(tmp_path, "unet", 0, img, ids)  # one experiment only: no row
+    _, text = _report(tmp_path)
+    table = pd.read_csv(tmp_path / "tables" / "experiments.csv")
+    assert table["model"].tolist() == ["malunet", "malunet"]
+    rows = {r["B"].split(" ")[0]: r for _, r in table.iterrows()}
+    loss = rows["fair-authors-e3"]
+    assert loss["B differs in"] == "loss: bce_dice_logits -> bce_dice_probs"
+    assert loss["A (main)"] == "fair-e3 (fp32, 3 seeds)" and loss["tested"] == "over seeds"
+    assert loss["claim"] == "significant" and loss["A − B (pp)"] == pytest.approx(5, abs=0.5)
+    bf16 = rows["fair-e3-bf16"]
+    assert "amp: None -> bf16" in bf16["B differs in"]
+    assert bf16["claim"].startswith("none:")  # one bf16 seed: a per-image test, never claimed
+    assert "## Experiment comparisons: one model trained two ways" in text
+
+
+def test_config_difference_names_every_changed_setting():
+    from bench.analysis.report.experiments import config_difference
+
+    a = {"lr": 0.001, "seed": 1, "threads": 2, "loss": "x", "amp": None}
+    b = {"lr": 0.0005, "seed": 2, "threads": 1, "loss": "x", "amp": "bf16"}
+    assert config_difference(a, b) == "amp: None -> bf16; lr: 0.001 -> 0.0005"
+    assert config_difference(a, None) == "config not recorded"

@@ -216,6 +216,19 @@ def _readme(
         )
     section("Model comparisons", "comparisons", cmp_note)
     section(
+        "Experiment comparisons: one model trained two ways",
+        "experiments",
+        "Each model's main experiment (A, the one in the plots) against each of its other "
+        "experiments on the same dataset (B: another precision, loss, lr, ...; 'B differs "
+        "in' lists every setting that changes), on per-image Dice of the same test images. "
+        f"Tested like the model comparisons: with >= {MIN_SEEDS} seeds on both sides over "
+        "seeds (Welch t-test on per-seed means, hierarchical bootstrap CI), claimed only "
+        "when the Holm-adjusted p (across the rows of this table) is below "
+        f"{ALPHA:g} and the CI excludes 0; with fewer seeds a per-image test that is never "
+        "claimed. 'not significant' means the difference is within what the seeds and "
+        "images allow to resolve, not that it is zero.",
+    )
+    section(
         "External validation",
         "external",
         "Rows: models trained on one dataset (the experiment, n seeds); columns: another "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.analysis.report.experiments import experiment_comparisons, experiment_table
 from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
 from bench.analysis.report.load import (
     RESULTS_DIR,
@@ -33,6 +34,7 @@ from bench.analysis.report.tables import (
     _comparison_cols,
     _deployment_cols,
     _efficiency_cols,
+    _experiment_cmp_cols,
     _experiment_cols,
     _external_cols,
     _speed_cols,
@@ -117,6 +119,9 @@ def write_report(
     comparisons, _ = report_comparisons(res)
     if not comparisons.empty:
         _write_table(out, "comparisons", comparison_table(comparisons), _comparison_cols(), report)
+    exps = experiment_comparisons(res)
+    if not exps.empty:
+        _write_table(out, "experiments", experiment_table(exps), _experiment_cmp_cols(), report)
     ext, targets = external_table(res)
     if not ext.empty:
         _write_table(out, "external", ext, _external_cols(targets), report)
@@ -174,6 +179,7 @@ _OWN_OUTPUTS = {
         "accuracy.*",
         "comparisons.*",
         "external.*",
+        "experiments.*",
         "deployment.*",
         "speed-*.csv",
         "speed-*.md",
