@@ -235,7 +235,11 @@ def _readme(
         "dataset (and split) they were scored on with `segbench evaluate --run`. Each cell: "
         "pooled DSC (%) mean ± std over the seeds scored there, and in parentheses the drop "
         "from in-domain (that seed's DSC there minus its own test DSC, percentage points), "
-        "mean ± std over seeds; n is given where fewer seeds were scored than trained.",
+        "mean ± std over seeds; n is given where fewer seeds were scored than trained. "
+        "Sets built with `segbench data derive --shift`: a shift that is affine and the "
+        "same for every channel (`dim`: x0.7 + 20) is undone by the per-image min-max "
+        "input scaling (`minmax255`), so its drop is near 0 by construction; nonlinear "
+        "(`gamma`, `blur`) and per-channel (`colour-cast`) shifts are not undone.",
     )
     section(
         "Deployment precision: int8 and bf16",
