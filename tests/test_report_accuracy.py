@@ -287,3 +287,11 @@ def test_config_difference_names_every_changed_setting():
     b = {"lr": 0.0005, "seed": 2, "threads": 1, "loss": "x", "amp": "bf16"}
     assert config_difference(a, b) == "amp: None -> bf16; lr: 0.001 -> 0.0005"
     assert config_difference(a, None) == "config not recorded"
+    # a config recorded before 'loss' existed trained with its LATER_FIELDS value
+    old = {"lr": 0.001}
+    assert config_difference(old, {"lr": 0.001, "loss": "bce_dice_logits"}) == (
+        "nothing but the recipe name"
+    )
+    assert config_difference(old, {"lr": 0.001, "loss": "bce_dice_probs"}) == (
+        "loss: bce_dice_logits -> bce_dice_probs"
+    )

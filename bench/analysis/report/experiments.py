@@ -23,25 +23,14 @@ from bench.analysis.report.load import Results
 from bench.analysis.report.summaries import accuracy_summary, main_experiments
 from bench.analysis.runs import EXPERIMENT_KEY
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
+from bench.engine.config import LATER_FIELDS, RUNTIME_FIELDS
 
 #: bootstrap resamples per comparison (seeded: the report is deterministic)
 N_RESAMPLES = 9999
 
-# configuration fields that never change what is learnt (where / how fast it ran) or that
-# name the run rather than its settings
-_NOT_SETTINGS = {
-    "data",
-    "dataset",
-    "device",
-    "threads",
-    "cache_dir",
-    "deterministic",
-    "channels_last",
-    "seed",
-    "config_hash",
-    "experiment_hash",
-    "recipe",
-}
+# fields that never change what is learnt (where / how fast it ran) or that name the run
+# rather than its settings
+_NOT_SETTINGS = set(RUNTIME_FIELDS) | {"seed", "config_hash", "experiment_hash", "recipe"}
 
 
 def config_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
@@ -51,7 +40,8 @@ def config_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str
         return "config not recorded"
     parts = []
     for key in sorted((set(a) | set(b)) - _NOT_SETTINGS):
-        va, vb = a.get(key), b.get(key)
+        # a run recorded before a field existed behaved as LATER_FIELDS says
+        va, vb = a.get(key, LATER_FIELDS.get(key)), b.get(key, LATER_FIELDS.get(key))
         if json.dumps(va, sort_keys=True) != json.dumps(vb, sort_keys=True):
             parts.append(f"{key}: {_show(va)} -> {_show(vb)}")
     return "; ".join(parts) or "nothing but the recipe name"
