@@ -90,6 +90,123 @@ def baseline_lines(res: Results, dataset: str | None) -> list[Line]:
     ]
 
 
+_Axis = tuple[str, str, str, "str | None"]  # (file tag, x label, cost key, device slug)
+
+
+def _cost_axes(res: Results, backend_of: dict[str, str]) -> list[_Axis]:
+    """The x axes of the Pareto figures: parameters, MACs, latency per device and, where
+    a runtime beats eager somewhere, the fastest backend's latency on the primary device."""
+    axes: list[_Axis] = [
+        ("params", "Parameters (M, log scale)", "params", None),
+        ("macs", "MACs per image (G, segbench count, log scale)", "macs", None),
+    ]
+    for dev in res.devices:
+        label = f"Latency at batch 1 (ms, log scale), {res.device_name(dev)}"
+        axes.append((f"latency-{dev}", label, "latency", dev))
+    if res.primary_device and any(b != "torch" for b in backend_of.values()):
+        dev = res.primary_device
+        label = f"Latency at batch 1, fastest fp32 backend (ms, log scale), {res.device_name(dev)}"
+        axes.append((f"best-latency-{dev}", label, "best_latency", dev))
+    return axes
+
+
+def _point_sources(dataset: str, rows: pd.DataFrame) -> list[str]:
+    """One line per measured point: which experiment (recipe, epochs, precision, seeds)."""
+    return [
+        f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, {r['precision']}, "
+        + (
+            f"input {r['image_size']}x{r['image_size']}"
+            if r["image_size"]
+            else "input size not recorded"
+        )
+        + f", {r['n_seeds']} seed(s) ({r['seeds']})"
+        + (f", {r['setting']}" if r.get("setting") else "")
+        + f", `runs/{dataset}/{r['model']}/{r['experiment']}/`"
+        for _, r in rows.iterrows()
+    ]
+
+
+def _device_costs(res: Results, dev: str | None, costs: dict[str, dict[str, float]]) -> dict:
+    """Cost points for one axis: the primary device's summary, or another device's latency."""
+    if dev is None or dev == res.primary_device:
+        return costs
+    sp = speed_summary(res.speed[dev])
+    if "latency_ms" not in sp:
+        return {}
+    return {m: {"latency": v} for m, v in sp.set_index("model")["latency_ms"].items()}
+
+
+def _points(
+    rows: pd.DataFrame,
+    paper: pd.DataFrame,
+    pkey: str | None,
+    dev_costs: dict,
+    key: str,
+    backend_of: dict[str, str],
+) -> tuple[list[Point], list[Point]]:
+    """(measured points, reported points) of one figure."""
+    measured: list[Point] = []
+    for _, r in rows.iterrows():
+        x = dev_costs.get(r["model"], {}).get(key, math.nan)
+        if math.isfinite(x):
+            label = _point_label(r, rows)
+            if key == "best_latency":  # say which backend each latency is from
+                label = f"{label or r['model']} [{backend_of.get(r['model'], '?')}]"
+            measured.append(
+                Point(r["model"], x, r["dsc_mean"], "measured",
+                      r.get("dsc_std", math.nan), label=label)
+            )  # fmt: skip
+    reported: list[Point] = []
+    if pkey is not None and f"paper_{pkey}_dsc" in paper:
+        for _, r in paper.iterrows():
+            x = dev_costs.get(r["model"], {}).get(key, math.nan)
+            y = r[f"paper_{pkey}_dsc"]
+            if math.isfinite(x) and pd.notna(y):
+                reported.append(Point(r["model"], x, float(y), "reported"))
+    return measured, reported
+
+
+def _suptitle(res: Results, key: str, dev: str | None, input_label: str) -> str:
+    """The figure's title: what is plotted against what, on which machine and input."""
+    what = {"params": "parameters", "macs": "MACs"}.get(key, "latency")
+    if key == "params":
+        cost = "parameter count"
+    elif key == "macs":
+        cost = f"MACs per image at input {input_label}"
+    elif key == "best_latency":
+        what = "fastest-backend latency [backend]"
+        cost = (
+            f"fastest fp32 backend on {res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
+            f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
+        )
+    else:
+        cost = (
+            f"latency on {res.device_name(dev)}, batch 1, fp32, "  # type: ignore[arg-type]
+            f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
+        )
+    return f"Pooled DSC vs {what} ({cost})"
+
+
+def _panel_titles(dataset: str | None, rows: pd.DataFrame, pkey: str | None) -> tuple[str, str]:
+    """(measured panel title, reported panel title); empty where the panel has no data."""
+    t_measured = ""
+    if dataset and not rows.empty:
+        t_measured = "\n".join(
+            textwrap.wrap(
+                f"Measured by segbench on {dataset} (test split): {_protocol(rows)}; "
+                "mean ± std over seeds",
+                80,
+            )
+        )
+    t_reported = ""
+    if pkey:
+        t_reported = (
+            f"Reported by the papers on their own {pkey.upper()} test splits\n"
+            "(not measured here; not comparable with measured DSC)"
+        )
+    return t_measured, t_reported
+
+
 def _accuracy_plots(
     res: Results,
     summary: pd.DataFrame,
@@ -98,122 +215,34 @@ def _accuracy_plots(
     input_label: str,
     report: ReportOutput,
 ) -> None:
+    """Pareto figures: DSC against each cost axis, one set per measured dataset (and per
+    paper dataset without measurements), measured and reported in separate panels."""
     acc = main_experiments(accuracy_summary(res.runs))
     paper = paper_summary(summary["model"])
-    paper_keys = _paper_datasets(paper)
     measured_sets = sorted(acc["dataset"].unique()) if not acc.empty else []
     # (measured dataset or None, paper key or None) pairs, one figure set each.
     pairs: list[tuple[str | None, str | None]] = [(d, paper_dataset(d)) for d in measured_sets]
     covered = {p for _, p in pairs}
-    pairs += [(None, k) for k in paper_keys if k not in covered]
+    pairs += [(None, k) for k in _paper_datasets(paper) if k not in covered]
     costs = _cost_points(summary)
-    axes = [
-        ("params", "Parameters (M, log scale)", "params", None),
-        ("macs", "MACs per image (G, segbench count, log scale)", "macs", None),
-    ]
-    for dev in res.devices:
-        axes.append(
-            (
-                f"latency-{dev}",
-                f"Latency at batch 1 (ms, log scale), {res.device_name(dev)}",
-                "latency",
-                dev,
-            )
-        )
     backend_of = (
         summary.set_index("model")["best_backend"].dropna().to_dict()
         if "best_backend" in summary
         else {}
     )
-    if res.primary_device and any(b != "torch" for b in backend_of.values()):
-        dev = res.primary_device
-        axes.append(
-            (
-                f"best-latency-{dev}",
-                f"Latency at batch 1, fastest fp32 backend (ms, log scale), {res.device_name(dev)}",
-                "best_latency",
-                dev,
-            )
-        )
+    axes = _cost_axes(res, backend_of)
     for dataset, pkey in pairs:
         rows = acc[acc["dataset"] == dataset] if dataset else acc.iloc[0:0]
         if dataset and not rows.empty:
-            report.point_sources[dataset] = [
-                f"{r['model']}: recipe {r['recipe']}, {r['epochs']} epochs, {r['precision']}, "
-                + (
-                    f"input {r['image_size']}x{r['image_size']}"
-                    if r["image_size"]
-                    else "input size not recorded"
-                )
-                + f", {r['n_seeds']} seed(s) ({r['seeds']})"
-                + (f", {r['setting']}" if r.get("setting") else "")
-                + f", `runs/{dataset}/{r['model']}/{r['experiment']}/`"
-                for _, r in rows.iterrows()
-            ]
+            report.point_sources[dataset] = _point_sources(dataset, rows)
         lines = baseline_lines(res, dataset)
+        t_measured, t_reported = _panel_titles(dataset, rows, pkey)
         for name, xlabel, key, dev in axes:
-            if dev is not None and dev != res.primary_device:
-                sp = speed_summary(res.speed[dev])
-                dev_costs = (
-                    {m: {"latency": v} for m, v in sp.set_index("model")["latency_ms"].items()}
-                    if "latency_ms" in sp
-                    else {}
-                )
-            else:
-                dev_costs = costs
-            measured: list[Point] = []
-            for _, r in rows.iterrows():
-                x = dev_costs.get(r["model"], {}).get(key, math.nan)
-                if math.isfinite(x):
-                    label = _point_label(r, rows)
-                    if key == "best_latency":  # say which backend each latency is from
-                        label = f"{label or r['model']} [{backend_of.get(r['model'], '?')}]"
-                    measured.append(
-                        Point(r["model"], x, r["dsc_mean"], "measured",
-                              r.get("dsc_std", math.nan), label=label)
-                    )  # fmt: skip
-            reported: list[Point] = []
-            if pkey is not None and f"paper_{pkey}_dsc" in paper:
-                for _, r in paper.iterrows():
-                    x = dev_costs.get(r["model"], {}).get(key, math.nan)
-                    y = r[f"paper_{pkey}_dsc"]
-                    if math.isfinite(x) and pd.notna(y):
-                        reported.append(Point(r["model"], x, float(y), "reported"))
+            dev_costs = _device_costs(res, dev, costs)
+            measured, reported = _points(rows, paper, pkey, dev_costs, key, backend_of)
             if not measured and not reported:
                 continue
-            what = {"params": "parameters", "macs": "MACs"}.get(key, "latency")
-            if key == "params":
-                cost = "parameter count"
-            elif key == "macs":
-                cost = f"MACs per image at input {input_label}"
-            elif key == "best_latency":
-                what = "fastest-backend latency [backend]"
-                cost = (
-                    f"fastest fp32 backend on {res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
-                    f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
-                )
-            else:
-                cost = (
-                    f"latency on {res.device_name(dev)}, batch 1, fp32, "  # type: ignore[arg-type]
-                    f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
-                )
-            suptitle = f"Pooled DSC vs {what} ({cost})"
-            t_measured = ""
-            if dataset and not rows.empty:
-                t_measured = "\n".join(
-                    textwrap.wrap(
-                        f"Measured by segbench on {dataset} (test split): {_protocol(rows)}; "
-                        "mean ± std over seeds",
-                        80,
-                    )
-                )
-            t_reported = ""
-            if pkey:
-                t_reported = (
-                    f"Reported by the papers on their own {pkey.upper()} test splits\n"
-                    "(not measured here; not comparable with measured DSC)"
-                )
-            tag = dataset or pkey
+            suptitle = _suptitle(res, key, dev, input_label)
             paths = plot_pareto(
                 measured,
                 reported,
@@ -223,7 +252,7 @@ def _accuracy_plots(
                 t_measured,
                 t_reported,
                 suptitle,
-                out / "plots" / f"pareto-dsc-vs-{name}-{tag}",
+                out / "plots" / f"pareto-dsc-vs-{name}-{dataset or pkey}",
                 colours,
                 baselines=lines if measured else (),
                 reported_front_label=(
