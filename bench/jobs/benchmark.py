@@ -250,6 +250,146 @@ def _stage(
     display.end(st)
 
 
+@dataclass
+class _Job:
+    """What every stage of one benchmark run reads."""
+
+    models: list[str]
+    device: str  # as asked ("auto" ...)
+    dev: str  # resolved
+    results: Path
+    profile: SpeedProfile
+    command: str
+    progress: bool
+    display: _Display
+    t_start: float
+    min_time_s: float | None = None
+    budget_min: float | None = 10.0
+
+
+def _complexity_stage(job: _Job, quick: bool) -> str:
+    from bench.cost import complexity as cx
+
+    df = cx.run_complexity(
+        job.models,
+        out_dir=job.results / "complexity",
+        cross_check=not quick,
+        progress=job.progress,
+        command=job.command,
+    )
+    bad = df[df["status"] == "error"] if "status" in df else df.iloc[0:0]
+    if len(bad):
+        raise RuntimeError("; ".join(f"{r.model}: {r.reason}" for r in bad.itertuples()))
+    return f"{len(df)} rows -> {job.results / 'complexity'}"
+
+
+def _measure(job: _Job, names: list[str], mode: str, batches: tuple[int, ...], peak: Any) -> Any:
+    """One ``run_speed`` pass; failed configurations raise (the stage reports them)."""
+    from bench.speed import run as sp
+
+    profile = job.profile
+    extra = {"peak": peak} if peak is not None else {}
+    if mode == "inference" and tuple(profile.backends) != ("torch",):
+        extra.update(backends=profile.backends, exporters=profile.exporters)
+    df = sp.run_speed(
+        names,
+        device=job.dev,
+        batch_sizes=batches,
+        modes=(mode,),
+        min_time_s=profile.min_time_s if job.min_time_s is None else job.min_time_s,
+        min_iters=profile.min_iters,
+        warmup=profile.warmup,
+        max_time_s=profile.max_time_s,
+        out_dir=job.results / "speed",
+        progress=job.progress,
+        command=job.command,
+        **extra,
+    )
+    bad = df[df["status"] == "error"]
+    if len(bad):
+        raise RuntimeError(
+            f"{len(bad)} configuration(s) failed ({mode}): "
+            + "; ".join(f"{r.model} bs{r.batch_size}: {r.reason}" for r in bad.itertuples())
+        )
+    return df
+
+
+def _speed_stage(job: _Job) -> str:
+    """Inference on every backend, then training steps for the models the budget allows."""
+    profile = job.profile
+    peak = _device_peak(job.dev)  # once for every pass, not once per run_speed call
+    t0 = time.perf_counter()
+    df = _measure(job, job.models, "inference", profile.inference_batches, peak)
+    detail = f"{len(df)} inference configurations"
+    if profile.train_batch is None:
+        return detail
+    predicted = predict_inference_s(df, job.models, profile)
+    scale = (time.perf_counter() - t0) / predicted if predicted > 0 else 1.0
+    deadline = job.t_start + job.budget_min * 60 - REPORT_RESERVE_S if job.budget_min else None
+    errors: list[str] = []
+
+    def one(name: str) -> None:
+        try:
+            _measure(job, [name], "train", (profile.train_batch,), peak)  # type: ignore[arg-type]
+        except RuntimeError as err:  # keep timing the other models
+            errors.append(str(err))
+
+    done, skipped = run_train_steps(df, job.models, profile, deadline, one, scale)
+    detail += f", training step bs{profile.train_batch} for {len(done)} model(s)"
+    if skipped:
+        detail += " (not timed: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()) + ")"
+    if errors:
+        raise RuntimeError(" | ".join(errors))
+    return detail
+
+
+def _train_stage(
+    job: _Job,
+    data: str | Path,
+    epochs: int | None,
+    seeds: Sequence[int] | None,
+    recipe: str,
+    force_train: bool,
+) -> str:
+    """Train and evaluate every (model, seed) cell; a failed cell does not stop the others."""
+    from bench.engine import config as tcfg
+    from bench.engine import train as tr
+
+    cells = [(m, s) for m in job.models for s in (seeds or [None])]
+    done, failed = 0, []
+    for model, seed in progress_bar(cells, enabled=job.progress, desc="runs", unit="run"):
+        over: dict[str, Any] = {"model": model, "data": str(data)}
+        if epochs is not None:
+            over["epochs"] = epochs
+        if seed is not None:
+            over["seed"] = seed
+        if job.device != "auto":
+            over["device"] = job.dev
+        try:
+            cfg = tcfg.TrainConfig.from_recipe(recipe, **over)
+            run_dir = tr.run_training(
+                cfg, results_dir=job.results, resume=True, force=force_train,
+                quiet=not job.progress,
+            )  # fmt: skip
+            done += 1
+            job.display.console.print(f"  {model} seed {cfg.seed}: {run_dir}")
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # keep training the other cells
+            failed.append(f"{model} seed {seed}: {type(err).__name__}: {err}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cells)} run(s) failed: " + " | ".join(failed))
+    return f"{done} run(s) finished or reused"
+
+
+def _report_stage(job: _Job, out: BenchmarkResult) -> str:
+    from bench.analysis.report import write as rp
+
+    rep = rp.write_report(job.results, job.results, command=job.command, progress=job.progress)
+    out.report_readme = rep.readme
+    return f"{len(rep.tables)} table files, {len(rep.plots)} plot files, {rep.readme}"
+
+
 def run_benchmark(
     models: Sequence[str],
     device: str = "auto",
@@ -278,6 +418,7 @@ def run_benchmark(
     from bench.core.io import write_json
 
     results = Path(results_dir)
+    models = list(models)
     command = command or shlex.join(["segbench", "benchmark", *map(str, models)])
     dev = str(resolve_device(device))
     profile = PROFILES["quick" if quick else "default"]
@@ -285,141 +426,26 @@ def run_benchmark(
         profile = dataclasses.replace(profile, backends=tuple(dict.fromkeys(backends)))
     n_stages = 2 + (not skip_complexity) + (not skip_speed) + (data is not None)
     display = _Display(n_stages, quiet=not progress)
+    job = _Job(models, device, dev, results, profile, command, progress, display,
+               time.perf_counter(), min_time_s, budget_min)  # fmt: skip
     out = BenchmarkResult()
-    t_start = time.perf_counter()
-    models = list(models)
 
     display.start("setup", f"{len(models)} models, device {dev}, results in {results}/")
     out.stages.append(StageResult("setup", 0.0, "ok", ", ".join(models)))
-
     if not skip_complexity:
-
-        def complexity() -> str:
-            from bench.cost import complexity as cx
-
-            df = cx.run_complexity(
-                models,
-                out_dir=results / "complexity",
-                cross_check=not quick,
-                progress=progress,
-                command=command,
-            )
-            bad = df[df["status"] == "error"] if "status" in df else df.iloc[0:0]
-            if len(bad):
-                raise RuntimeError("; ".join(f"{r.model}: {r.reason}" for r in bad.itertuples()))
-            return f"{len(df)} rows -> {results / 'complexity'}"
-
-        _stage(display, out, "complexity", f"params and MACs of {len(models)} models", complexity)
-
+        what = f"params and MACs of {len(models)} models"
+        _stage(display, out, "complexity", what, lambda: _complexity_stage(job, quick))
     if not skip_speed:
-
-        def measure(names: list[str], mode: str, batches: tuple[int, ...], peak: Any) -> Any:
-            from bench.speed import run as sp
-
-            extra = {"peak": peak} if peak is not None else {}
-            if mode == "inference" and tuple(profile.backends) != ("torch",):
-                extra.update(backends=profile.backends, exporters=profile.exporters)
-            df = sp.run_speed(
-                names,
-                device=dev,
-                batch_sizes=batches,
-                modes=(mode,),
-                min_time_s=profile.min_time_s if min_time_s is None else min_time_s,
-                min_iters=profile.min_iters,
-                warmup=profile.warmup,
-                max_time_s=profile.max_time_s,
-                out_dir=results / "speed",
-                progress=progress,
-                command=command,
-                **extra,
-            )
-            bad = df[df["status"] == "error"]
-            if len(bad):
-                raise RuntimeError(
-                    f"{len(bad)} configuration(s) failed ({mode}): "
-                    + "; ".join(f"{r.model} bs{r.batch_size}: {r.reason}" for r in bad.itertuples())
-                )
-            return df
-
-        def speed() -> str:
-            peak = _device_peak(dev)  # once for every pass, not once per run_speed call
-            t0 = time.perf_counter()
-            df = measure(models, "inference", profile.inference_batches, peak)
-            detail = f"{len(df)} inference configurations"
-            if profile.train_batch is None:
-                return detail
-            predicted = predict_inference_s(df, models, profile)
-            scale = (time.perf_counter() - t0) / predicted if predicted > 0 else 1.0
-            deadline = t_start + budget_min * 60 - REPORT_RESERVE_S if budget_min else None
-            errors: list[str] = []
-
-            def one(name: str) -> None:
-                try:
-                    measure([name], "train", (profile.train_batch,), peak)
-                except RuntimeError as err:  # keep timing the other models
-                    errors.append(str(err))
-
-            done, skipped = run_train_steps(df, models, profile, deadline, one, scale)
-            detail += f", training step bs{profile.train_batch} for {len(done)} model(s)"
-            if skipped:
-                detail += (
-                    " (not timed: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()) + ")"
-                )
-            if errors:
-                raise RuntimeError(" | ".join(errors))
-            return detail
-
         what = f"inference bs {','.join(map(str, profile.inference_batches))} on " + ", ".join(
             profile.backends
         )
         if profile.train_batch:
             what += f"; train bs {profile.train_batch} (budget)"
-        _stage(display, out, "speed", f"{dev}, fp32, {what}", speed)
-
+        _stage(display, out, "speed", f"{dev}, fp32, {what}", lambda: _speed_stage(job))
     if data is not None:
-
-        def train() -> str:
-            from bench.engine import config as tcfg
-            from bench.engine import train as tr
-
-            cells = [(m, s) for m in models for s in (seeds or [None])]
-            done, failed = 0, []
-            for model, seed in progress_bar(cells, enabled=progress, desc="runs", unit="run"):
-                over: dict[str, Any] = {"model": model, "data": str(data)}
-                if epochs is not None:
-                    over["epochs"] = epochs
-                if seed is not None:
-                    over["seed"] = seed
-                if device != "auto":
-                    over["device"] = dev
-                try:
-                    cfg = tcfg.TrainConfig.from_recipe(recipe, **over)
-                    run_dir = tr.run_training(
-                        cfg,
-                        results_dir=results,
-                        resume=True,
-                        force=force_train,
-                        quiet=not progress,
-                    )
-                    done += 1
-                    display.console.print(f"  {model} seed {cfg.seed}: {run_dir}")
-                except KeyboardInterrupt:
-                    raise
-                except Exception as err:  # keep training the other cells
-                    failed.append(f"{model} seed {seed}: {type(err).__name__}: {err}")
-            if failed:
-                raise RuntimeError(
-                    f"{len(failed)} of {len(cells)} run(s) failed: " + " | ".join(failed)
-                )
-            return f"{done} run(s) finished or reused"
-
-        _stage(
-            display,
-            out,
-            "train+evaluate",
-            f"{len(models)} models x {len(seeds or [None])} seed(s) on {data}",
-            train,
-        )
+        what = f"{len(models)} models x {len(seeds or [None])} seed(s) on {data}"
+        _stage(display, out, "train+evaluate", what,
+               lambda: _train_stage(job, data, epochs, seeds, recipe, force_train))  # fmt: skip
 
     # The benchmark's own record: the report quotes its command and stage timings.
     record = {
@@ -429,20 +455,13 @@ def run_benchmark(
         "models": models,
         "data": str(data) if data is not None else None,
         "stages": [vars(s) for s in out.stages],
-        "seconds_before_report": time.perf_counter() - t_start,
+        "seconds_before_report": time.perf_counter() - job.t_start,
         "environment": environment(dev),
     }
     write_json(results / "benchmark.json", record)
-
-    def report() -> str:
-        from bench.analysis.report import write as rp
-
-        rep = rp.write_report(results, results, command=command, progress=progress)
-        out.report_readme = rep.readme
-        return f"{len(rep.tables)} table files, {len(rep.plots)} plot files, {rep.readme}"
-
-    _stage(display, out, "report", f"tables, plots and README in {results}/", report)
-    total = time.perf_counter() - t_start
+    what = f"tables, plots and README in {results}/"
+    _stage(display, out, "report", what, lambda: _report_stage(job, out))
+    total = time.perf_counter() - job.t_start
     record["stages"] = [vars(s) for s in out.stages]
     record["seconds"] = total
     write_json(results / "benchmark.json", record)
