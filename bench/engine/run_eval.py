@@ -206,11 +206,8 @@ def evaluate_model(
     from bench.core.device import resolve_device
     from bench.core.env import command_line, environment
     from bench.data.cache import prepare_data
-    from bench.engine.checkpoints import load_weights
-    from bench.engine.determinism import _configure_backends
     from bench.engine.evaluate import baseline_model, evaluate_split, split_parts
     from bench.engine.metrics import HD95_CONVENTIONS
-    from models import create_model
 
     if baseline and (run_dir or checkpoint):
         raise ValueError("--baseline replaces --run / --checkpoint: give one or the other")
@@ -218,14 +215,7 @@ def evaluate_model(
     if not baseline and source.checkpoint is None:
         raise ValueError("give --run RUN_DIR, --checkpoint FILE (with --model) or --baseline")
     cfg = source.config or {}
-    if data is None:
-        if not cfg.get("data"):
-            raise ValueError("give --data ROOT (the dataset folder to score)")
-        data = cfg["data"]
-        if not Path(data).is_dir():
-            raise FileNotFoundError(
-                f"the run's dataset folder {data} does not exist here; pass --data ROOT"
-            )
+    data = _eval_data(cfg, data)
     eval_dataset = dataset_label(data)
     train_dataset = cfg.get("dataset")
     same_data = train_dataset is not None and (
@@ -242,28 +232,13 @@ def evaluate_model(
     settings, diffs = resolve_settings(source, given or {}, same_data)
     if not baseline and not settings["model"]:
         raise ValueError(f"{source.checkpoint}: carries no configuration; give --model NAME")
-    notes: list[str] = []
-    if diffs:
-        listing = "; ".join(diffs)
-        where = source.run_dir or source.checkpoint
-        if not allow_mismatch:
-            raise SettingsMismatch(
-                f"{where}: the model was trained with other settings ({listing}); score it "
-                "with its own settings (leave those options out) or pass --allow-mismatch to "
-                "score it anyway (recorded in the result)"
-            )
-        notes.append(f"scoring with settings the model was not trained with: {listing}")
+    notes = _mismatch_notes(source, diffs, allow_mismatch)
     hd95 = hd95_convention or cfg.get("hd95", "monai")
     if hd95 not in HD95_CONVENTIONS:
         raise ValueError(f"--hd95 {hd95!r}: choose one of {', '.join(HD95_CONVENTIONS)}")
 
     dev = str(resolve_device(device, allow=None))
-    precision = settings["precision"]
-    kind = torch.device(dev).type
-    amp = None if precision == "fp32" else precision
-    if amp and not (kind == "cuda" or (kind == "cpu" and amp == "bf16")):
-        notes.append(f"{precision} has no autocast on {dev}: scored in fp32")
-        amp = None
+    amp = _autocast(settings["precision"], dev, notes)
     prepared = prepare_data(
         data,
         size=settings["image_size"],
@@ -281,18 +256,7 @@ def evaluate_model(
         model_name = f"baseline-{baseline}"
     else:
         model_name = settings["model"]
-        try:
-            model = create_model(model_name, **settings["model_kwargs"]).to(dev)
-        except TypeError as err:
-            raise ValueError(f"model_kwargs={settings['model_kwargs']}: {err}") from None
-        if source.config is not None:
-            # as the run's own test: its backend settings and memory format (the trainer's
-            # rule: channels_last unless set, on the CPU), so the metrics come out exact
-            _configure_backends(bool(cfg.get("deterministic", True)), dev)
-            cl = cfg.get("channels_last")
-            if cl or (cl is None and kind == "cpu"):
-                model = model.to(memory_format=torch.channels_last)
-        load_weights(model, source.checkpoint)
+        model = _trained_model(source, settings, dev)
     for note in notes:
         warnings.warn(note, stacklevel=2)
     res = evaluate_split(
@@ -335,13 +299,74 @@ def evaluate_model(
             label += f"-{key}{_slug(settings[key])}"
         if hd95 != cfg.get("hd95", "monai"):
             label += f"-hd95{hd95}"
-        out_dir = source.run_dir / "eval" / label
+        out_dir = source.run_dir / "eval" / label  # beside the run, one folder per setting
     if out_dir is not None:
         write_csv(out_dir / "per_image.csv", res.per_image)
         if res.original_per_image is not None:
             write_csv(out_dir / "per_image_original.csv", res.original_per_image)
         write_json(out_dir / "metrics.json", record)  # last: its presence means complete
     return EvalOutcome(res, record, out_dir, notes)
+
+
+def _eval_data(cfg: dict[str, Any], data: str | Path | None) -> str | Path:
+    """The folder to score: ``--data``, else the run's own dataset (which must exist here)."""
+    if data is not None:
+        return data
+    if not cfg.get("data"):
+        raise ValueError("give --data ROOT (the dataset folder to score)")
+    if not Path(cfg["data"]).is_dir():
+        raise FileNotFoundError(
+            f"the run's dataset folder {cfg['data']} does not exist here; pass --data ROOT"
+        )
+    return cfg["data"]
+
+
+def _mismatch_notes(source: EvalSource, diffs: list[str], allow_mismatch: bool) -> list[str]:
+    """Settings that differ from the training run's: refused unless ``allow_mismatch``,
+    then recorded as a note (and warned about)."""
+    if not diffs:
+        return []
+    listing = "; ".join(diffs)
+    if not allow_mismatch:
+        raise SettingsMismatch(
+            f"{source.run_dir or source.checkpoint}: the model was trained with other settings "
+            f"({listing}); score it with its own settings (leave those options out) or pass "
+            "--allow-mismatch to score it anyway (recorded in the result)"
+        )
+    return [f"scoring with settings the model was not trained with: {listing}"]
+
+
+def _autocast(precision: str, dev: str, notes: list[str]) -> str | None:
+    """The autocast dtype to score in (None: fp32); a precision the device cannot autocast
+    falls back to fp32 with a note."""
+    kind = torch.device(dev).type
+    amp = None if precision == "fp32" else precision
+    if amp and not (kind == "cuda" or (kind == "cpu" and amp == "bf16")):
+        notes.append(f"{precision} has no autocast on {dev}: scored in fp32")
+        return None
+    return amp
+
+
+def _trained_model(source: EvalSource, settings: dict[str, Any], dev: str) -> torch.nn.Module:
+    """The registered model with the source's weights, set up as the run's own test was."""
+    from bench.engine.checkpoints import load_weights
+    from bench.engine.determinism import _configure_backends
+    from models import create_model
+
+    try:
+        model = create_model(settings["model"], **settings["model_kwargs"]).to(dev)
+    except TypeError as err:
+        raise ValueError(f"model_kwargs={settings['model_kwargs']}: {err}") from None
+    cfg = source.config
+    if cfg is not None:
+        # as the run's own test: its backend settings and memory format (the trainer's
+        # rule: channels_last unless set, on the CPU), so the metrics come out exact
+        _configure_backends(bool(cfg.get("deterministic", True)), dev)
+        cl = cfg.get("channels_last")
+        if cl or (cl is None and torch.device(dev).type == "cpu"):
+            model = model.to(memory_format=torch.channels_last)
+    load_weights(model, source.checkpoint)  # type: ignore[arg-type]
+    return model
 
 
 def _slug(v: Any) -> str:
