@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,23 @@ def test_precision_with_trained_weights_reports_dsc_change(
     # every row carries what produced it, so rows merged from several commands keep theirs
     assert {"cpu", "load_avg_1min", "git_commit", "command"} <= set(table.columns)
     assert table["command"].notna().all() and len(table) == len(df)
+
+
+def test_a_variant_over_the_time_budget_is_skipped_with_its_forward_time(
+    tmp_path: Path, toy_registry: dict
+) -> None:
+    df = job.run_precision(
+        ["toy"], tmp_path, weights=job.Weights(input_size=32), int8=("dynamic",), bf16=True,
+        agree_images=2, latency_s=0.01, threads=1, exporters=("torchscript",), write=False,
+        max_variant_s=1e-9,
+    )  # fmt: skip
+    rows = df.set_index("variant")
+    assert rows.loc["torch fp32"]["status"] == "ok"  # the reference is always scored
+    for v in ("onnxruntime fp32", "onnxruntime int8-dynamic", "torch bf16"):
+        assert rows.loc[v]["status"] == "skipped"
+        assert re.search(
+            r"one batch-1 forward took [0-9.]+ s, so its 9 forwards", rows.loc[v]["reason"]
+        )
 
 
 def test_precision_untrained_has_no_dsc_and_static_needs_data(

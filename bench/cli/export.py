@@ -107,6 +107,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             split=args.split,
             calib_images=args.calib_images,
             threads=args.threads,
+            max_variant_s=args.max_variant_min * 60,
             exporters=args.exporters,
             progress=not args.quiet,
         )
@@ -186,6 +187,13 @@ def register(subparsers: Any) -> None:
         type=positive_int,
         default=32,
         help="training images for static int8 calibration (default: 32)",
+    )
+    p.add_argument(
+        "--max-variant-min",
+        type=positive_int,
+        default=10,
+        help="skip (with the measured forward time) a reduced-precision variant whose "
+        "scoring would take longer than this, e.g. emulated bf16 (default: 10 minutes)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_export)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,11 +254,24 @@ def _merge_write(df: pd.DataFrame, stem: Path, key: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------- precision
+# latency: warmup forwards, then at least this many timed ones (the fewest a latency costs)
+_WARMUP, _MIN_ITERS = 2, 5
+MIN_LATENCY_FORWARDS = _WARMUP + _MIN_ITERS
+
+# scoring budget per variant (seconds); see run_precision
+MAX_VARIANT_S = 600.0
+
+
 def _latency_ms(fn: Callable[[], Any], seconds: float) -> float:
     from bench.speed.timing import summarize, time_step
 
     times, _ = time_step(
-        fn, "cpu", warmup=2, min_time_s=seconds, min_iters=5, max_time_s=4 * seconds
+        fn,
+        "cpu",
+        warmup=_WARMUP,
+        min_time_s=seconds,
+        min_iters=_MIN_ITERS,
+        max_time_s=4 * seconds,
     )
     return summarize(times).median_ms
 
@@ -372,8 +386,15 @@ def run_precision(
     exporters: Sequence[str] = EXPORTERS,
     write: bool = True,
     progress: bool = False,
+    max_variant_s: float = MAX_VARIANT_S,
 ) -> pd.DataFrame:
-    """Reduced-precision variants of each model against eager fp32 (module docstring)."""
+    """Reduced-precision variants of each model against eager fp32 (module docstring).
+
+    ``max_variant_s``: a variant whose scoring (agreement images, latency, test split),
+    projected from its first batch-1 forward, would take longer is skipped with the
+    measured forward time as the reason (emulated bf16 on a CPU without it: minutes per
+    UNet image).
+    """
     from bench.deploy.check import compare_outputs, fixed_inputs
     from bench.deploy.export import export_model
     from bench.speed.steps import _num_threads
@@ -414,7 +435,10 @@ def run_precision(
             except Exception as err:
                 rows.append({**base, "variant": "all", "status": "error", "reason": _short(err)})
                 continue
-            rows += _score(base, variants, test_x, prepared, split, w, latency_s, compare_outputs)
+            rows += _score(
+                base, variants, test_x, prepared, split, w, latency_s, compare_outputs,
+                max_variant_s,
+            )  # fmt: skip
     df = pd.DataFrame(rows)
     if write:
         _merge_write(df, out / "precision", PRECISION_KEY)
@@ -449,8 +473,10 @@ def _score(
     w: Weights,
     latency_s: float,
     compare: Callable[..., dict[str, Any]],
+    max_variant_s: float = math.inf,
 ) -> list[dict[str, Any]]:
     """Latency, agreement with eager fp32 and (trained + data) DSC of each variant."""
+    from bench.core.device import cpu_bf16_native
     from bench.engine.evaluate import evaluate_split
 
     ref_module = variants[0].module
@@ -465,7 +491,22 @@ def _score(
             rows.append({**row, "status": "skipped", "reason": v.reason})
             continue
         try:
-            outs = [v.module(x).numpy() for x in singles]
+            t0 = time.perf_counter()
+            first = v.module(singles[0]).numpy()
+            first_s = time.perf_counter() - t0
+            n_test = len(prepared.ids(split)) if prepared is not None and w.trained else 0
+            forwards = len(singles) + MIN_LATENCY_FORWARDS + n_test
+            if v is not variants[0] and first_s * forwards > max_variant_s:  # ref: always
+                reason = (
+                    f"not scored: one batch-1 forward took {first_s:.1f} s, so its "
+                    f"{forwards} forwards would take ~{first_s * forwards / 60:.0f} min "
+                    f"(limit {max_variant_s / 60:.0f} min)"
+                )
+                if v.backend == "torch" and v.precision == "bf16" and not cpu_bf16_native():
+                    reason += "; this CPU has no native bf16, torch emulates it"
+                rows.append({**row, "status": "skipped", "reason": reason})
+                continue
+            outs = [first] + [v.module(x).numpy() for x in singles[1:]]
             agree = compare(ref, outs, None)
             row.update(
                 out_max_abs_diff=agree["max_abs_diff"],
