@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from bench.analysis.report.load import Results
+from bench.analysis.report.significance import in_points, runs_of_experiment, seeds_label
 from bench.analysis.report.summaries import accuracy_summary, main_experiments
-from bench.analysis.runs import EXPERIMENT_KEY
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
 from bench.engine.config import LATER_FIELDS, RUNTIME_FIELDS
 
@@ -51,21 +51,13 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
-def _runs_of(res: Results, row: pd.Series) -> pd.DataFrame:
-    keep = pd.Series(True, index=res.runs.index)
-    for k in EXPERIMENT_KEY:
-        keep &= res.runs[k].astype(str) == str(row[k])
-    return res.runs[keep]
-
-
 def _config(runs: pd.DataFrame) -> dict[str, Any] | None:
     cfgs = [c for c in runs["config"] if isinstance(c, dict)] if "config" in runs else []
     return cfgs[0] if cfgs else None
 
 
 def _label(row: pd.Series) -> str:
-    n = int(row["n_seeds"])
-    return f"{row['experiment']} ({row['precision']}, {n} seed{'s' if n != 1 else ''})"
+    return seeds_label(row["experiment"], row["precision"], int(row["n_seeds"]))
 
 
 def experiment_comparisons(
@@ -87,13 +79,13 @@ def experiment_comparisons(
                 continue
             ref = main.loc[(dataset, model)]
             ref_row = pd.Series({**ref.to_dict(), "dataset": dataset, "model": model})
-            ref_runs = _runs_of(res, ref_row)
+            ref_runs = runs_of_experiment(res.runs, ref_row)
             for _, other in fam.iterrows():
                 if other["experiment_hash"] == ref_row["experiment_hash"] and (
                     other["precision"] == ref_row["precision"]
                 ):
                     continue
-                other_runs = _runs_of(res, other)
+                other_runs = runs_of_experiment(res.runs, other)
                 a, b = _label(ref_row), _label(other)
                 row: dict[str, Any] = {"dataset": dataset, "model": model, "a": a, "b": b}
                 row["differs"] = config_difference(_config(ref_runs), _config(other_runs))
@@ -118,14 +110,4 @@ def experiment_comparisons(
 
 def experiment_table(comparisons: pd.DataFrame) -> pd.DataFrame:
     """The comparisons as the report shows them: Dice in percent, differences in points."""
-    df = comparisons.copy()
-    for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
-        if col in df:
-            df[col] = pd.to_numeric(df[col], errors="coerce") * 100
-    lo = df.get("ci_low", pd.Series(math.nan, index=df.index)).astype(float)
-    hi = df.get("ci_high", pd.Series(math.nan, index=df.index)).astype(float)
-    df["ci"] = [
-        f"[{x:+.2f}, {y:+.2f}]" if math.isfinite(x) and math.isfinite(y) else "–"
-        for x, y in zip(lo, hi)
-    ]
-    return df
+    return in_points(comparisons)

@@ -11,6 +11,7 @@ one protocol (recipe, epochs); Holm corrects across every comparison the report 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -73,11 +74,10 @@ def report_comparisons(
                 continue
             scores, precision = {}, {}
             for _, row in fam.iterrows():
-                keep = pd.Series(True, index=res.runs.index)
-                for k in EXPERIMENT_KEY:
-                    keep &= res.runs[k].astype(str) == str(row[k])
                 try:
-                    scores[row["model"]] = per_image_matrix(res.runs[keep], "dice")
+                    scores[row["model"]] = per_image_matrix(
+                        runs_of_experiment(res.runs, row), "dice"
+                    )
                 except (FileNotFoundError, ValueError) as err:
                     skipped.append(f"{row['model']} ({dataset}, {row['experiment']}): {err}")
                     continue
@@ -129,18 +129,35 @@ def significance_column(comparisons: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """The comparisons as the report shows them: differences in Dice percentage points."""
+def runs_of_experiment(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
+    """The runs of one experiment: those equal to ``row`` on every EXPERIMENT_KEY field."""
+    keep = pd.Series(True, index=runs.index)
+    for k in EXPERIMENT_KEY:
+        keep &= runs[k].astype(str) == str(row[k])
+    return runs[keep]
+
+
+def seeds_label(name: str, precision: Any, n: Any) -> str:
+    """``"malunet (fp32, 3 seeds)"``: a compared side with its precision and seed count."""
+    return f"{name} ({precision}, {n} seed{'s' if n != 1 else ''})"
+
+
+def in_points(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Dice fractions to percent, differences and CI bounds to points, plus the CI text."""
     df = comparisons.copy()
     for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
-        df[col] = pd.to_numeric(df[col], errors="coerce") * 100
+        df[col] = pd.to_numeric(df.get(col, math.nan), errors="coerce") * 100
     df["ci"] = [
         f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "–"
         for lo, hi in zip(df["ci_low"].astype(float), df["ci_high"].astype(float))
     ]
+    return df
+
+
+def comparison_table(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons as the report shows them: differences in Dice percentage points."""
+    df = in_points(comparisons)
     df["experiment"] = [f"{r}-e{e}" for r, e in zip(df["recipe"], df["epochs"])]
-    df["a"] = [f"{m} ({p}, {n} seed{'s' if n != 1 else ''})" for m, p, n in
-               zip(df["model_a"], df["precision_a"], df["n_seeds_a"])]  # fmt: skip
-    df["b"] = [f"{m} ({p}, {n} seed{'s' if n != 1 else ''})" for m, p, n in
-               zip(df["model_b"], df["precision_b"], df["n_seeds_b"])]  # fmt: skip
+    df["a"] = [seeds_label(*x) for x in zip(df["model_a"], df["precision_a"], df["n_seeds_a"])]
+    df["b"] = [seeds_label(*x) for x in zip(df["model_b"], df["precision_b"], df["n_seeds_b"])]
     return df

@@ -258,14 +258,9 @@ def _external_cols(targets: Sequence[str]) -> list[Col]:
     return cols
 
 
-def _experiment_cmp_cols() -> list[Col]:
-    """Columns of the experiment comparisons (:func:`experiments.experiment_table`)."""
+def _test_cols() -> list[Col]:
+    """The statistics columns every comparison table shares (A vs B on per-image Dice)."""
     return [
-        Col("dataset", "dataset"),
-        Col("model", "model"),
-        Col("A (main)", "a"),
-        Col("B", "b"),
-        Col("B differs in", "differs"),
         Col("images", "n", decimals=0),
         Col("Dice/img A (%)", "mean_a", decimals=2),
         Col("Dice/img B (%)", "mean_b", decimals=2),
@@ -283,6 +278,18 @@ def _experiment_cmp_cols() -> list[Col]:
     ]
 
 
+def _experiment_cmp_cols() -> list[Col]:
+    """Columns of the experiment comparisons (:func:`experiments.experiment_table`)."""
+    return [
+        Col("dataset", "dataset"),
+        Col("model", "model"),
+        Col("A (main)", "a"),
+        Col("B", "b"),
+        Col("B differs in", "differs"),
+        *_test_cols(),
+    ]
+
+
 def _comparison_cols() -> list[Col]:
     """Columns of the model comparisons (:func:`significance.comparison_table`)."""
     return [
@@ -290,20 +297,7 @@ def _comparison_cols() -> list[Col]:
         Col("experiment", "experiment"),
         Col("A", "a"),
         Col("B", "b"),
-        Col("images", "n", decimals=0),
-        Col("Dice/img A (%)", "mean_a", decimals=2),
-        Col("Dice/img B (%)", "mean_b", decimals=2),
-        Col("A − B (pp)", "mean_diff", decimals=2),
-        Col("95% CI (pp)", "ci"),
-        Col("CI low (pp)", "ci_low", csv_only=True),
-        Col("CI high (pp)", "ci_high", csv_only=True),
-        Col("tested", "level"),
-        Col("p", "p_value"),
-        Col("p Holm", "p_holm"),
-        Col("claim", "claim"),
-        Col("note", "note"),
-        Col("test", "test", csv_only=True),
-        Col("CI method", "ci_method", csv_only=True),
+        *_test_cols(),
         Col("model A", "model_a", csv_only=True),
         Col("model B", "model_b", csv_only=True),
     ]
