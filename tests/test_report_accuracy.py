@@ -295,3 +295,14 @@ def test_config_difference_names_every_changed_setting():
     assert config_difference(old, {"lr": 0.001, "loss": "bce_dice_probs"}) == (
         "loss: bce_dice_logits -> bce_dice_probs"
     )
+
+
+def test_every_model_of_the_report_has_an_accuracy_row(tmp_path: Path) -> None:
+    # 'good' has no run: its row says it is not measured instead of being left out
+    _models(tmp_path, seeds=1, gap=0.1)
+    shutil.rmtree(next((tmp_path / "runs").rglob("good")))
+    _report(tmp_path)
+    acc = pd.read_csv(tmp_path / "tables" / "accuracy.csv").set_index("model")
+    assert acc.loc["base", "seeds"] == 1 and pd.isna(acc.loc["good", "seeds"])
+    assert acc.loc["good", "note"] == summaries.UNMEASURED_NOTE
+    assert pd.isna(acc.loc["good", "DSC pooled (%)"])

@@ -249,12 +249,15 @@ def main_experiments(acc: pd.DataFrame) -> pd.DataFrame:
     return order.drop_duplicates(["dataset", "model"], keep="first").reset_index(drop=True)
 
 
+UNMEASURED_NOTE = "not measured yet: no finished training run under runs/"
+
+
 def accuracy_table(
     res: Results, summary: pd.DataFrame | None = None, baselines: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """One row per experiment (see :func:`accuracy_summary`), then the trivial baselines
-    of each dataset, then models that have only the papers' figures; paper columns joined
-    by model. The significance column is filled only on each model's main experiment
+    of each dataset, then every other model of the report (not measured yet, with the
+    papers' figures where they exist); paper columns joined by model. The significance column is filled only on each model's main experiment
     (the one the comparisons tested)."""
     summary = summary_table(res) if summary is None else summary
     acc = accuracy_summary(res.runs)
@@ -273,11 +276,10 @@ def accuracy_table(
     parts = [measured]
     if baselines is not None and not baselines.empty:
         parts.append(baselines)
-    paper_cols = [c for c in extra if c.endswith("_dsc")]
-    paper_only = by_model[
-        ~by_model["model"].isin(acc["model"]) & by_model[paper_cols].notna().any(axis=1)
-    ]
-    parts.append(paper_only)
+    # every other model of the report gets a row too, so that a reader sees which models
+    # have no measurement yet instead of missing them (their paper figures, if any, stay)
+    unmeasured = by_model[~by_model["model"].isin(acc["model"])].assign(row_note=UNMEASURED_NOTE)
+    parts.append(unmeasured)
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
     for col in ("epochs", "n_seeds"):  # stay integers next to the paper-only rows' NaN
         if col in out:
