@@ -434,3 +434,58 @@ def test_slurm_without_srun_is_a_clear_error(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun anywhere
     with pytest.raises(sweep_definition.SweepError, match="--executor slurm: .*srun"):
         sweep_execution.run_cells(_sweep(data_root).cells(), results_dir=tmp_path, executor="slurm")
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_the_local_cells(tmp_path, data_root):
+    """``kill`` on a running local sweep stops its cells too (they ignore SIGTERM under
+    submitit, so without the sweep's handler they would keep training orphaned), exits
+    with the interrupted code and leaves a cell the same command resumes. Slow: a
+    subprocess that imports torch and trains."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bench.core import exitcodes, lock
+
+    raw = {"name": "t", "models": ["malunet"], "seeds": [0], "overrides": {**TINY, "epochs": 500},
+           "datasets": [{"name": "syn", "root": str(data_root)}]}  # fmt: skip
+    path = _write_yaml(tmp_path / "s.yaml", raw)
+    results = tmp_path / "results"
+    run = results / "runs/syn/malunet/fair-e500/seed0"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "sweep",
+        str(path),
+        "--results",
+        str(results),
+        "--quiet",
+    ]
+    log = tmp_path / "sweep.out"
+    with log.open("w") as out_file:  # a file, not a pipe: orphaned cells would hold a pipe open
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=out_file)
+    cell_pid = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.pt").is_file():  # the cell trains
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        cell_pid = int(lock.lock_owner(run / "segbench.lock")["pid"])
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == exitcodes.INTERRUPTED, log.read_text()
+        assert "interrupted" in log.read_text()
+        deadline = time.monotonic() + 30
+        while lock._pid_alive(cell_pid):  # the cell was cancelled, not orphaned
+            assert time.monotonic() < deadline, f"cell pid {cell_pid} still runs after the sweep"
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        if cell_pid is not None and lock._pid_alive(cell_pid):
+            os.kill(cell_pid, signal.SIGKILL)
+    assert not (run / "metrics.json").exists()
+    plan = sweep_planning.plan_cells(sweep_definition.load_sweep(path).cells(), results)
+    assert [o.status for o in plan] == ["resume"]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -20,6 +24,30 @@ def _print_table(df: pd.DataFrame) -> None:
     print(df.drop(columns=["error"]).to_string(index=False))
     for _, row in df[df["error"].astype(bool)].iterrows():
         print(f"  {row['cell']}: {row['error']}")
+
+
+@contextlib.contextmanager
+def _terminate_like_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, a container stop, systemd) handled like Ctrl-C while the sweep
+    runs: the local cells are cancelled (and the sweep exits with the interrupted code)
+    instead of being orphaned. Python's default would end the sweep at once, and
+    submitit's local cells ignore SIGTERM, so they would keep training with nobody
+    collecting them. A handler someone else installed is left alone."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def _interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -39,17 +67,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             if args.executor == "slurm":
                 print("slurm options:", slurm.to_submitit())
             return 0
-        outcomes = run_sweep(
-            sweep,
-            results_dir=args.results,
-            executor=args.executor,
-            parallel=args.parallel,
-            slurm=slurm,
-            logs_dir=args.logs,
-            force=args.force,
-            wait=not args.no_wait,
-            quiet=args.quiet,
-        )
+        with _terminate_like_ctrl_c():
+            outcomes = run_sweep(
+                sweep,
+                results_dir=args.results,
+                executor=args.executor,
+                parallel=args.parallel,
+                slurm=slurm,
+                logs_dir=args.logs,
+                force=args.force,
+                wait=not args.no_wait,
+                quiet=args.quiet,
+            )
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
