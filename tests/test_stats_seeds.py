@@ -201,3 +201,19 @@ def test_compare_cli_prints_the_level(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert "none: one training run, per-image test" in out
     assert " significant" not in out.replace("never called significant", "")
+
+
+def test_fields_a_config_predates_are_not_a_difference(tmp_path: Path) -> None:
+    """An fp32 run recorded before ``loss`` & co. existed and a newer bf16 run differ in
+    precision only: 'differs in' must not list the fields the old config.json lacks."""
+    from bench.engine.config import LATER_FIELDS
+
+    ids = image_ids(6)
+    cfg_path = write_run(tmp_path, "malunet", 0, np.full(6, 0.8), ids) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({k: v for k, v in cfg.items() if k not in LATER_FIELDS}))
+    write_run(tmp_path, "malunet", 0, np.full(6, 0.79), ids, amp="bf16")
+    runs = run_index.find_runs(tmp_path)
+    assert set(run_index.experiment_settings(runs).values()) == {""}
+    (line,) = run_index.experiment_differences(runs)
+    assert "loss" not in line and "split_mode" not in line

@@ -253,7 +253,7 @@ def experiment_settings(runs: pd.DataFrame) -> dict[tuple, str]:
     out (the precision is its own column); an experiment without ``config.json`` is
     ``"config not recorded"``.
     """
-    from bench.engine.config import RUNTIME_FIELDS
+    from bench.engine.config import RUNTIME_FIELDS, with_later_defaults
 
     skip = set(RUNTIME_FIELDS) | {"seed", "amp", "config_hash", "experiment_hash"}
     out: dict[tuple, str] = {}
@@ -267,7 +267,8 @@ def experiment_settings(runs: pd.DataFrame) -> dict[tuple, str]:
         configs = {}
         for key, g in exps:
             cfgs = [c for c in g["config"] if isinstance(c, dict)]
-            configs[key] = cfgs[0] if cfgs else None
+            # a run recorded before a field existed behaved as that field's old value
+            configs[key] = with_later_defaults(cfgs[0]) if cfgs else None
         known = [c for c in configs.values() if c is not None]
         keys = sorted({k for c in known for k in c} - skip)
         differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in known}) > 1]

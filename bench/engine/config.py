@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,13 @@ LATER_FIELDS: dict[str, Any] = {
     "hd95": "monai",
     "per_model_kwargs": {},
 }
+
+
+def with_later_defaults(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded ``config.json`` with the fields it predates filled in as
+    :data:`LATER_FIELDS` says, so that comparing it with a newer config shows only the
+    settings that really differ."""
+    return {**LATER_FIELDS, **recorded}
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.io import read_json
-from bench.engine.config import _FIELD_NAMES, LATER_FIELDS, RUNTIME_FIELDS, TrainConfig
+from bench.engine.config import _FIELD_NAMES, RUNTIME_FIELDS, TrainConfig, with_later_defaults
 
 
 def experiment_name(recipe: str, epochs: int, amp: str | None = None) -> str:
@@ -40,7 +40,7 @@ def config_differences(run_dir: Path, cfg: TrainConfig) -> list[str]:
         return []
     if not isinstance(old, dict):
         return []
-    old = {**LATER_FIELDS, **old}  # written before those fields existed: their old value
+    old = with_later_defaults(old)
     # JSON round trip so tuples compare equal to the lists config.json holds
     new = json.loads(json.dumps(cfg.to_dict()))
     return [

@@ -23,7 +23,7 @@ from bench.analysis.report.load import Results
 from bench.analysis.report.significance import in_points, runs_of_experiment, seeds_label
 from bench.analysis.report.summaries import accuracy_summary, main_experiments
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
-from bench.engine.config import LATER_FIELDS, RUNTIME_FIELDS
+from bench.engine.config import RUNTIME_FIELDS, with_later_defaults
 
 #: bootstrap resamples per comparison (seeded: the report is deterministic)
 N_RESAMPLES = 9999
@@ -39,9 +39,9 @@ def config_difference(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str
     if a is None or b is None:
         return "config not recorded"
     parts = []
+    a, b = with_later_defaults(a), with_later_defaults(b)
     for key in sorted((set(a) | set(b)) - _NOT_SETTINGS):
-        # a run recorded before a field existed behaved as LATER_FIELDS says
-        va, vb = a.get(key, LATER_FIELDS.get(key)), b.get(key, LATER_FIELDS.get(key))
+        va, vb = a.get(key), b.get(key)
         if json.dumps(va, sort_keys=True) != json.dumps(vb, sort_keys=True):
             parts.append(f"{key}: {_show(va)} -> {_show(vb)}")
     return "; ".join(parts) or "nothing but the recipe name"
