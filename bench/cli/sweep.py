@@ -67,7 +67,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             if args.executor == "slurm":
                 print("slurm options:", slurm.to_submitit())
             return 0
-        with _terminate_like_ctrl_c():
+        # only local cells can be orphaned: a Slurm array outlives its client by design,
+        # and in-process (debug) cells keep the engine's own graceful SIGTERM handling
+        local = args.executor == "local"
+        with _terminate_like_ctrl_c() if local else contextlib.nullcontext():
             outcomes = run_sweep(
                 sweep,
                 results_dir=args.results,

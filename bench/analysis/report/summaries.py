@@ -257,8 +257,9 @@ def accuracy_table(
 ) -> pd.DataFrame:
     """One row per experiment (see :func:`accuracy_summary`), then the trivial baselines
     of each dataset, then every other model of the report (not measured yet, with the
-    papers' figures where they exist); paper columns joined by model. The significance column is filled only on each model's main experiment
-    (the one the comparisons tested)."""
+    papers' figures where they exist); paper columns joined by model. The significance
+    column is filled only on each model's main experiment (the one the comparisons
+    tested)."""
     summary = summary_table(res) if summary is None else summary
     acc = accuracy_summary(res.runs)
     extra = [c for c in summary.columns if c.startswith("paper_") and c.endswith(("_dsc", "_miou"))]
@@ -281,7 +282,7 @@ def accuracy_table(
     unmeasured = by_model[~by_model["model"].isin(acc["model"])].assign(row_note=UNMEASURED_NOTE)
     parts.append(unmeasured)
     out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    for col in ("epochs", "n_seeds"):  # stay integers next to the paper-only rows' NaN
+    for col in ("epochs", "n_seeds"):  # stay integers next to the unmeasured rows' NaN
         if col in out:
             out[col] = out[col].astype("Int64")
     return out
