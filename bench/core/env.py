@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 __all__ = [
+    "cpu_flags",
+    "cpu_isa",
     "cpu_model",
     "device_name",
     "device_slug",
@@ -51,17 +53,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_isa(flags: frozenset[str] | None = None) -> str:
+    """The widest vector ISA the CPU reports: ``AMX``, ``AVX-512+BF16``, ``AVX-512``,
+    ``AVX2`` or ``""`` (unknown).
+
+    A cloud VM's model name can be just "AMD EPYC" for hosts of different generations:
+    this project has run on one with AVX2 only and on one with AVX-512 and native bf16,
+    where onnxruntime's GEMM was 1x and 2.2x torch's. Their timings must never land in
+    one file under one name, so the ISA is part of the device's name.
+    """
+    flags = cpu_flags() if flags is None else flags
+    if "amx_tile" in flags:
+        return "AMX"
+    if "avx512f" in flags:
+        return "AVX-512+BF16" if "avx512_bf16" in flags else "AVX-512"
+    return "AVX2" if "avx2" in flags else ""
+
+
 def device_name(device: str | torch.device = "cpu") -> str:
+    """The GPU's name, or the CPU's model name with its core count and vector ISA,
+    e.g. ``AMD EPYC (2 cores, AVX-512+BF16)``."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
-    return cpu_model()
+    detail = [f"{os.cpu_count()} cores", cpu_isa()]
+    return f"{cpu_model()} ({', '.join(d for d in detail if d)})"
 
 
 def device_slug(device: str | torch.device = "cpu") -> str:
-    """File-name-safe device label, e.g. ``cpu-intel-xeon-platinum-8375c`` or ``cuda-nvidia-h100``."""
+    """File-name-safe device label, e.g. ``cpu-amd-epyc-2-cores-avx-512-bf16`` or
+    ``cuda-nvidia-h100``."""
     dev = torch.device(device)
-    name = re.sub(r"\((r|tm)\)|cpu @.*|@.*", "", device_name(dev), flags=re.I)
+    name = re.sub(r"\((r|tm)\)|cpu @[^(]*|@[^(]*", "", device_name(dev), flags=re.I)
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return f"{dev.type}-{slug}"[:80]
 

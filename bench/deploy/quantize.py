@@ -25,7 +25,6 @@ caller, not assumed here.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.core.env import cpu_flags
 from bench.deploy.export import error_reason
 
 __all__ = ["MODES", "ArrayDataReader", "cpu_has_vnni", "quantize_onnx"]
@@ -42,18 +42,9 @@ __all__ = ["MODES", "ArrayDataReader", "cpu_has_vnni", "quantize_onnx"]
 MODES = ("dynamic", "static")
 
 
-@functools.cache
 def cpu_has_vnni() -> bool:
     """True when /proc/cpuinfo lists AVX512-VNNI or AVX-VNNI (False when unknown)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni"})
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni"})
 
 
 def _batches(images: Iterable[np.ndarray], batch: int | None) -> Iterator[np.ndarray]:

@@ -89,8 +89,18 @@ class Results:
 
     @property
     def devices(self) -> list[str]:
-        """Device slugs, accelerators first (the primary device is the first)."""
-        return sorted(self.speed, key=lambda s: (s.startswith("cpu"), s))
+        """Device slugs, accelerators first, then the most recently measured first (the
+        primary device is the first: a results folder can keep an older machine's file)."""
+        return sorted(self.speed, key=lambda s: (s.startswith("cpu"), -self._last_run(s), s))
+
+    def _last_run(self, slug: str) -> float:
+        """When the device's latest speed run started (POSIX seconds; 0 when unrecorded)."""
+        runs = self.speed_meta.get(slug, {}).get("runs") or {}
+        stamps = [r.get("started") for r in runs.values() if isinstance(r, dict)]
+        times = pd.to_datetime(
+            pd.Series([t for t in stamps if t], dtype=object), utc=True, errors="coerce"
+        )
+        return float(times.max().timestamp()) if times.notna().any() else 0.0
 
     @property
     def primary_device(self) -> str | None:
