@@ -13,7 +13,7 @@ from bench.cost import peak
 @pytest.fixture
 def fake_timers(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
     """GEMM/copy timers returning fixed seconds; records the (size, threads, reps) calls."""
-    calls: dict[str, list] = {"gemm": [], "copy": []}
+    calls: dict[str, list] = {"gemm": [], "conv": [], "copy": []}
 
     def timer(kind: str, seconds: float):  # noqa: ANN202
         def fn(size: int, threads: int, reps: int) -> float:
@@ -41,6 +41,17 @@ def fake_timers(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
             "broken": broken,
         },
     )
+
+    def conv_timer(gflops: float):  # noqa: ANN202
+        def fn(c: int, s: int, threads: int, reps: int) -> float:
+            calls["conv"].append((c, s, threads, reps))
+            return 2 * c * c * 9 * s * s / (gflops * 1e9)
+
+        return fn
+
+    monkeypatch.setattr(
+        peak, "CONV_BACKENDS", {"torch": conv_timer(150.0), "onnxruntime": conv_timer(180.0)}
+    )
     numel = (1 << 20) // 4  # 1 MiB
     monkeypatch.setattr(
         peak,
@@ -65,6 +76,24 @@ def test_peak_is_the_best_backend_and_says_so(fake_timers) -> None:
     assert {c[1:] for c in fake_timers["gemm"]} == {(2, 3)}
     assert {c[0] for c in fake_timers["gemm"]} == {100}
     assert {c[0] for c in fake_timers["copy"]} == {(1 << 20) // 4}
+    # the convolution probe ran too, at the default shape, and is listed
+    assert {c for c in fake_timers["conv"]} == {(512, 32, 2, 3)}
+    assert "3x3 conv 512ch 32px: torch 150, onnxruntime 180 GFLOP/s" in mp.peak.source
+
+
+def test_a_convolution_faster_than_every_gemm_is_the_peak(fake_timers, monkeypatch) -> None:
+    # seen on an AVX-512 EPYC: GEMM 199 GFLOP/s at best, onnxruntime's 3x3 conv 218
+    slow = {k: v for k, v in peak.GEMM_BACKENDS.items() if k in ("torch", "numpy")}
+    monkeypatch.setattr(peak, "GEMM_BACKENDS", slow)
+    mp = peak.machine_peak(threads=2, n=100, conv_channels=64, conv_size=8, copy_mib=1, reps=1)
+    assert mp.peak.tflops == pytest.approx(0.250)  # numpy's GEMM beats both convolutions
+    monkeypatch.setitem(
+        peak.CONV_BACKENDS, "onnxruntime", lambda c, s, t, r: 2 * c * c * 9 * s * s / 300e9
+    )
+    mp = peak.machine_peak(threads=2, n=100, conv_channels=64, conv_size=8, copy_mib=1, reps=1)
+    assert mp.compute_backend == "onnxruntime conv" and mp.peak.tflops == pytest.approx(0.300)
+    assert mp.peak.source.startswith("measured: best fp32 compute = onnxruntime 3x3 conv 64ch 8px")
+    assert [m.backend for m in mp.conv] == ["torch", "onnxruntime"]
 
 
 def test_failed_and_absent_backends_are_rows(fake_timers) -> None:
@@ -77,7 +106,10 @@ def test_failed_and_absent_backends_are_rows(fake_timers) -> None:
 
 def test_no_backend_measured_is_an_error(fake_timers) -> None:
     with pytest.raises(ValueError, match="no backend could be measured.*kernel exploded"):
-        peak.machine_peak(threads=1, n=100, gemm_backends=["broken", "openvino"])
+        peak.machine_peak(threads=1, n=100, gemm_backends=["broken", "openvino"], conv_backends=[])
+    # a convolution that could be measured is a compute peak on its own
+    mp = peak.machine_peak(threads=1, n=100, copy_mib=1, gemm_backends=["broken"])
+    assert mp.compute_backend == "onnxruntime conv"
     with pytest.raises(ValueError, match="unknown gemm backend"):
         peak.measure_gemm(n=100, backends=["tpu"])
 
@@ -91,6 +123,7 @@ def test_nonsense_timer_result_is_an_error(monkeypatch: pytest.MonkeyPatch) -> N
 def test_as_dict_lists_every_measurement(fake_timers) -> None:
     d = peak.machine_peak(threads=1, n=100, copy_mib=1, reps=1).as_dict()
     assert d["compute_backend"] == "onnxruntime" and len(d["gemm"]) == 5
+    assert {m["backend"] for m in d["conv"]} == {"torch", "onnxruntime"}
     assert {m["backend"] for m in d["bandwidth"]} == {"torch", "numpy"}
 
 
@@ -103,6 +136,9 @@ def test_real_timers_run(monkeypatch: pytest.MonkeyPatch) -> None:
             assert m.status == "ok" and m.value > 0, m
         else:  # openvino: ok, or skipped when it is not installed
             assert m.status in ("ok", "skipped"), m
+    convs = peak.measure_conv(channels=8, size=8, threads=1, reps=1)
+    assert [m.backend for m in convs] == list(peak.CONV_BACKENDS)
+    assert all(m.status == "ok" and m.value > 0 for m in convs), convs
     copies = peak.measure_bandwidth(mib=1, threads=1, reps=1)
     assert all(m.status == "ok" and m.value > 0 for m in copies)
 

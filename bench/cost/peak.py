@@ -1,9 +1,10 @@
 """The machine's compute and memory ceiling, measured with every library that can reach it.
 
 A roofline fraction is only as honest as its peak. Taking the peak from one library's
-matmul measures that library, not the machine: on the 2-core development VM a 2048x2048
-fp32 matmul ran at about 210 GFLOP/s in torch, 240 in numpy and 460 in onnxruntime, so a
-torch-only peak put models "above 100 % of the roofline". Here the peak is the best of:
+matmul measures that library, not the machine: in issue 13's report (a 2-core AVX-512 VM)
+a 2048x2048 fp32 matmul ran at about 210 GFLOP/s in torch, 240 in numpy and 460 in
+onnxruntime, so a torch-only peak put models "above 100 % of the roofline". Here the peak
+is the best of:
 
 * **GEMM** (compute): a square fp32 ``n x n`` matmul (default 2048: large enough to be
   compute-bound, small enough to take well under a second) timed in torch (``torch.mm``),
@@ -11,6 +12,12 @@ torch-only peak put models "above 100 % of the roofline". Here the peak is the b
   ``onnx.helper``, full optimisation) and OpenVINO (a one-node ``MatMul`` model, inference
   precision pinned to f32: on a bf16-capable CPU its default would be a bf16 GEMM).
   FLOPs = ``2 n^3``.
+* **convolution** (compute): one 3x3 fp32 convolution, ``c`` channels in and out on a
+  ``s x s`` map at batch 1 (default 512 on 32x32, a U-Net bottleneck), in torch
+  (``conv2d``) and onnxruntime (a one-node ``Conv`` graph); FLOPs = ``2 c^2 9 s^2``.
+  A library's direct convolution kernel can beat its own GEMM: on the AVX-512 EPYC VM
+  of 2026-12-07 the best GEMM was 199 GFLOP/s and this convolution 218, and onnxruntime ran
+  UNet at 204, which a GEMM-only peak called 102 % of the roofline.
 * **bandwidth** (memory): a large fp32 copy (default 256 MiB, far beyond the caches) with
   torch ``copy_`` and numpy ``copyto``; bytes = read + write (``2 x size``, as STREAM's
   copy counts them; write-allocate traffic is not added).
@@ -20,10 +27,11 @@ torch via ``set_num_threads``, onnxruntime/OpenVINO via their session options, n
 via ``threadpoolctl`` when it is installed (otherwise the row says the BLAS used its own
 default). Each figure is the best of ``reps`` timed runs after one warm-up (a peak is an
 upper bound). A backend that is absent or fails is a row with a reason, never the peak.
-The result records which backend reached each ceiling; :func:`machine_peak` returns it as
-a :class:`bench.cost.roofline.Peak` whose ``source`` names the backend and lists all figures.
+The result records which backend (and probe) reached each ceiling; :func:`machine_peak`
+returns it as a :class:`bench.cost.roofline.Peak` whose ``source`` names the backend and
+lists all figures.
 
-``dtype="bf16"``: the candidates are the fp32 GEMMs above (a bf16 row can never be held to
+``dtype="bf16"``: the candidates are the fp32 probes above (a bf16 row can never be held to
 less than what fp32 reaches) plus torch's bf16 ``mm`` and OpenVINO with its precision hint
 pinned to bf16 (skipped, with the reason, on CPUs without native bf16, where the plugin
 would run f32). :func:`cached_machine_peak` measures once per (dtype, threads) per process;
@@ -45,6 +53,7 @@ from bench.cost.roofline import Peak
 
 __all__ = [
     "BF16_GEMM_BACKENDS",
+    "CONV_BACKENDS",
     "COPY_BACKENDS",
     "GEMM_BACKENDS",
     "MachinePeak",
@@ -53,16 +62,17 @@ __all__ = [
     "cached_machine_peak",
     "machine_peak",
     "measure_bandwidth",
+    "measure_conv",
     "measure_gemm",
 ]
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One backend's figure: ``value`` in GFLOP/s (GEMM) or GB/s (copy); NaN unless ok."""
+    """One backend's figure: ``value`` in GFLOP/s (GEMM, conv) or GB/s (copy); NaN unless ok."""
 
     backend: str
-    kind: str  # "gemm" or "copy"
+    kind: str  # "gemm", "conv" or "copy"
     value: float
     seconds: float
     status: str  # "ok", "skipped", "error"
@@ -79,6 +89,7 @@ class MachinePeak:
     threads: int
     gemm: list[Measurement] = field(default_factory=list)
     bandwidth: list[Measurement] = field(default_factory=list)
+    conv: list[Measurement] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +100,7 @@ class MachinePeak:
             "bandwidth_backend": self.bandwidth_backend,
             "threads": self.threads,
             "gemm": [asdict(m) for m in self.gemm],
+            "conv": [asdict(m) for m in self.conv],
             "bandwidth": [asdict(m) for m in self.bandwidth],
         }
 
@@ -231,6 +243,50 @@ def _gemm_openvino_bf16(n: int, threads: int, reps: int) -> float:
     return _gemm_openvino(n, threads, reps, precision="bf16")
 
 
+def _conv_operands(c: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return (
+        rng.standard_normal((1, c, s, s), dtype=np.float32),
+        rng.standard_normal((c, c, 3, 3), dtype=np.float32),
+    )
+
+
+def _conv_torch(c: int, s: int, threads: int, reps: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    x, w = (torch.from_numpy(a) for a in _conv_operands(c, s))
+    with _torch_threads(threads), torch.inference_mode():
+        return _best_seconds(lambda: F.conv2d(x, w, padding=1), reps)
+
+
+def _conv_onnx(c: int, s: int, w: np.ndarray) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, s, s])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, s, s])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    graph = helper.make_graph([node], "conv", [x], [y], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _conv_onnxruntime(c: int, s: int, threads: int, reps: int) -> float:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise _Skip(f"onnxruntime not installed ({err})") from None
+    x, w = _conv_operands(c, s)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(_conv_onnx(c, s, w), opts, providers=["CPUExecutionProvider"])
+    return _best_seconds(lambda: sess.run(None, {"x": x}), reps)
+
+
 def _copy_torch(numel: int, threads: int, reps: int) -> float:
     import torch
 
@@ -257,6 +313,11 @@ GEMM_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
 BF16_GEMM_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
     "torch-bf16": _gemm_torch_bf16,
     "openvino-bf16": _gemm_openvino_bf16,
+}
+#: 3x3 convolution timers ``(channels, size, threads, reps) -> best seconds``.
+CONV_BACKENDS: dict[str, Callable[[int, int, int, int], float]] = {
+    "torch": _conv_torch,
+    "onnxruntime": _conv_onnxruntime,
 }
 #: Copy timers ``(numel, threads, reps) -> best seconds``.
 COPY_BACKENDS: dict[str, Callable[[int, int, int], float]] = {
@@ -336,6 +397,24 @@ def measure_gemm(
     return _measure("gemm", timers, n, 2.0 * n**3, t, reps, backends)
 
 
+def measure_conv(
+    channels: int = 512,
+    size: int = 32,
+    threads: int | None = None,
+    reps: int = 5,
+    backends: Sequence[str] | None = None,
+) -> list[Measurement]:
+    """GFLOP/s of one 3x3 convolution, ``channels`` in and out on a ``size x size`` map at
+    batch 1 (``2 c^2 9 s^2`` FLOPs, the count segbench's MAC counter gives), per backend."""
+    if channels < 1 or size < 1 or reps < 1:
+        raise ValueError(f"need channels, size and reps >= 1, got {channels}, {size}, {reps}")
+    t = _threads_or_default(threads)
+    timers = {
+        name: (lambda c, th, r, fn=fn: fn(c, size, th, r)) for name, fn in CONV_BACKENDS.items()
+    }
+    return _measure("conv", timers, channels, 2.0 * channels**2 * 9 * size**2, t, reps, backends)
+
+
 def measure_bandwidth(
     mib: float = 256,
     threads: int | None = None,
@@ -374,22 +453,33 @@ def machine_peak(
     *,
     dtype: str = "fp32",
     n: int = 2048,
+    conv_channels: int = 512,
+    conv_size: int = 32,
     copy_mib: float = 256,
     reps: int = 5,
     gemm_backends: Sequence[str] | None = None,
+    conv_backends: Sequence[str] | None = None,
     copy_backends: Sequence[str] | None = None,
 ) -> MachinePeak:
-    """Measure GEMM and copy with every backend; the best of each is the machine's peak."""
+    """Measure GEMM, convolution and copy with every backend; the best compute figure (GEMM
+    or convolution) and the best copy are the machine's peak."""
     t = _threads_or_default(threads)
     gemm = measure_gemm(n, t, reps, gemm_backends, dtype=dtype)
+    conv = measure_conv(conv_channels, conv_size, t, reps, conv_backends)
     copy = measure_bandwidth(copy_mib, t, reps, copy_backends)
-    g, c = best(gemm), best(copy)
+    g, c = best(gemm + conv), best(copy)
+    probe = f"{n}x{n} GEMM" if g.kind == "gemm" else f"3x3 conv {conv_channels}ch {conv_size}px"
     source = (
-        f"measured: best {dtype} {n}x{n} GEMM = {g.backend} ({_listing(gemm, 'GFLOP/s')}); "
+        f"measured: best {dtype} compute = {g.backend} {probe} "
+        f"({n}x{n} GEMM: {_listing(gemm, 'GFLOP/s')}; "
+        f"3x3 conv {conv_channels}ch {conv_size}px: {_listing(conv, 'GFLOP/s')}); "
         f"best {copy_mib:g} MiB copy = {c.backend} ({_listing(copy, 'GB/s')}); "
         f"{t} threads, best of {reps}"
     )
-    return MachinePeak(Peak(g.value / 1e3, c.value, source), g.backend, c.backend, t, gemm, copy)
+    backend = g.backend if g.kind == "gemm" else f"{g.backend} conv"
+    return MachinePeak(
+        Peak(g.value / 1e3, c.value, source), backend, c.backend, t, gemm, copy, conv
+    )
 
 
 _CACHE: dict[tuple[str, int], MachinePeak] = {}
