@@ -10,6 +10,7 @@ import ctypes
 import json
 import math
 import mmap
+import os
 import sys
 import time
 import types
@@ -599,6 +600,19 @@ def test_worker_turns_crashes_and_errors_into_exceptions() -> None:
             [1], lambda b: worker.call(ctypes.string_at, 0), free=lambda: None
         )  # reads address 0
     assert rows[0]["status"] == "error" and "killed by SIGSEGV" in rows[0]["reason"]
+
+
+def test_each_backend_measures_in_its_own_process_and_alone() -> None:
+    # os.getpid pickles by reference; the worker's answer is the process that measured
+    with speed_worker.BackendWorkers() as workers:
+        torch_pid = workers.call_for("torch")(os.getpid)
+        assert workers.call_for("torch")(os.getpid) == torch_pid  # reused within a backend
+        first = workers._worker
+        ort_pid = workers.call_for("onnxruntime")(os.getpid)
+        assert len({torch_pid, ort_pid, os.getpid()}) == 3
+        assert first is not None and first._proc is None  # torch's worker ended first
+        assert workers.call_for("torch")(os.getpid) not in (torch_pid, ort_pid)
+    assert workers._worker is None
 
 
 @pytest.mark.slow

@@ -47,10 +47,13 @@ Method (one *configuration* = model x mode x dtype x layout x compile x batch si
   ``torch.compile`` (inductor) is skipped where inductor cannot work (no C++ compiler
   on CPU, no triton on CUDA). Skipped rows carry ``status="skipped"`` and a reason;
   failures carry ``status="error"``.
-* Isolation: by default the measurements run in one spawned worker process, so a
+* Isolation: by default the measurements run in a spawned worker process, so a
   crash inside torch (seen: a segfault in CPU bf16 backward of a channels-last
   depthwise dilated convolution, torch 2.14.1) becomes an ``error`` row and the run
   goes on with a fresh worker; ``isolate=False`` / ``--no-isolate`` measures in-process.
+  Each backend has its own worker, and only one is alive at a time (torch's thread pool
+  beside onnxruntime's made onnxruntime's timings bimodal: see
+  :class:`bench.speed.worker.BackendWorkers`).
   ``--cpu-mem-limit GB`` caps the worker's heap (``RLIMIT_DATA``) so that on CPU an
   oversized batch fails inside torch and backs off, instead of the kernel's OOM killer
   ending a process on a shared machine.
@@ -92,7 +95,7 @@ from bench.speed.runtime import (
 )
 from bench.speed.steps import _complexity, _measure_config, _num_threads
 from bench.speed.variants import DTYPES, MODES, _short, sweep_batch_sizes, variant_skip_reason
-from bench.speed.worker import Worker
+from bench.speed.worker import BackendWorkers
 
 
 def _efficiency(
@@ -196,7 +199,7 @@ def run_speed(
 
     ``channels_last`` / ``compile`` take a flag or a sequence of flags (``(False, True)``
     measures both). ``peak`` overrides the roofline peak (``Peak`` or ``"TFLOPS,GBPS"``).
-    ``isolate`` runs the measurements in one spawned worker process, so a crash inside
+    ``isolate`` runs the measurements in spawned worker processes (one per backend), so a crash inside
     torch becomes an error row instead of ending the run; ``mem_limit_gb`` caps that
     worker's heap so an oversized CPU batch backs off instead of exhausting the machine. Rows are merged into
     ``out_dir/speed-<device_slug>.{csv,json}`` unless ``out_dir`` is None.
@@ -269,14 +272,17 @@ def run_speed(
         versions = _runtime_versions(plan.runtimes)
         if mem_limit_gb is not None and not isolate:
             raise ValueError("mem_limit_gb needs isolate=True (the limit applies to the worker)")
-        worker = Worker(mem_limit_gb) if isolate else None
-        call: Callable[..., Any] = stack.enter_context(worker).call if worker else _direct
+        workers = stack.enter_context(BackendWorkers(mem_limit_gb)) if isolate else None
+
+        def call_for(backend: str) -> Callable[..., Any]:
+            return workers.call_for(backend) if workers else _direct
+
         bar = stack.enter_context(
             progress_bar(total=plan.per_model * len(models), desc="speed", unit="cfg",
                          enabled=progress)
         )  # fmt: skip
         for name in models:
-            rows += _run_model(name, infos[name], dev, common, plan, peaks, bar, call)
+            rows += _run_model(name, infos[name], dev, common, plan, peaks, bar, call_for)
         env = environment(dev)  # inside the thread setting, so torch_threads is the one used
     df = _frame(rows)
     if out_dir is not None:
@@ -317,9 +323,12 @@ def _run_model(
     plan: _Plan,
     peaks: dict[str, Peak | str | None],
     bar: Any,
-    call: Callable[..., Any],
+    call_for: Callable[[str], Callable[..., Any]],
 ) -> list[dict[str, Any]]:
-    """All configurations of one model; fills ``peaks`` per dtype on first use."""
+    """All configurations of one model; fills ``peaks`` per dtype on first use.
+
+    ``call_for(backend)`` runs a measurement in that backend's worker (see
+    :class:`bench.speed.worker.BackendWorkers`)."""
     rows: list[dict[str, Any]] = []
     size_problem = _input_problem(name, info, plan.input_size)
     cx: tuple[float, float, float] | str | None = None
@@ -348,7 +357,7 @@ def _run_model(
         if dtype not in peaks:
             peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
         measure = functools.partial(
-            call, _measure_config, name, info, dev, mode, dtype, cl, comp,
+            call_for("torch"), _measure_config, name, info, dev, mode, dtype, cl, comp,
             input_size=plan.input_size, timing=plan.timing,
             noisy_threshold=plan.noisy_threshold, threads=plan.threads,
         )  # fmt: skip
@@ -363,7 +372,7 @@ def _run_model(
     if plan.runtimes:
         if cx is None and not size_problem:
             cx = _complexity(name, plan.input_size)
-        rows += _run_runtimes(name, dev, common, plan, peaks, bar, call, size_problem, cx)
+        rows += _run_runtimes(name, dev, common, plan, peaks, bar, call_for, size_problem, cx)
     return rows
 
 
@@ -374,7 +383,7 @@ def _run_runtimes(
     plan: _Plan,
     peaks: dict[str, Peak | str | None],
     bar: Any,
-    call: Callable[..., Any],
+    call_for: Callable[[str], Callable[..., Any]],
     size_problem: str | None,
     cx: tuple[float, float, float] | str | None,
 ) -> list[dict[str, Any]]:
@@ -390,7 +399,9 @@ def _run_runtimes(
         if not skip and exported is None:
             path = str(Path(plan.export_dir) / f"{name}.onnx")
             try:
-                exported = call(export_for_speed, name, path, plan.input_size, plan.exporters)
+                exported = call_for(backend)(
+                    export_for_speed, name, path, plan.input_size, plan.exporters
+                )
             except Exception as err:  # a crashed worker: the export is this model's error
                 exported = {"status": "error", "exporter": "", "reason": _short(err)}
         if skip or exported["status"] != "ok":
@@ -404,7 +415,7 @@ def _run_runtimes(
         if dtype not in peaks:
             peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
         measure = functools.partial(
-            call, measure_runtime_config, name, backend, exported["path"], dev, dtype,
+            call_for(backend), measure_runtime_config, name, backend, exported["path"], dev, dtype,
             input_size=plan.input_size, timing=plan.timing,
             noisy_threshold=plan.noisy_threshold, threads=plan.threads,
         )  # fmt: skip
