@@ -38,7 +38,9 @@ def _env(session: nox.Session) -> dict[str, str]:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     if not STAMP.exists() or STAMP.read_text() != _install_key():
         session.log("installing segbench[dev] (torch from the local wheels; first run only)")
-        session.run(
+        # run_install, not run: `nox --install-only` skips session.run, and the stamp
+        # below would then mark an empty venv as installed
+        session.run_install(
             str(BIN / "python"), "-m", "pip", "install", "-q", "-e", ".[dev]", external=True
         )
         STAMP.write_text(_install_key())

@@ -77,3 +77,16 @@ def test_the_most_recently_measured_cpu_is_primary(tmp_path: Path) -> None:
     assert res.primary_device == "cpu-amd-epyc-2-cores-avx-512-bf16"
     _speed_file(tmp_path, "cpu-amd-epyc-2-cores-avx2", "2026-12-08T00:00:00+00:00")
     assert load.load_results(tmp_path).primary_device == "cpu-amd-epyc-2-cores-avx2"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/segbench", "train", "--model", "unet"], "segbench train --model unet"),
+        (["/repo/bench/cli/__main__.py", "sweep", "a b.yaml"], "segbench sweep 'a b.yaml'"),
+        (["/venv/bin/pytest", "-q"], "/venv/bin/pytest -q"),
+    ],
+)
+def test_command_line_names_the_cli_however_it_was_started(monkeypatch, argv, expected) -> None:
+    monkeypatch.setattr(env.sys, "argv", argv)
+    assert env.command_line() == expected

@@ -176,6 +176,9 @@ def _acceptance(tmp_path: Path, data_root: Path, executor: str, **kwargs) -> Non
         m = json.loads((o.run_dir / "metrics.json").read_text())
         assert m["status"] == "finished" and m["config_hash"] == o.config_hash
         assert (o.run_dir / "per_image.csv").is_file()
+        # the run records the sweep's command and its cell, not the job runner's argv
+        command = json.loads((o.run_dir / "manifest.json").read_text())["command"]
+        assert command.endswith(f" [cell {o.cell.label}]") and "submitit" not in command
     before = _mtimes(results)
     assert len(before) == 4
 

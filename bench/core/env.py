@@ -162,8 +162,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
 
 
 def command_line() -> str:
-    return (
-        shlex.join(["segbench", *sys.argv[1:]])
-        if Path(sys.argv[0]).name == "segbench"
-        else shlex.join(sys.argv)
-    )
+    """This process's command as a user would type it (``segbench ...`` for the CLI,
+    whether started as the ``segbench`` script or as ``python -m bench.cli``)."""
+    argv0 = Path(sys.argv[0])
+    cli = argv0.name == "segbench" or argv0.parts[-3:] == ("bench", "cli", "__main__.py")
+    return shlex.join(["segbench", *sys.argv[1:]]) if cli else shlex.join(sys.argv)

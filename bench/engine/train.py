@@ -49,8 +49,12 @@ def run_training(
     quiet: bool = False,
     wait: float = 0.0,
     use_previous: bool = False,
+    command: str | None = None,
 ) -> Path:
     """Train, select, test and write one run; returns its directory.
+
+    ``command`` is what the run's manifest records as the command that made it (default:
+    this process's command line; a sweep cell passes the sweep's command and the cell).
 
     A run whose ``metrics.json`` says ``finished`` with the same config hash is skipped
     unless ``force``. With ``resume`` an unfinished run continues from ``last.pt`` (with
@@ -72,7 +76,7 @@ def run_training(
     try:
         run_dir = run_dir_for(cfg, Path(results_dir))
         with _owned(run_dir, wait):
-            return _run(cfg, run_dir, device, resume, force, quiet, use_previous)
+            return _run(cfg, run_dir, device, resume, force, quiet, use_previous, command)
     finally:
         bdist.shutdown(created_pg)
 
@@ -114,6 +118,7 @@ def _run(
     force: bool,
     quiet: bool,
     use_previous: bool = False,
+    command: str | None = None,
 ) -> Path:
     d = bdist.info()
     chash = cfg.config_hash
@@ -151,7 +156,7 @@ def _run(
         _clear_run(run_dir)
     bdist.barrier()
 
-    trainer = _Trainer(cfg, run_dir, device, quiet)
+    trainer = _Trainer(cfg, run_dir, device, quiet, command=command)
     if ckpt is not None:
         trainer.restore(ckpt)
         del ckpt

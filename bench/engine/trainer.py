@@ -54,10 +54,13 @@ log = logging.getLogger(__name__)
 class _Trainer:
     """One run's state and steps; :func:`_run` decides whether and from where to run it."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, device: str, quiet: bool) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, device: str, quiet: bool, command: str | None = None
+    ) -> None:
         from models import create_model, model_info
 
         self.cfg, self.run_dir, self.device, self.quiet = cfg, run_dir, device, quiet
+        self.command = command
         self.d = d = bdist.info()
         self.chash = cfg.config_hash
         self.last_path = run_dir / "checkpoints" / "last.pt"
@@ -493,7 +496,7 @@ class _Trainer:
     # ---------------------------------------------------------------- result files
 
     def _write_start_files(self) -> None:
-        from bench.core.env import environment
+        from bench.core.env import command_line, environment
 
         cfg, p = self.cfg, self.prepared
         write_json(
@@ -504,7 +507,7 @@ class _Trainer:
         write_json(
             self.run_dir / "manifest.json",
             {
-                "command": " ".join(sys.argv),
+                "command": self.command or command_line(),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "resumed_at_epoch": self.epoch or None,
                 "git_commit": env.get("git_commit"),

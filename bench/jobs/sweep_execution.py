@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench.analysis.runs import write_summary
 from bench.analysis.stats import pairwise_comparisons, pairwise_path
+from bench.core.env import command_line
 from bench.core.io import read_json, write_csv
 from bench.core.progress import progress_bar
 from bench.jobs.sweep_definition import Cell, SlurmOptions, SweepConfig, SweepError
@@ -40,8 +41,10 @@ class CellTask:
         quiet: bool = True,
         catch: bool = False,
         threads: int | None = None,
+        command: str | None = None,
     ) -> None:
         self.results_dir = str(results_dir)
+        self.command = command  # the sweep's command line, recorded in each run's manifest
         self.force = force
         self.quiet = quiet
         self.catch = catch  # return failures instead of raising (the in-process executor)
@@ -57,6 +60,7 @@ class CellTask:
                 resume=True,
                 force=self.force,
                 quiet=self.quiet,
+                command=f"{self.command} [cell {cell.label}]" if self.command else None,
             )
             metrics = read_json(Path(run_dir) / "metrics.json")
             return {"status": metrics.get("status", "unknown"), "run_dir": str(run_dir)}
@@ -237,6 +241,7 @@ def run_cells(
         quiet=quiet,
         catch=executor == "debug",
         threads=threads,
+        command=command_line(),
     )
     ex = make_executor(executor, logs_dir, slurm=slurm)
     attached = _attach_active(todo, previous_jobs, logs_dir) if executor == "slurm" else []
