@@ -199,10 +199,11 @@ def run_speed(
 
     ``channels_last`` / ``compile`` take a flag or a sequence of flags (``(False, True)``
     measures both). ``peak`` overrides the roofline peak (``Peak`` or ``"TFLOPS,GBPS"``).
-    ``isolate`` runs the measurements in spawned worker processes (one per backend), so a crash inside
-    torch becomes an error row instead of ending the run; ``mem_limit_gb`` caps that
-    worker's heap so an oversized CPU batch backs off instead of exhausting the machine. Rows are merged into
-    ``out_dir/speed-<device_slug>.{csv,json}`` unless ``out_dir`` is None.
+    ``isolate`` runs the measurements in spawned worker processes (one per backend), so a
+    crash inside torch becomes an error row instead of ending the run; ``mem_limit_gb``
+    caps the worker's heap so an oversized CPU batch backs off instead of exhausting the
+    machine. Rows are merged into ``out_dir/speed-<device_slug>.{csv,json}`` unless
+    ``out_dir`` is None.
 
     ``backends``: ``torch`` (eager PyTorch with the variants above) and/or the deployment
     runtimes ``onnxruntime`` / ``openvino`` (:mod:`bench.speed.runtime`: each model is
