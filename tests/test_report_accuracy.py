@@ -306,3 +306,22 @@ def test_every_model_of_the_report_has_an_accuracy_row(tmp_path: Path) -> None:
     assert acc.loc["base", "seeds"] == 1 and pd.isna(acc.loc["good", "seeds"])
     assert acc.loc["good", "note"] == summaries.UNMEASURED_NOTE
     assert pd.isna(acc.loc["good", "DSC pooled (%)"])
+
+
+def test_models_trained_in_different_precisions_are_compared_and_say_so(tmp_path: Path) -> None:
+    # the heavy models train in bf16 beside fp32 light ones (one recipe, one epoch count):
+    # their comparison row carries the note, and an empty note never reads "nan"
+    rng = np.random.default_rng(3)
+    ids = image_ids(20)
+    for s in range(2):
+        write_run(tmp_path, "malunet", s, rng.uniform(0.7, 0.9, 20), ids)
+    write_run(tmp_path, "unet", 0, rng.uniform(0.7, 0.9, 20), ids, amp="bf16")
+    write_run(tmp_path, "egeunet", 0, rng.uniform(0.7, 0.9, 20), ids)
+    from bench.analysis.report.significance import report_comparisons
+
+    cmp, skipped = report_comparisons(load.load_results(tmp_path))
+    assert not skipped and len(cmp) == 3
+    notes = dict(zip(zip(cmp["model_a"], cmp["model_b"]), cmp["note"].fillna(""), strict=True))
+    for (a, b), note in notes.items():
+        assert ("precisions differ" in note) == ("unet" in (a, b)), (a, b, note)
+        assert "nan" not in note.lower()

@@ -89,8 +89,10 @@ def report_comparisons(
             df["precision_a"] = df["model_a"].map(precision)
             df["precision_b"] = df["model_b"].map(precision)
             differ = df["precision_a"] != df["precision_b"]
+            # an all-empty note column comes back as float NaN: text, and no "nan" in it
+            df["note"] = df["note"].astype(object).where(df["note"].notna(), "")
             df.loc[differ, "note"] = [
-                "; ".join(x for x in (str(n or ""), "precisions differ") if x)
+                "; ".join(x for x in (str(n), "precisions differ") if x)
                 for n in df.loc[differ, "note"]
             ]
             parts.append(df)
