@@ -47,11 +47,14 @@ def _protocol(rows: pd.DataFrame) -> str:
         sz = str(r["image_size"])
         size = f"input {sz}x{sz}" if sz else "input size not recorded"
         return f"recipe {r['recipe']}, {r['epochs']} epochs, {size}, {r['precision']}"
+    # one clause per protocol, naming its models (ten models stay readable)
     parts = [
-        f"{r['model']} {r['experiment']} ({r['image_size'] or '?'}px, {r['precision']})"
-        for _, r in rows.iterrows()
+        f"{exp} at {size or '?'}px in {prec} ({', '.join(grp['model'].astype(str))})"
+        for (exp, size, prec), grp in rows.astype({"image_size": str}).groupby(
+            ["experiment", "image_size", "precision"], sort=False
+        )
     ]
-    return "protocols differ: " + ", ".join(parts)
+    return "protocols differ: " + "; ".join(parts)
 
 
 def _point_label(r: pd.Series, rows: pd.DataFrame) -> str | None:
@@ -101,11 +104,11 @@ def _cost_axes(res: Results, backend_of: dict[str, str]) -> list[_Axis]:
         ("macs", "MACs per image (G, segbench count, log scale)", "macs", None),
     ]
     for dev in res.devices:
-        label = f"Latency at batch 1 (ms, log scale), {res.device_name(dev)}"
+        label = "Latency at batch 1 (ms, log scale)"  # the device is in the title
         axes.append((f"latency-{dev}", label, "latency", dev))
     if res.primary_device and any(b != "torch" for b in backend_of.values()):
         dev = res.primary_device
-        label = f"Latency at batch 1, fastest fp32 backend (ms, log scale), {res.device_name(dev)}"
+        label = "Latency at batch 1, fastest fp32 backend (ms, log scale)"
         axes.append((f"best-latency-{dev}", label, "best_latency", dev))
     return axes
 

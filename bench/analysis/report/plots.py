@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +225,8 @@ def _draw_front(
     # The best accuracy reachable at each cost, held to the right edge.
     fx = np.append(xs[order], ax.get_xlim()[1])
     fy = np.append(ys[order], ys[order][-1])
-    ax.step(fx, fy, where="post", lw=1.3, zorder=1, alpha=0.8,
-            label=f"{label}: " + " → ".join(names), **style)  # fmt: skip
+    text = "\n".join(textwrap.wrap(f"{label}: " + " → ".join(names), 90))  # a legend line
+    ax.step(fx, fy, where="post", lw=1.3, zorder=1, alpha=0.8, label=text, **style)
     segments = []
     for i in range(len(fx) - 1):
         segments += [
@@ -313,7 +314,9 @@ def plot_pareto(
         ax.tick_params(labelbottom=True)
         ax.set_ylabel(ylabel_measured if kind == "measured" else ylabel_reported)
         ax.set_title(title_measured if kind == "measured" else title_reported, fontsize=9)
-        ax.legend(handles=handles, loc="best", fontsize=7, framealpha=0.9)
+        # below the panel: inside, a legend naming a long front hid points and labels
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.11),
+                  fontsize=7, framealpha=0.9)  # fmt: skip
         labels = [(p.x, p.y, p.label or p.model, p.model in front) for p in pts]
         todo.append((ax, labels, segments))
     fig.suptitle(suptitle, fontsize=10)
