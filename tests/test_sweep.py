@@ -492,3 +492,53 @@ def test_sigterm_cancels_the_local_cells(tmp_path, data_root):
     assert not (run / "metrics.json").exists()
     plan = sweep_planning.plan_cells(sweep_definition.load_sweep(path).cells(), results)
     assert [o.status for o in plan] == ["resume"]
+
+
+def test_only_selects_cells_and_keeps_the_others_in_the_status_table(
+    tmp_path, data_root, capsys, monkeypatch
+):
+    cells = _sweep(data_root).cells()
+    labels = [c.label for c in sweep_definition.select_cells(cells, ["*/egeunet/*"])]
+    assert labels == ["syn/egeunet/fair-e1/seed0", "syn/egeunet/fair-e1/seed1"]
+    # a pattern without "/" matches one part of the label: the seed, not "seed1" in "seed10"
+    assert [c.label for c in sweep_definition.select_cells(cells, ["seed1", "malunet"])] == [
+        "syn/malunet/fair-e1/seed0",
+        "syn/malunet/fair-e1/seed1",
+        "syn/egeunet/fair-e1/seed1",
+    ]
+    with pytest.raises(sweep_definition.SweepError, match=r"'unet' matches no cell.*seed0"):
+        sweep_definition.select_cells(cells, ["unet"])
+
+    raw = {
+        "name": "only",
+        "models": MODELS,
+        "datasets": [{"name": "syn", "root": str(data_root)}],
+        "seeds": [0],
+        "overrides": TINY,
+    }
+    path = _write_yaml(tmp_path / "only.yaml", raw)
+    results = tmp_path / "results"
+    base = ["sweep", str(path), "--executor", "debug", "--results", str(results), "--quiet"]
+    assert main([*base, "--only", "seed7"]) == 2  # a typo runs nothing and says so
+    assert "'seed7' matches no cell" in capsys.readouterr().err
+    assert not (results / "runs").exists()
+
+    monkeypatch.setattr("sys.argv", ["segbench", *base, "--only", "*/egeunet/*"])
+    assert main([*base, "--only", "*/egeunet/*"]) == 0
+    assert sorted(p.parts[-4] for p in results.glob("runs/*/*/*/seed*/metrics.json")) == ["egeunet"]
+    manifest = json.loads(next(results.glob("runs/syn/egeunet/*/seed0/manifest.json")).read_text())
+    assert "--only '*/egeunet/*' [cell syn/egeunet/fair-e1/seed0]" in manifest["command"]
+
+    assert main([*base, "--only", "malunet"]) == 0
+    table = pd.read_csv(results / "sweeps/only/cells.csv")
+    # the second invocation ran malunet only; egeunet's row from the first one is kept
+    assert table["cell"].tolist() == ["syn/malunet/fair-e1/seed0", "syn/egeunet/fair-e1/seed0"]
+    assert table["status"].tolist() == ["done", "done"]
+
+    capsys.readouterr()
+
+    assert (
+        main(["sweep", str(path), "--dry-run", "--results", str(results), "--only", "egeunet"]) == 0
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1 cells, 0 to run, 1 finished" in out and "malunet" not in out

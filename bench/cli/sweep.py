@@ -14,7 +14,13 @@ import pandas as pd
 
 from bench.cli.common import add_results
 from bench.core import exitcodes
-from bench.jobs.sweep_definition import SLURM_KEYS, SweepError, load_sweep, slurm_options
+from bench.jobs.sweep_definition import (
+    SLURM_KEYS,
+    SweepError,
+    load_sweep,
+    select_cells,
+    slurm_options,
+)
 from bench.jobs.sweep_execution import EXECUTORS, run_sweep, summary_table
 from bench.jobs.sweep_planning import plan_cells
 
@@ -55,7 +61,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         sweep = load_sweep(args.config)
         slurm = slurm_options(sweep, {k: getattr(args, k) for k in SLURM_KEYS}, setup=args.setup)
         if args.dry_run:
-            outcomes = plan_cells(sweep.cells(), args.results, force=args.force)
+            cells = select_cells(sweep.cells(), args.only)
+            outcomes = plan_cells(cells, args.results, force=args.force)
             df = summary_table(outcomes)
             n_run = sum(o.status in ("new", "resume", "rerun") for o in outcomes)
             n_done = sum(o.status == "finished" for o in outcomes)
@@ -81,6 +88,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 force=args.force,
                 wait=not args.no_wait,
                 quiet=args.quiet,
+                only=args.only,
             )
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -132,6 +140,16 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--dry-run", action="store_true", help="show the cells and their state; run nothing"
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="PATTERN",
+        help="run only the cells whose label (DATASET/MODEL/EXPERIMENT/seedK, as --dry-run "
+        "lists them) matches this shell pattern, e.g. '*/smp_unet_resnet34/*'; a pattern "
+        "without '/' matches one part, e.g. 'seed1' or 'unet' (repeatable; a pattern that "
+        "matches no cell is an error)",
     )
     p.add_argument("--force", action="store_true", help="re-run finished cells too")
     p.add_argument(

@@ -23,6 +23,11 @@ statistics per dataset of the sweep's experiment
 (``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.*``, see :mod:`bench.analysis.stats`) are
 refreshed.
 
+``--only PATTERN`` (repeatable) runs a subset, e.g. the seeds of one model
+(``--only '*/smp_unet_resnet34/*'``) before those of the next, without editing the file:
+the run folders, config hashes and experiments are those of the whole sweep (see
+:func:`select_cells`).
+
 Executors (all submitit, no scheduler of our own):
 
 * ``--executor local`` (default): ``submitit.LocalExecutor``, each cell a subprocess,
@@ -65,6 +70,7 @@ renames a finished cache into place).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import os
 import re
@@ -241,6 +247,30 @@ class SweepConfig:
                             )
                         )
         return out
+
+
+def select_cells(cells: Sequence[Cell], patterns: Sequence[str] | None) -> list[Cell]:
+    """The cells whose label matches any of ``patterns``, in sweep order (all without any).
+
+    A pattern is shell-style (``fnmatch``) against the whole label
+    ``<dataset>/<model>/<experiment>/seed<k>``, e.g. ``*/smp_unet_resnet34/*`` or
+    ``*/seed1``; a pattern without ``/`` matches one part of the label, so ``unet`` is the
+    model ``unet`` (not every UNet) and ``seed1`` the seed. A pattern that matches no cell
+    is an error that lists the labels: a typo must not run nothing and exit 0.
+    """
+    if not patterns:
+        return list(cells)
+
+    def hit(pattern: str, label: str) -> bool:
+        if "/" in pattern:
+            return fnmatch.fnmatchcase(label, pattern)
+        return any(fnmatch.fnmatchcase(part, pattern) for part in label.split("/"))
+
+    for pattern in patterns:
+        if not any(hit(pattern, c.label) for c in cells):
+            labels = ", ".join(c.label for c in cells)
+            raise SweepError(f"--only {pattern!r} matches no cell of the sweep; cells: {labels}")
+    return [c for c in cells if any(hit(p, c.label) for p in patterns)]
 
 
 def _int_list(value: Any, where: str, minimum: int) -> tuple[int, ...]:

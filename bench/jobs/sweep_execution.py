@@ -17,7 +17,7 @@ from bench.analysis.stats import pairwise_comparisons, pairwise_path
 from bench.core.env import command_line
 from bench.core.io import read_json, write_csv
 from bench.core.progress import progress_bar
-from bench.jobs.sweep_definition import Cell, SlurmOptions, SweepConfig, SweepError
+from bench.jobs.sweep_definition import Cell, SlurmOptions, SweepConfig, SweepError, select_cells
 from bench.jobs.sweep_planning import CellOutcome, plan_cells
 
 log = logging.getLogger(__name__)
@@ -339,6 +339,23 @@ def summary_table(outcomes: Sequence[CellOutcome]) -> pd.DataFrame:
     )
 
 
+def _status_table(sweep: SweepConfig, outcomes: Sequence[CellOutcome], path: Path) -> pd.DataFrame:
+    """This invocation's rows, plus the earlier rows of the cells it did not select
+    (``--only``), in sweep order: the table keeps describing the whole sweep."""
+    table = summary_table(outcomes)
+    if not path.is_file():
+        return table
+    prev = pd.read_csv(path, dtype=str).fillna("")
+    kept = prev[~prev["cell"].isin(table["cell"])]
+    if kept.empty:
+        return table
+    order = {c.label: i for i, c in enumerate(sweep.cells())}
+    both = pd.concat([table.astype(str), kept], ignore_index=True)
+    return both.sort_values(
+        "cell", key=lambda col: col.map(order).fillna(len(order)), kind="stable"
+    )
+
+
 def run_sweep(
     sweep: SweepConfig,
     *,
@@ -351,9 +368,14 @@ def run_sweep(
     wait: bool = True,
     quiet: bool = False,
     report: bool = True,
+    only: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> list[CellOutcome]:
-    """Run a sweep; then write its status table and refresh summary tables and statistics."""
+    """Run a sweep; then write its status table and refresh summary tables and statistics.
+
+    ``only``: label patterns (:func:`~bench.jobs.sweep_definition.select_cells`); the
+    other cells are neither run nor touched, and keep their rows in ``cells.csv``.
+    """
     results_dir = Path(results_dir)
     base = results_dir / "sweeps" / sweep.name
     previous = None
@@ -362,7 +384,7 @@ def run_sweep(
         active = prev[prev["status"].isin(["submitted", "running"]) & (prev["job"] != "")]
         previous = dict(zip(active["cell"], active["job"]))
     outcomes = run_cells(
-        sweep.cells(),
+        select_cells(sweep.cells(), only),
         results_dir=results_dir,
         executor=executor,
         parallel=parallel,
@@ -374,7 +396,7 @@ def run_sweep(
         previous_jobs=previous,
         **kwargs,
     )
-    write_csv(base / "cells.csv", summary_table(outcomes))
+    write_csv(base / "cells.csv", _status_table(sweep, outcomes, base / "cells.csv"))
     if report and any(o.status in ("done", "skipped") for o in outcomes):
         first = outcomes[0].cell.config()  # every cell of a sweep shares recipe and epochs
         refresh_statistics(
