@@ -192,6 +192,9 @@ def test_disagreeing_test_and_ci_show_both_and_claim_nothing() -> None:
     assert out["significant"].tolist() == [False, False, False]
     assert "test and CI disagree" in out.loc[0, "note"] and "includes 0" in out.loc[0, "note"]
     assert "excludes 0" in out.loc[1, "note"] and "Holm p 0.2 >= 0.05" in out.loc[1, "note"]
+    # the CI in the note is in the report's units (pp of Dice), as in its CI column
+    assert "CI [-1.00, +2.00] pp includes 0" in out.loc[0, "note"]
+    assert "CI [+1.00, +3.00] pp excludes 0" in out.loc[1, "note"]
     assert out.loc[2, "claim"] == "none: one training run, per-image test"
 
 

@@ -260,12 +260,15 @@ def finalize_comparisons(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             sig.append(tested and excludes)
             claims.append("significant" if tested and excludes else "not significant")
             if tested != excludes:
+                # in the units of the report's CI column: Dice/IoU in pp, HD95 in px
+                k, unit = (1.0, " px") if r.get("metric") == "hd95" else (100.0, " pp")
+                ci = f"CI [{k * lo:+.2f}, {k * hi:+.2f}]{unit}"
                 why = (
-                    f"test: Holm p {p:.3g} {'<' if tested else '>='} {alpha:g}; CI "
-                    f"[{lo:.4f}, {hi:.4f}] {'excludes' if excludes else 'includes'} 0"
+                    f"test: Holm p {p:.3g} {'<' if tested else '>='} {alpha:g}; "
+                    f"{ci} {'excludes' if excludes else 'includes'} 0"
                 )
                 if not math.isfinite(p):
-                    why = f"test undefined (no spread over seeds); CI [{lo:.4f}, {hi:.4f}]"
+                    why = f"test undefined (no spread over seeds); {ci}"
                 note = "; ".join(x for x in (note, f"test and CI disagree ({why})") if x)
         notes.append(note)
     df["significant"] = sig
