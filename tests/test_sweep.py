@@ -28,7 +28,8 @@ def data_root(tmp_path_factory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("syn") / "syn", n=8, size=(32, 32), seed=0)
 
 
-def _sweep(data_root: Path, **extra) -> sweep_definition.SweepConfig:
+def _raw(data_root: Path, **extra) -> dict:
+    """A sweep file's content: both tiny models on the synthetic set, seeds 0 and 1."""
     raw = {
         "name": "t",
         "models": MODELS,
@@ -37,7 +38,11 @@ def _sweep(data_root: Path, **extra) -> sweep_definition.SweepConfig:
         "overrides": dict(TINY),
     }
     raw.update(extra)
-    return sweep_definition.sweep_from_dict(raw)
+    return raw
+
+
+def _sweep(data_root: Path, **extra) -> sweep_definition.SweepConfig:
+    return sweep_definition.sweep_from_dict(_raw(data_root, **extra))
 
 
 def _write_yaml(path: Path, raw: dict) -> Path:
@@ -248,14 +253,7 @@ def test_debug_executor_failed_cell_does_not_stop_others(tmp_path, data_root, mo
         return real(cfg, *args, **kwargs)
 
     monkeypatch.setattr(bench.engine.train, "run_training", flaky)
-    raw = {
-        "name": "dbg",
-        "models": MODELS,
-        "datasets": [{"name": "syn", "root": str(data_root)}],
-        "seeds": [3],
-        "overrides": TINY,
-    }
-    path = _write_yaml(tmp_path / "dbg.yaml", raw)
+    path = _write_yaml(tmp_path / "dbg.yaml", _raw(data_root, name="dbg", seeds=[3]))
     results = tmp_path / "results"
     rc = main(["sweep", str(path), "--executor", "debug", "--results", str(results), "--quiet"])
     assert rc == 3  # bench.core.exitcodes.PARTIAL: one cell done, one failed
@@ -291,16 +289,7 @@ def test_plan_states_and_dry_run(tmp_path, data_root, capsys):
         "rerun",
     ]
 
-    path = _write_yaml(
-        tmp_path / "t.yaml",
-        {
-            "name": "t",
-            "models": MODELS,
-            "datasets": [{"name": "syn", "root": str(data_root)}],
-            "seeds": [0, 1],
-            "overrides": TINY,
-        },
-    )
+    path = _write_yaml(tmp_path / "t.yaml", _raw(data_root))
     assert main(["sweep", str(path), "--dry-run", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "4 cells, 2 to run, 1 finished, 1 in conflict" in out
@@ -355,14 +344,8 @@ def test_slurm_job_array_one_task_per_unfinished_cell(tmp_path, data_root, monke
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setattr(submitit.SlurmJob, "watcher", type(submitit.SlurmJob.watcher)(delay_s=600))
     results = tmp_path / "results"
-    raw = {
-        "name": "cluster",
-        "models": MODELS,
-        "datasets": [{"name": "syn", "root": str(data_root)}],
-        "seeds": [0, 1],
-        "overrides": TINY,
-        "slurm": {"partition": "cpu", "cpus_per_task": 4, "account": "proj", "time": 30},
-    }
+    slurm = {"partition": "cpu", "cpus_per_task": 4, "account": "proj", "time": 30}
+    raw = _raw(data_root, name="cluster", slurm=slurm)
     path = _write_yaml(tmp_path / "cluster.yaml", raw)
     cells = sweep_definition.load_sweep(path).cells()
     # One cell already finished with the same config: it must not be in the array.
@@ -509,14 +492,7 @@ def test_only_selects_cells_and_keeps_the_others_in_the_status_table(
     with pytest.raises(sweep_definition.SweepError, match=r"'unet' matches no cell.*seed0"):
         sweep_definition.select_cells(cells, ["unet"])
 
-    raw = {
-        "name": "only",
-        "models": MODELS,
-        "datasets": [{"name": "syn", "root": str(data_root)}],
-        "seeds": [0],
-        "overrides": TINY,
-    }
-    path = _write_yaml(tmp_path / "only.yaml", raw)
+    path = _write_yaml(tmp_path / "only.yaml", _raw(data_root, name="only", seeds=[0]))
     results = tmp_path / "results"
     base = ["sweep", str(path), "--executor", "debug", "--results", str(results), "--quiet"]
     assert main([*base, "--only", "seed7"]) == 2  # a typo runs nothing and says so
