@@ -13,7 +13,7 @@ import torch
 from bench.cli.common import add_input_size
 from bench.core.io import write_json
 from bench.data.cache import _dataset_name, prepare_data, split_file_for
-from bench.data.checks import check_dataset
+from bench.data.checks import check_dataset, duplicate_report
 from bench.data.decode import _run_jobs
 from bench.data.derive import DERIVED_LAYOUTS, SHIFTS, derive_dataset
 from bench.data.layouts import index_dataset
@@ -111,6 +111,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(p)
     n_err = sum(p.severity == "error" for p in problems)
     print(f"{n_err} error(s), {len(problems) - n_err} warning(s) in {args.root}")
+    if not args.no_duplicates and not any(p.kind == "layout" for p in problems):
+        rep = duplicate_report(
+            args.root,
+            split_files=args.split_file,
+            threshold=args.near_threshold,
+            mask_suffix=args.mask_suffix,
+            workers=args.workers,
+            progress=not args.quiet,
+        )
+        print(
+            f"duplicate images: {len(rep['groups'])} group(s) (exact: same decoded pixels; "
+            f"near: 256-bit pHash distance <= {rep['threshold']})"
+        )
+        for g in rep["groups"]:
+            dist = "" if g["kind"] == "exact" else f", distance {g['max_distance']}"
+            print(f"  {g['kind']}{dist}: {', '.join(g['ids'])}")
+        for name, leaks in rep["splits"].items():
+            print(f"split {name}: {len(leaks)} group(s) on more than one side")
+            for g in leaks:
+                where = ", ".join(f"{i} ({p})" for i, p in sorted(g["parts"].items()))
+                print(f"  LEAK {g['kind']}: {where}")
     return 1 if n_err else 0
 
 
@@ -281,10 +302,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list every problem in a dataset in one pass",
         description="Decode every image and mask and list all problems (corrupt "
         "files, size mismatches, missing masks, non-0/255 masks, duplicate IDs, "
-        "grayscale/RGBA images). Exit code 1 when there are errors.",
+        "grayscale/RGBA images), then every group of duplicate images (exact: same "
+        "pixels; near: perceptual hash) and every group that a split (official, "
+        "segbench's, or --split-file) puts on more than one side. Exit code 1 when "
+        "there are errors.",
     )
     _add_root(q)
     common(q)
+    q.add_argument(
+        "--split-file",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also report duplicate groups that this split file puts on more than one "
+        "side (repeatable; the official split and segbench's own split files of ROOT are "
+        "always checked)",
+    )
+    q.add_argument(
+        "--near-threshold",
+        type=int,
+        default=None,
+        metavar="BITS",
+        help="largest 256-bit perceptual-hash distance counted as a near copy (default "
+        "40; see bench/data/duplicates.py for how it was chosen)",
+    )
+    q.add_argument("--no-duplicates", action="store_true", help="skip the duplicate-image search")
     q.set_defaults(func=_cmd_check)
 
     q = sub.add_parser(

@@ -233,7 +233,9 @@ def prepare_data(
     if not split_file:
         split_file = split_file_for(root, name, index, split_mode, cache_root)
     split_file = Path(split_file)
-    split_ids, _ = _resolve_split(index, split_file, seed, test_fraction, val_fraction, split_mode)
+    split_ids, split_meta = _resolve_split(
+        index, split_file, seed, test_fraction, val_fraction, split_mode
+    )
     by_id = index.by_id()
     fingerprint = _sha({"files": [f[:3] + f[4:6] for f in files], "split": split_ids})[:16]
     key = _sha(
@@ -267,6 +269,9 @@ def prepare_data(
                     "split_ids": split_ids,
                 }
                 _build_cache(cache_path, by_id, split_ids, size, binarize, workers, progress, meta)
-    return PreparedData(
+    data = PreparedData(
         root, name, layout, size, split_ids, fingerprint, split_file, cache_path, index, binarize
     )
+    data.split_hash = _sha(split_ids)[:16]
+    data.duplicate_leaks = list((split_meta.get("duplicates") or {}).get("leaks", []))
+    return data

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench.data.decode import _run_jobs
 from bench.data.layouts import DataError, Problem, index_dataset
@@ -29,3 +31,59 @@ def check_dataset(
         if "error" in res:
             problems.append(Problem(Path(res["path"]), "decode", res["error"].split(": ", 1)[-1]))
     return problems
+
+
+def duplicate_report(
+    root: str | Path,
+    *,
+    split_files: Sequence[str | Path] = (),
+    threshold: int | None = None,
+    mask_suffix: str | None = None,
+    workers: int = 2,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Duplicate images of a dataset folder and the splits they leak across.
+
+    ``{"groups": [...], "threshold": int, "splits": {name: [leaking group, ...]}}`` where
+    the splits are the layout's official one (if any), the default split files segbench
+    made for this folder (if they exist), and every file in ``split_files``.
+    """
+    from bench.core.io import read_json
+    from bench.data.cache import cache_home, split_file_for
+    from bench.data.duplicates import NEAR_THRESHOLD, find_duplicates, straddling
+    from bench.data.splits import SPLIT_MODES
+
+    thr = NEAR_THRESHOLD if threshold is None else threshold
+    index = index_dataset(Path(root), mask_suffix=mask_suffix)
+    groups, _ = find_duplicates(
+        index, threshold=thr, cache_root=cache_home(), workers=workers, progress=progress
+    )
+    splits: dict[str, dict[str, list[str]]] = {}
+    official = index.official_split_ids()
+    if official:
+        splits[f"official ({index.layout.name} layout)"] = official
+    from bench.data.cache import _dataset_name
+
+    candidates = []
+    for mode in SPLIT_MODES:
+        try:
+            candidates.append(
+                split_file_for(Path(root), _dataset_name(index.layout, Path(root)), index, mode)
+            )
+        except DataError:  # e.g. "official" on a layout without an official test part
+            continue
+    for path in [*dict.fromkeys(candidates), *map(Path, split_files)]:
+        if not path.is_file():
+            if path in map(Path, split_files):
+                raise DataError(f"--split-file {path}: no such file")
+            continue
+        try:
+            saved = read_json(path)["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not a segbench split file ({err})") from None
+        splits[str(path)] = {k: list(v) for k, v in saved.items()}
+    return {
+        "threshold": thr,
+        "groups": [g.as_dict() for g in groups],
+        "splits": {name: straddling(groups, s) for name, s in splits.items()},
+    }

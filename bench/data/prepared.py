@@ -42,6 +42,10 @@ class PreparedData:
         self._datasets: dict[str, CachedDataset] = {}
         self._orig: dict[str, Any] = {}
         self._by_id: dict[str, Sample] | None = None
+        #: set by prepare_data: sha256 prefix of the split, and the duplicate-image groups
+        #: it puts on more than one side (bench.data.duplicates; [] = leak-free)
+        self.split_hash: str | None = None
+        self.duplicate_leaks: list[dict[str, Any]] = []
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={len(v)}" for k, v in self.split_ids.items())

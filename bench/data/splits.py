@@ -65,29 +65,105 @@ def make_split(
     test_fraction: float = 0.3,
     val_fraction: float = 0.1,
     test_ids: Sequence[str] | None = None,
+    groups: Sequence[Sequence[str]] = (),
 ) -> dict[str, list[str]]:
     """A deterministic seeded split of ``ids`` into train / val / test (each sorted).
 
     ``test_fraction`` of all IDs go to test (the papers' 7:3), then ``val_fraction`` of
     the rest to val. With ``test_ids`` the test part is given (e.g. the authors' test
     folder) and only val is carved from the other IDs.
+
+    ``groups``: IDs that must stay on one side (copies of one image, see
+    :mod:`bench.data.duplicates`). The IDs are shuffled as before and handed out in that
+    order; a group goes where its first member falls, unless it would overfill that
+    part, in which case it goes to the other and the next IDs fill the gap. Without
+    groups this is exactly the ungrouped split (first ``n`` of the shuffled order).
     """
     for name, frac in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0 <= frac < 1:
             raise ValueError(f"{name}={frac}: must be in [0, 1)")
+    unit_of: dict[str, tuple[str, ...]] = {}
+    for g in groups:
+        for i in g:
+            unit_of[i] = tuple(g)
     rng = np.random.default_rng(seed)
     if test_ids is None:
         pool = sorted(ids)
         order = [pool[i] for i in rng.permutation(len(pool))]
         n_test = int(round(test_fraction * len(pool)))
-        test, rest = order[:n_test], order[n_test:]
+        test, rest = _fill(order, n_test, unit_of)
     else:
         test = list(test_ids)
         tset = set(test)
         rest = sorted(i for i in ids if i not in tset)
         rest = [rest[i] for i in rng.permutation(len(rest))]
     n_val = int(round(val_fraction * len(rest)))
-    return {"train": sorted(rest[n_val:]), "val": sorted(rest[:n_val]), "test": sorted(test)}
+    val, train = _fill(rest, n_val, unit_of)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def _fill(
+    order: Sequence[str], n: int, unit_of: dict[str, tuple[str, ...]]
+) -> tuple[list[str], list[str]]:
+    """``order`` cut into a first part of ``n`` IDs and the rest, whole groups at a time
+    (each group's members that are in ``order``), both in ``order``'s order."""
+    present = set(order)
+    first: list[str] = []
+    second: list[str] = []
+    placed: set[str] = set()
+    for i in order:
+        if i in placed:
+            continue
+        unit = [m for m in unit_of.get(i, (i,)) if m in present and m not in placed]
+        placed.update(unit)
+        (first if len(first) + len(unit) <= n else second).extend(unit)
+    rank = {i: k for k, i in enumerate(order)}
+    return sorted(first, key=rank.__getitem__), sorted(second, key=rank.__getitem__)
+
+
+def split_duplicates(
+    index: DatasetIndex,
+    split: dict[str, list[str]],
+    threshold: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The duplicate groups of ``index`` and those that ``split`` puts on more than one
+    side: ``{"method", "threshold", "groups": [...], "leaks": [...]}`` (see
+    :mod:`bench.data.duplicates`). Hashes are cached under the preprocessing cache."""
+    from bench.data.cache import cache_home
+    from bench.data.duplicates import NEAR_THRESHOLD, find_duplicates, straddling
+
+    thr = NEAR_THRESHOLD if threshold is None else threshold
+    groups, _ = find_duplicates(index, threshold=thr, cache_root=cache_home(), progress=progress)
+    return {
+        "method": DUPLICATE_METHOD,
+        "threshold": thr,
+        "groups": [g.as_dict() for g in groups],
+        "leaks": straddling(groups, split),
+    }
+
+
+#: how duplicate groups are found (recorded in split files and runs)
+DUPLICATE_METHOD = "sha256 of decoded RGB pixels; imagehash.phash(hash_size=16) Hamming distance"
+
+
+def warn_leaks(source: str, leaks: Sequence[dict[str, Any]]) -> None:
+    """A :class:`DataWarning` naming every leaking duplicate group of a split."""
+    import warnings
+
+    from bench.data.duplicates import leak_summary
+    from bench.data.layouts import DataWarning
+
+    if leaks:
+        warnings.warn(
+            f"{source}: {len(leaks)} group(s) of duplicate images lie on more than one side "
+            f"of the split (a model is scored on copies of images it trained on): "
+            f"{leak_summary(leaks, limit=10)}. The run records them; a seeded split made "
+            "by this version keeps each group on one side (delete the split file to "
+            "make one)",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def _resolve_split(
@@ -146,7 +222,12 @@ def _resolve_split(
                     "seed is not the training seed. Delete the file or pass another "
                     "split file to make a new split"
                 )
-        return split, saved
+        dups = split_duplicates(index, split)
+        warn_leaks(str(split_file), dups["leaks"])
+        return split, {**saved, "duplicates": dups}
+    # duplicate groups of the pool: a seeded split keeps each group on one side
+    dups = split_duplicates(index, {"pool": ids})
+    groups = [g["ids"] for g in dups["groups"]]
     if source == "official":
         if "val" in official or evaluation_only(index):
             split = {k: sorted(official.get(k, [])) for k in SPLITS}
@@ -157,6 +238,7 @@ def _resolve_split(
                 test_fraction,
                 val_fraction,
                 test_ids=official["test"],
+                groups=groups,
             )
     else:
         if not ids:
@@ -164,7 +246,9 @@ def _resolve_split(
                 f"{index.root}: no images left to split (split_mode={split_mode!r} leaves out "
                 f"the official test part, {len(excluded)} image(s))"
             )
-        split = make_split(ids, seed, test_fraction, val_fraction)
+        split = make_split(ids, seed, test_fraction, val_fraction, groups=groups)
+    dups = split_duplicates(index, split)
+    warn_leaks(f"{index.root} ({source} split)", dups["leaks"])
     meta = {
         "format": "segbench-split/1",
         "dataset": str(index.root),
@@ -175,6 +259,9 @@ def _resolve_split(
         "test_fraction": test_fraction,
         "val_fraction": val_fraction,
         "counts": {k: len(v) for k, v in split.items()},
+        # duplicate groups kept on one side (seeded parts); "leaks": groups that still
+        # straddle (only possible where an official part fixes the sides)
+        "duplicates": dups,
         "splits": split,
     }
     if excluded:

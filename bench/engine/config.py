@@ -44,8 +44,9 @@ class TrainConfig:
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    # CosineAnnealingLR, stepped once per epoch
-    t_max: int = 50
+    # CosineAnnealingLR, stepped once per epoch; None: the run's own budget (T_max =
+    # epochs), so a short run still ends at eta_min (see effective_t_max)
+    t_max: int | None = None
     eta_min: float = 1e-5
     # BCE + Dice; loss: the BCE form, "bce_dice_logits" or the authors' "bce_dice_probs"
     # (sigmoid then nn.BCELoss, log clamped at -100): see bench.engine.losses
@@ -132,7 +133,7 @@ class TrainConfig:
             return ValueError(f"{source}: {name}={getattr(self, name)!r}: {why}")
 
         for name in ("epochs", "batch_size", "image_size", "val_every", "t_max"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:
@@ -187,6 +188,11 @@ class TrainConfig:
         if not self.data:
             raise ValueError("TrainConfig.data: no dataset root given (--data ROOT)")
         return dataset_label(self.data)
+
+    @property
+    def effective_t_max(self) -> int:
+        """The cosine schedule's half period: ``t_max``, or the epoch budget when unset."""
+        return self.t_max if self.t_max is not None else self.epochs
 
     @property
     def effective_model_kwargs(self) -> dict[str, Any]:

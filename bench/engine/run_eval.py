@@ -82,7 +82,12 @@ class EvalSource:
         c = self.config
         out = {
             "model": c.get("model"),
-            "model_kwargs": c.get("model_kwargs", {}),
+            # what the model was really built with: the recipe's per-model entry (e.g. the
+            # paper recipe's untied MALUNet) under the run's own model_kwargs
+            "model_kwargs": {
+                **(c.get("per_model_kwargs") or {}).get(c.get("model"), {}),
+                **(c.get("model_kwargs") or {}),
+            },
             "image_size": c.get("image_size"),
             "input_scaling": c.get("input_scaling"),
             "threshold": c.get("threshold"),

@@ -37,6 +37,7 @@ from bench.engine.determinism import (
 )
 from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
+from bench.engine.provenance import code_fingerprint, training_cost
 from bench.engine.run_control import (
     NonFiniteLossError,
     TrainingStopped,
@@ -82,6 +83,9 @@ class _Trainer:
         if self.amp_note:
             warnings.warn(f"{cfg.model}: {self.amp_note}", stacklevel=3)
         self._load_data()
+        from bench.core.env import device_slug
+
+        self.host = device_slug(device)
 
         # model, loss, optimiser
         self.info = model_info(cfg.model)
@@ -106,7 +110,7 @@ class _Trainer:
             weight_decay=cfg.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.optimizer, T_max=cfg.t_max, eta_min=cfg.eta_min
+            self.optimizer, T_max=cfg.effective_t_max, eta_min=cfg.eta_min
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.net: nn.Module = _AuxForward(model, self.info.has_aux)
@@ -284,7 +288,7 @@ class _Trainer:
                 if writer:
                     write_csv(self.run_dir / "log.csv", pd.DataFrame(self.history))
                     for k, v in row.items():
-                        if k not in ("epoch", "best") and v is not None:
+                        if k not in ("epoch", "best", "host") and v is not None:
                             writer.add_scalar(k, v, row["epoch"])
                     writer.flush()
                 _log(_summary_line(row, cfg.epochs, self.sel_split), self.quiet)
@@ -397,6 +401,8 @@ class _Trainer:
             "epoch": self.epoch + 1,
             "loss": float(total[0] / total[1]),
             "lr": lr,
+            # the machine this epoch ran on: a run resumed elsewhere shows it per epoch
+            "host": self.host,
             "epoch_time_s": train_time,
             "images_per_s": self.n_train / train_time,
         }
@@ -511,6 +517,8 @@ class _Trainer:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "resumed_at_epoch": self.epoch or None,
                 "git_commit": env.get("git_commit"),
+                # hash of the code that decides the result (models/, bench/engine, bench/data)
+                "code_fingerprint": code_fingerprint(),
                 "versions": env.get("versions"),
                 "device": self.device,
                 "world_size": self.d.world_size,
@@ -531,7 +539,10 @@ class _Trainer:
                     "layout": p.layout.name,
                     "fingerprint": p.fingerprint,
                     "split_file": str(p.split_file),
+                    "split_hash": p.split_hash,
                     "split_counts": {k: len(v) for k, v in p.split_ids.items()},
+                    # duplicate-image groups on more than one side of the split ([] = none)
+                    "duplicate_leaks": p.duplicate_leaks,
                     "image_size": cfg.image_size,
                 },
                 "model": {
@@ -551,6 +562,7 @@ class _Trainer:
         cfg = self.cfg
         speeds = [r["images_per_s"] for r in self.history]
         times = [r["epoch_time_s"] for r in self.history]
+        cost = training_cost(self.history, self.sel_split)
         out: dict[str, Any] = {
             "model": cfg.model,
             "dataset": cfg.dataset_name,
@@ -585,7 +597,12 @@ class _Trainer:
             {
                 "train_images_per_s": float(np.median(speeds)) if speeds else None,
                 "epoch_time_s": float(np.median(times)) if times else None,
+                # this process only (a resumed run's earlier processes are not in it)
                 "wall_time_s": wall,
+                # summed over every epoch of the run, across resumes (see training_cost)
+                **cost,
+                "code_fingerprint": code_fingerprint(),
+                "t_max": cfg.effective_t_max,
                 "eval_split": cfg.eval_split,
                 "environment": environment(self.device),
             }
