@@ -314,13 +314,27 @@ def _entry(name: str) -> _Entry:
 
 
 def create_model(
-    name: str, num_classes: int = 1, in_channels: int = 3, **kwargs: Any
+    name: str,
+    num_classes: int = 1,
+    in_channels: int = 3,
+    *,
+    weights: str | None = None,
+    **kwargs: Any,
 ) -> SegmentationModel:
-    """Build a registered model with random weights (never downloads).
+    """Build a registered model with random weights (never downloads), or with the
+    committed trained ``weights`` of that name (``segbench weights list``; see
+    :mod:`models.weights`: verified by sha256, built with the kwargs they were trained
+    with).
 
     The model carries its metadata as ``model.segbench_info``; a builder that returns
     anything but its declared architecture fails here, not later in a harness.
     """
+    if weights is not None:
+        from models.weights import build_with_weights
+
+        return build_with_weights(
+            name, weights, num_classes=num_classes, in_channels=in_channels, **kwargs
+        )
     entry = _entry(name)
     model = entry.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if not isinstance(model, entry.architecture):

@@ -37,6 +37,7 @@ COMMANDS = {
     "sweep": "bench.cli.sweep",
     "compare": "bench.cli.compare",
     "gpu-check": "bench.cli.gpu_check",
+    "weights": "bench.cli.weights",
 }
 
 

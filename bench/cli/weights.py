@@ -1,0 +1,74 @@
+"""``segbench weights``: list committed trained weights, publish a run's best checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from models.weights import list_weights, weights_dir
+
+    rows = [
+        [
+            e.model,
+            e.name,
+            e.precision,
+            f"{100 * e.meta['test']['dsc']:.2f}",
+            e.sha256[:12],
+            e.meta.get("run", ""),
+        ]  # fmt: skip
+        for e in list_weights(args.model)
+    ]
+    if not rows:
+        print(f"no weights listed in {weights_dir() / 'index.json'}")
+        return 0
+    headers = ["model", "weights", "precision", "test DSC (%)", "sha256", "trained by run"]
+    print(tabulate(rows, headers=headers))
+    print('\nload with: create_model("<model>", weights="<weights>")')
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from bench.jobs.weights import publish_run
+
+    failed = 0
+    for run in args.runs:
+        try:
+            e = publish_run(run, args.name, force=args.force)
+        except ValueError as err:
+            print(f"error: {err}")
+            failed += 1
+            continue
+        print(f"{e['model']}:{e['name']} -> {e['file']} (sha256 {e['sha256'][:12]})")
+    return 1 if failed else 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "weights",
+        help="committed trained weights: list them, publish a run's best checkpoint",
+        description="Trained weights that ship with segbench, loadable by name with "
+        "create_model(MODEL, weights=NAME) and verified by sha256 (models/weights.py).",
+    )
+    sub = p.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
+    q = sub.add_parser("list", help="the committed weights as a table")
+    q.add_argument("--model", default=None, help="only this model's weights")
+    q.set_defaults(func=_cmd_list)
+    q = sub.add_parser(
+        "publish",
+        help="copy finished runs' best checkpoints into results/weights and index them",
+        description="Copy each finished run's checkpoints/best.pt model state_dict to "
+        "results/weights/<model>/<name>.pt and list it in results/weights/index.json.",
+    )
+    q.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished run folders")
+    q.add_argument(
+        "--name",
+        default=None,
+        help="weights name (default: <dataset>-<recipe>-e<epochs>-s<seed>; one run only)",
+    )
+    q.add_argument("--force", action="store_true", help="replace weights of the same name")
+    q.set_defaults(func=_cmd_publish)

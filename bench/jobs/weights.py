@@ -1,0 +1,109 @@
+"""Publishing a finished run's best checkpoint as named, hash-verified weights.
+
+``segbench weights publish RUN_DIR`` copies the run's ``checkpoints/best.pt`` model
+``state_dict`` (tensors only, no optimiser) to ``results/weights/<model>/<name>.pt`` and
+adds an entry to ``results/weights/index.json`` (see :mod:`models.weights`), so that
+``create_model(model, weights=name)`` rebuilds exactly the scored model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.core.io import read_json
+from models.weights import INDEX_FORMAT, file_sha256, weights_dir
+
+
+def default_name(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    """``<dataset>-<recipe>-e<epochs>-s<seed>``, e.g. ``isic2017-256-paper-e300-s42``."""
+    return f"{metrics['dataset']}-{metrics['recipe']}-e{metrics['epochs']}-s{config['seed']}"
+
+
+def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = False) -> dict:
+    """Publish ``run_dir``'s best checkpoint; returns the index entry written.
+
+    Refuses an unfinished run, a run without ``best.pt``, a checkpoint from another
+    configuration than the run's, and an existing name (unless ``force``).
+    """
+    import torch
+
+    run = Path(run_dir)
+    try:
+        metrics = read_json(run / "metrics.json")
+        config = read_json(run / "config.json")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{run}: not a finished segbench run ({err})") from None
+    if metrics.get("status") != "finished":
+        raise ValueError(f"{run}: status {metrics.get('status')!r}, not finished")
+    ckpt_path = run / "checkpoints" / "best.pt"
+    if not ckpt_path.is_file():
+        raise ValueError(f"{ckpt_path}: missing (publish where the run was trained)")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if ckpt.get("config_hash") != config.get("config_hash"):
+        raise ValueError(
+            f"{ckpt_path}: config hash {ckpt.get('config_hash')} is not the run's "
+            f"{config.get('config_hash')}"
+        )
+    if ckpt.get("epoch") != metrics.get("best_epoch"):
+        raise ValueError(
+            f"{ckpt_path}: epoch {ckpt.get('epoch')} is not the scored best epoch "
+            f"{metrics.get('best_epoch')}"
+        )
+    model = metrics["model"]
+    name = name or default_name(metrics, config)
+    root = weights_dir()
+    index_path = root / "index.json"
+    index = (
+        read_json(index_path) if index_path.is_file() else {"format": INDEX_FORMAT, "weights": []}
+    )
+    old = [e for e in index["weights"] if e["model"] == model and e["name"] == name]
+    if old and not force:
+        raise ValueError(f"weights {model}:{name} already in {index_path} (use --force)")
+    rel = f"{model}/{name}.pt"
+    dest = root / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt["model"], tmp)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
+    try:
+        run_rel = str(run.resolve().relative_to(root.resolve().parents[1]))
+    except ValueError:
+        run_rel = str(run)
+    entry = {
+        "model": model,
+        "name": name,
+        "file": rel,
+        "sha256": file_sha256(dest),
+        "model_kwargs": metrics.get("model_kwargs", {}),
+        "image_size": config["image_size"],
+        "input_scaling": config["input_scaling"],
+        "threshold": config["threshold"],
+        "precision": metrics.get("precision", "fp32"),
+        "meta": {
+            "run": run_rel,
+            "epoch": ckpt["epoch"],
+            "config_hash": config.get("config_hash"),
+            "code_fingerprint": metrics.get("code_fingerprint"),
+            "dataset_fingerprint": (manifest.get("dataset") or {}).get("fingerprint"),
+            "split_hash": (manifest.get("dataset") or {}).get("split_hash"),
+            "test": {k: metrics["test"][k] for k in ("dsc", "miou", "acc", "sen", "spe")},
+            "params": sum(t.numel() for t in ckpt["model"].values()),
+        },
+    }
+    index["weights"] = [e for e in index["weights"] if e not in old] + [entry]
+    index["weights"].sort(key=lambda e: (e["model"], e["name"]))
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".index.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, index_path)
+    return entry

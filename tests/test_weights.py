@@ -1,0 +1,130 @@
+"""Committed trained weights: publish, load by name (hash-verified), reproduce the run's scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from run_fixtures import tiny_unet_config
+
+from bench.data.synthetic import make_synthetic
+from bench.engine.train import run_training
+from bench.jobs.weights import publish_run
+from models import create_model
+from models.weights import WeightsError, list_weights, weights_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    data = make_synthetic(tmp_path_factory.mktemp("data") / "syn", n=30, size=(48, 64), seed=4)
+    return run_training(tiny_unet_config(data), tmp_path_factory.mktemp("results"), quiet=True)
+
+
+@pytest.fixture()
+def wdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("SEGBENCH_WEIGHTS", str(tmp_path / "weights"))
+    return tmp_path / "weights"
+
+
+def _score(model: torch.nn.Module, run: Path) -> pd.DataFrame:
+    """Per-image Dice of ``model`` on the run's own test split, as the run scored it."""
+    from bench.data.cache import prepare_data
+    from bench.engine.evaluate import evaluate_split
+
+    cfg = json.loads((run / "config.json").read_text())
+    data = prepare_data(cfg["data"], cfg["image_size"], seed=cfg["split_seed"], progress=False)
+    res = evaluate_split(model.eval(), data, "test", batch_size=cfg["batch_size"])
+    return res.per_image
+
+
+def test_publish_then_load_by_name_reproduces_the_runs_test_scores(run, wdir):
+    entry = publish_run(run)
+    assert (wdir / entry["file"]).is_file() and (wdir / "index.json").is_file()
+    [listed] = list_weights("unet")
+    assert listed.name == entry["name"] and listed.model_kwargs == {"base_width": 2}
+    # built with the kwargs it was trained with (base_width 2), without the caller saying so
+    model = create_model("unet", weights=entry["name"])
+    got = _score(model, run).set_index("image_id")["dice"]
+    want = pd.read_csv(run / "per_image.csv").set_index("image_id")["dice"]
+    np.testing.assert_array_equal(got.loc[want.index].to_numpy(), want.to_numpy())
+
+
+def test_a_changed_weights_file_is_refused_by_hash(run, wdir):
+    entry = publish_run(run, name="x")
+    path = wdir / entry["file"]
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state))
+    state[first] = state[first] + 1
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="sha256"):
+        create_model("unet", weights="x")
+
+
+def test_unknown_name_and_contradicting_kwargs_are_named(run, wdir):
+    publish_run(run, name="y")
+    with pytest.raises(WeightsError, match="known for unet: y"):
+        create_model("unet", weights="nope")
+    with pytest.raises(WeightsError, match="contradicts"):
+        create_model("unet", weights="y", base_width=8)
+
+
+def test_publish_refuses_an_unfinished_run_and_a_taken_name(run, wdir, tmp_path):
+    publish_run(run, name="z")
+    with pytest.raises(ValueError, match="already in"):
+        publish_run(run, name="z")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "metrics.json").write_text(json.dumps({"status": "running"}))
+    (bad / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="not finished"):
+        publish_run(bad)
+
+
+COMMITTED = list_weights() if (REPO / "results" / "weights" / "index.json").is_file() else []
+
+
+@pytest.mark.parametrize("entry", COMMITTED, ids=lambda e: f"{e.model}:{e.name}")
+def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir, monkeypatch):
+    """Each committed light model's weights, scored on the first 16 images of its run's
+    test split, give exactly the per-image Dice its committed per_image.csv holds."""
+    monkeypatch.delenv("SEGBENCH_WEIGHTS", raising=False)
+    assert weights_dir() == REPO / "results" / "weights"
+    from bench.data.cache import prepare_data
+    from bench.engine.evaluate import evaluate_arrays
+
+    run = REPO / entry.meta["run"]
+    cfg = json.loads((run / "config.json").read_text())
+    data_root = shared_dir / "data" / cfg["dataset"]
+    if not data_root.is_dir():
+        pytest.skip(f"{data_root} absent")
+    data = prepare_data(
+        data_root,
+        cfg["image_size"],
+        seed=cfg["split_seed"],
+        val_fraction=cfg["val_fraction"],
+        test_fraction=cfg["test_fraction"],
+        split_mode=cfg.get("split_mode", "auto"),
+        progress=False,
+    )
+    assert data.split_hash == entry.meta["split_hash"]
+    model = create_model(entry.model, weights=entry.name).eval()
+    n = 16
+    res = evaluate_arrays(
+        model,
+        data.images("test")[:n],
+        data.masks("test")[:n],
+        data.ids("test")[:n],
+        batch_size=cfg["batch_size"],
+        scaling=entry.input_scaling,
+        threshold=entry.threshold,
+        compute_hd95=False,
+    )
+    want = pd.read_csv(run / "per_image.csv").set_index("image_id")["dice"]
+    got = res.per_image.set_index("image_id")["dice"]
+    np.testing.assert_allclose(got.to_numpy(), want.loc[got.index].to_numpy(), rtol=0, atol=1e-12)
