@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -76,16 +77,20 @@ def test_fair_recipe_is_the_dataclass_default_and_paper_differs():
     assert fair == TrainConfig(data="x")
     assert (fair.lr, fair.weight_decay, fair.betas, fair.eps) == (1e-3, 1e-2, (0.9, 0.999), 1e-8)
     assert (fair.t_max, fair.eta_min, fair.batch_size, fair.epochs, fair.seed) == (
-        50,
+        None,
         1e-5,
         8,
         300,
         42,
     )
+    # fair: the cosine spans the run's own budget; paper: the authors' T_max 50 of 300
+    assert fair.effective_t_max == 300
+    assert fair.replace(epochs=10).effective_t_max == 10
     assert fair.select_split == "val" and fair.input_scaling == "minmax255"
     paper = TrainConfig.from_recipe("paper", data="x")
     assert (paper.select_split, paper.select_metric, paper.val_every) == ("test", "loss", 30)
     assert paper.train_splits == ("train", "val") and paper.lr == fair.lr
+    assert paper.t_max == paper.effective_t_max == 50
     assert paper.config_hash != fair.config_hash
 
 
@@ -160,7 +165,16 @@ def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
         log
     )
     assert log["lr"].iloc[0] == pytest.approx(1e-3)
+    # the fair cosine spans the 4-epoch budget: epoch 4 trains at lr(3) = eta_min + half of
+    # the cosine's last quarter step, and the schedule would reach eta_min after it
+    lr4 = 1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi * 3 / 4)) / 2
+    assert log["lr"].iloc[-1] == pytest.approx(lr4)
     m = json.loads((run / "metrics.json").read_text())
+    assert m["t_max"] == 4 and m["hosts"] and len(m["code_fingerprint"]) == 16
+    assert m["train_time_total_s"] == pytest.approx(
+        (log["epoch_time_s"] + log["val_time_s"]).sum()
+    )
+    assert 1 <= m["epoch_to_99pct_best"] <= 4
     assert METRIC_KEYS <= set(m) and TEST_KEYS <= set(m["test"])
     assert m["status"] == "finished" and m["config_hash"] == cfg.config_hash
     assert m["experiment_hash"] == cfg.experiment_hash and m["amp"] is None  # fp32

@@ -74,10 +74,11 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     finally:
         Path(tmp).unlink(missing_ok=True)
     manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
-    try:
-        run_rel = str(run.resolve().relative_to(root.resolve().parents[1]))
-    except ValueError:
-        run_rel = str(run)
+    # the run's path from its results folder on ("results/runs/<dataset>/..."), the same in
+    # every checkout, so the committed index points at the committed run folder
+    parts = run.resolve().parts
+    at = max((k for k, p in enumerate(parts) if p == "results"), default=None)
+    run_rel = "/".join(parts[at:]) if at is not None else str(run)
     entry = {
         "model": model,
         "name": name,
