@@ -171,9 +171,7 @@ def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
     assert log["lr"].iloc[-1] == pytest.approx(lr4)
     m = json.loads((run / "metrics.json").read_text())
     assert m["t_max"] == 4 and m["hosts"] and len(m["code_fingerprint"]) == 16
-    assert m["train_time_total_s"] == pytest.approx(
-        (log["epoch_time_s"] + log["val_time_s"]).sum()
-    )
+    assert m["train_time_total_s"] == pytest.approx((log["epoch_time_s"] + log["val_time_s"]).sum())
     assert 1 <= m["epoch_to_99pct_best"] <= 4
     assert METRIC_KEYS <= set(m) and TEST_KEYS <= set(m["test"])
     assert m["status"] == "finished" and m["config_hash"] == cfg.config_hash
