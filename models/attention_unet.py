@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.base import InputSpec, SegmentationModel
 from models.registry import PaperFigures, PaperScores, register_model
-from models.unet import DoubleConv
+from models.unet import DoubleConv, UNetSkeleton
 
-__all__ = ["AttentionGate", "AttentionUNet", "attention_unet"]
+__all__ = ["AttentionGate", "AttentionUNet", "AttentionUpBlock", "attention_unet"]
 
 
 def _conv1x1_bn(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -35,7 +34,7 @@ class AttentionGate(nn.Module):
         return x * self.psi(self.relu(self.w_g(g) + self.w_x(x)))
 
 
-class _AttUp(nn.Module):
+class AttentionUpBlock(nn.Module):
     """Nearest x2 -> (3x3 conv, BN, ReLU) halving the width -> gate the skip -> double conv."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
@@ -54,34 +53,18 @@ class _AttUp(nn.Module):
         return self.conv(torch.cat([self.gate(y, skip), y], dim=1))
 
 
-class AttentionUNet(SegmentationModel):
-    """Five-level Attention U-Net; H and W must be multiples of 16 (four 2x2 poolings)."""
+class AttentionUNet(UNetSkeleton):
+    """The U-Net skeleton with gated skips (:class:`AttentionUpBlock`); H, W multiples of 16."""
 
-    input_spec = InputSpec(multiple=16, min_size=16)
+    up_block = AttentionUpBlock
 
     def __init__(self, num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> None:
-        super().__init__(in_channels)
         if base_width < 2:
             # F_int is half the finest skip width, so it must stay >= 1.
             raise ValueError(
                 f"attention_unet: base_width must be an integer >= 2, got {base_width}"
             )
-        w = [base_width * 2**i for i in range(5)]
-        self.inc = DoubleConv(in_channels, w[0])
-        self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(4))
-        self.pool = nn.MaxPool2d(2)
-        self.ups = nn.ModuleList(_AttUp(w[i + 1], w[i]) for i in reversed(range(4)))
-        self.head = nn.Conv2d(w[0], num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input_shape(x)
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(self.pool(skips[-1])))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        return self.head(y)
+        super().__init__(num_classes, in_channels, base_width)
 
 
 @register_model(

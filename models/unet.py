@@ -6,13 +6,15 @@ parameters with one class, the count behind the papers' "7.77 M".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
 from models.base import InputSpec, SegmentationModel
 from models.registry import PaperFigures, PaperScores, register_model
 
-__all__ = ["DoubleConv", "UNet", "unet"]
+__all__ = ["DoubleConv", "UNet", "UNetSkeleton", "UpBlock", "unet"]
 
 
 class DoubleConv(nn.Sequential):
@@ -29,7 +31,7 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class _Up(nn.Module):
+class UpBlock(nn.Module):
     """2x2 stride-2 ConvTranspose halving the width, concat(skip, up), double conv."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
@@ -41,20 +43,26 @@ class _Up(nn.Module):
         return self.conv(torch.cat([skip, self.up(x)], dim=1))
 
 
-class UNet(SegmentationModel):
-    """Five-level U-Net; H and W must be multiples of 16 (four 2x2 poolings)."""
+class UNetSkeleton(SegmentationModel):
+    """The five-level U-Net skeleton shared by :class:`UNet` and Attention U-Net.
+
+    Encoder: a double conv, then four (2x2 max-pool, double conv) levels doubling the
+    width; decoder: four ``up_block(in_ch, out_ch)`` steps, each merging the skip of its
+    level; a 1x1 head. Variants differ only in ``up_block`` (as smp's U-Net and U-Net++
+    share an encoder and differ in their decoder). H and W must be multiples of 16.
+    """
 
     input_spec = InputSpec(multiple=16, min_size=16)
+    #: the decoder step: ``up_block(in_ch, out_ch)(y, skip) -> out_ch`` channels
+    up_block: Callable[[int, int], nn.Module] = UpBlock
 
     def __init__(self, num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> None:
         super().__init__(in_channels)
-        if base_width < 1:
-            raise ValueError(f"unet: base_width must be a positive integer, got {base_width}")
         w = [base_width * 2**i for i in range(5)]
         self.inc = DoubleConv(in_channels, w[0])
         self.downs = nn.ModuleList(DoubleConv(w[i], w[i + 1]) for i in range(4))
         self.pool = nn.MaxPool2d(2)
-        self.ups = nn.ModuleList(_Up(w[i + 1], w[i]) for i in reversed(range(4)))
+        self.ups = nn.ModuleList(type(self).up_block(w[i + 1], w[i]) for i in reversed(range(4)))
         self.head = nn.Conv2d(w[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +74,15 @@ class UNet(SegmentationModel):
         for up in self.ups:
             y = up(y, skips.pop())
         return self.head(y)
+
+
+class UNet(UNetSkeleton):
+    """Five-level U-Net with ConvTranspose up-sampling (:class:`UpBlock`)."""
+
+    def __init__(self, num_classes: int = 1, in_channels: int = 3, base_width: int = 32) -> None:
+        if base_width < 1:
+            raise ValueError(f"unet: base_width must be a positive integer, got {base_width}")
+        super().__init__(num_classes, in_channels, base_width)
 
 
 @register_model(
