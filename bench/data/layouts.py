@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +22,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 SPLITS = ("train", "val", "test")
-
-
-LAYOUT_NAMES = ("isic2017", "isic2018", "ph2", "prepared", "flat")
 
 
 # Mask suffixes tried, in order, when none is given for flat / prepared layouts.
@@ -162,41 +159,86 @@ def _has_pair(d: Path) -> bool:
     return (d / "images").is_dir() and (d / "masks").is_dir()
 
 
+def _detect_isic(name: str) -> Callable[[Path], Layout | None]:
+    def detect(root: Path) -> Layout | None:
+        if found := _find_isic(root, name):
+            base, imgs, gts = found
+            splits = tuple(s for s in SPLITS if s in imgs and s in gts)
+            return Layout(name, base, f"official ISIC {name[-4:]} download", splits)
+        return None
+
+    return detect
+
+
+def _detect_ph2(root: Path) -> Layout | None:
+    ph2 = _find_ph2(root)
+    return None if ph2 is None else Layout("ph2", ph2, "PH2 (IMDnnn case folders)")
+
+
+def _detect_prepared(root: Path) -> Layout | None:
+    if not (_has_pair(root / "train") and _has_pair(root / "val")):
+        return None
+    splits = ("train", "val", "test") if _has_pair(root / "test") else ("train", "test")
+    return Layout(
+        "prepared", root, "authors' prepared layout (train/, val/ with images/, masks/)", splits
+    )
+
+
+def _detect_flat(root: Path) -> Layout | None:
+    return Layout("flat", root, "flat images/ + masks/") if _has_pair(root) else None
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """One dataset layout: how to recognise it, how to index it, and what to call it.
+
+    Adding a layout is one entry in :data:`LAYOUT_SPECS` (detection order): the "Tried:"
+    message of an unrecognised folder, :func:`index_dataset` and the dataset's name in
+    results (:func:`dataset_name`) all read the table.
+    """
+
+    name: str
+    #: what the layout looks like, for the "no known layout. Tried: ..." message
+    looks_like: str
+    detect: Callable[[Path], Layout | None]
+    index: Callable[[Layout, str | None, list[Problem]], list[Sample]]
+    #: results name a folder of this layout by the layout (e.g. "isic2017"), not by the
+    #: folder's base name; False for generic layouts
+    named_by_layout: bool = False
+
+
 def detect_layout(root: str | Path) -> Layout:
     """Recognise the folder layout under ``root``; raises :class:`DataError` listing what was tried."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    for name in ("isic2017", "isic2018"):
-        if found := _find_isic(root, name):
-            base, imgs, gts = found
-            year = name[-4:]
-            return Layout(
-                name,
-                base,
-                f"official ISIC {year} download",
-                tuple(s for s in SPLITS if s in imgs and s in gts),
-            )
-    if (ph2 := _find_ph2(root)) is not None:
-        return Layout("ph2", ph2, "PH2 (IMDnnn case folders)")
-    if _has_pair(root / "train") and _has_pair(root / "val"):
-        splits = ("train", "val", "test") if _has_pair(root / "test") else ("train", "test")
-        return Layout(
-            "prepared", root, "authors' prepared layout (train/, val/ with images/, masks/)", splits
-        )
-    if _has_pair(root):
-        return Layout("flat", root, "flat images/ + masks/")
+    for spec in LAYOUT_SPECS:
+        if (layout := spec.detect(root)) is not None:
+            return layout
     entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
     shown = ", ".join(entries[:15]) + (
         f", ... ({len(entries)} entries)" if len(entries) > 15 else ""
     )
+    tried = ", ".join(spec.looks_like for spec in LAYOUT_SPECS)
     raise DataError(
-        f"{root}: no known dataset layout. Tried: official ISIC 2017 (ISIC-2017_*_Data + "
-        "ISIC-2017_*_Part1_GroundTruth), ISIC 2018 (ISIC2018_Task1-2_*_Input + "
-        f"ISIC2018_Task1_*_GroundTruth), PH2 ('{_PH2_DIR}/IMDnnn/'), prepared (train/images, "
-        "train/masks, val/images, val/masks), flat (images/ + masks/). "
-        f"Found: {shown or 'an empty folder'}"
+        f"{root}: no known dataset layout. Tried: {tried}. Found: {shown or 'an empty folder'}"
     )
+
+
+def layout_spec(name: str) -> LayoutSpec:
+    """The table entry of layout ``name``."""
+    for spec in LAYOUT_SPECS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"layout {name!r}: choose one of {', '.join(LAYOUT_NAMES)}")
+
+
+def dataset_name(layout: Layout, root: Path) -> str:
+    """A dataset's name in results: the layout's name for official downloads, else the
+    folder's name (lower case, ``-`` for other characters)."""
+    if layout_spec(layout.name).named_by_layout:
+        return layout.name
+    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-") or "dataset"
 
 
 def _by_stem(paths: Sequence[Path], what: str, problems: list[Problem]) -> dict[str, Path]:
@@ -278,7 +320,27 @@ def _index_isic(layout: Layout, mask_suffix: str | None, problems: list[Problem]
     return out
 
 
-def _index_ph2(layout: Layout, problems: list[Problem]) -> list[Sample]:
+def _index_prepared(
+    layout: Layout, mask_suffix: str | None, problems: list[Problem]
+) -> list[Sample]:
+    # The authors' "val" folder is their 30% test part; a test/ folder, if any, is the test.
+    folders = (
+        {"train": "train", "val": "val", "test": "test"}
+        if "val" in layout.official_splits
+        else {"train": "train", "test": "val"}
+    )
+    samples = []
+    for split, folder in folders.items():
+        d = layout.base / folder
+        samples += _pair_folder(d / "images", d / "masks", mask_suffix, split, problems)
+    return samples
+
+
+def _index_flat(layout: Layout, mask_suffix: str | None, problems: list[Problem]) -> list[Sample]:
+    return _pair_folder(layout.base / "images", layout.base / "masks", mask_suffix, None, problems)
+
+
+def _index_ph2(layout: Layout, mask_suffix: str | None, problems: list[Problem]) -> list[Sample]:
     out = []
     cases = [d for d in _subdirs(layout.base) if re.fullmatch(r"IMD\d+", d.name)]
     if not cases:
@@ -321,25 +383,7 @@ def index_dataset(
     root = Path(root)
     layout = layout or detect_layout(root)
     problems: list[Problem] = []
-    if layout.name in ("isic2017", "isic2018"):
-        samples = _index_isic(layout, mask_suffix, problems)
-    elif layout.name == "ph2":
-        samples = _index_ph2(layout, problems)
-    elif layout.name == "prepared":
-        # The authors' "val" folder is their 30% test part; a test/ folder, if any, is the test.
-        folders = (
-            {"train": "train", "val": "val", "test": "test"}
-            if "val" in layout.official_splits
-            else {"train": "train", "test": "val"}
-        )
-        samples = []
-        for split, folder in folders.items():
-            d = layout.base / folder
-            samples += _pair_folder(d / "images", d / "masks", mask_suffix, split, problems)
-    else:
-        samples = _pair_folder(
-            layout.base / "images", layout.base / "masks", mask_suffix, None, problems
-        )
+    samples = layout_spec(layout.name).index(layout, mask_suffix, problems)
     # The same ID in two splits / folders.
     seen: dict[str, Sample] = {}
     for s in samples:
@@ -363,6 +407,36 @@ def index_dataset(
     if strict:
         _raise_or_warn(problems)
     return index
+
+
+#: Every dataset layout, in detection order (official downloads before generic folders).
+LAYOUT_SPECS: tuple[LayoutSpec, ...] = (
+    LayoutSpec(
+        "isic2017",
+        "official ISIC 2017 (ISIC-2017_*_Data + ISIC-2017_*_Part1_GroundTruth)",
+        _detect_isic("isic2017"),
+        _index_isic,
+        named_by_layout=True,
+    ),
+    LayoutSpec(
+        "isic2018",
+        "ISIC 2018 (ISIC2018_Task1-2_*_Input + ISIC2018_Task1_*_GroundTruth)",
+        _detect_isic("isic2018"),
+        _index_isic,
+        named_by_layout=True,
+    ),
+    LayoutSpec("ph2", f"PH2 ('{_PH2_DIR}/IMDnnn/')", _detect_ph2, _index_ph2, named_by_layout=True),
+    LayoutSpec(
+        "prepared",
+        "prepared (train/images, train/masks, val/images, val/masks)",
+        _detect_prepared,
+        _index_prepared,
+    ),
+    LayoutSpec("flat", "flat (images/ + masks/)", _detect_flat, _index_flat),
+)
+
+#: the layouts' names, in detection order
+LAYOUT_NAMES = tuple(spec.name for spec in LAYOUT_SPECS)
 
 
 def _raise_or_warn(problems: Sequence[Problem], limit: int = 20) -> None:
