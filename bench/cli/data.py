@@ -7,16 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.cli.common import add_input_size
 from bench.core.io import write_json
-from bench.data.cache import _dataset_name, prepare_data, split_file_for
-from bench.data.checks import check_dataset, duplicate_report
-from bench.data.decode import _run_jobs
+from bench.data.cache import prepare_data, split_file_for
+from bench.data.checks import check_dataset, dataset_stats, duplicate_report
 from bench.data.derive import DERIVED_LAYOUTS, SHIFTS, derive_dataset
-from bench.data.layouts import index_dataset
+from bench.data.layouts import dataset_name, index_dataset
 from bench.data.splits import SPLIT_MODES, _resolve_split
 from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from bench.data.synthetic import make_synthetic
@@ -58,24 +56,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     official = index.official_split_ids()
     counts = ", ".join(f"{k} {len(v)}" for k, v in official.items()) if official else "none"
     print(f"pairs     {len(index)}   official splits: {counts}")
-    jobs = [(s, None, args.binarize, False) for s in index.samples]
-    rows = []
-    for s, res in zip(index.samples, _run_jobs(jobs, args.workers, "info", not args.quiet)):
-        if "error" in res:
-            print(f"  error: {res['error']}", file=sys.stderr)
-            continue
-        rows.append((s.id, *res["orig"], res["fg"]))
-    if rows:
-        arr = np.array([r[1:] for r in rows], dtype=float)
+    stats = dataset_stats(index, binarize=args.binarize, workers=args.workers,
+                          progress=not args.quiet)  # fmt: skip
+    for err in stats.errors:
+        print(f"  error: {err}", file=sys.stderr)
+    if stats.n:
+        (h0, w0), (h1, w1), (hm, wm) = stats.min_hw, stats.max_hw, stats.median_hw
+        print(f"size HxW  min {h0}x{w0}, max {h1}x{w1}, median {hm}x{wm}")
+        fg = stats.lesion_fraction
         print(
-            f"size HxW  min {int(arr[:, 0].min())}x{int(arr[:, 1].min())}, "
-            f"max {int(arr[:, 0].max())}x{int(arr[:, 1].max())}, "
-            f"median {int(np.median(arr[:, 0]))}x{int(np.median(arr[:, 1]))}"
-        )
-        fg = arr[:, 2]
-        print(
-            f"lesion    fraction of pixels: mean {fg.mean():.3f}, median {np.median(fg):.3f}, "
-            f"min {fg.min():.3f}, max {fg.max():.3f}; empty masks: {int((fg == 0).sum())}"
+            f"lesion    fraction of pixels: mean {fg['mean']:.3f}, median {fg['median']:.3f}, "
+            f"min {fg['min']:.3f}, max {fg['max']:.3f}; empty masks: {stats.empty_masks}"
         )
     return 0
 
@@ -83,7 +74,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_split(args: argparse.Namespace) -> int:
     index = index_dataset(args.root, mask_suffix=args.mask_suffix)
     out = args.split_file or split_file_for(
-        args.root, _dataset_name(index.layout, args.root), index, args.split_mode
+        args.root, dataset_name(index.layout, args.root), index, args.split_mode
     )
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to replace it)", file=sys.stderr)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.data.decode import _run_jobs
-from bench.data.layouts import DataError, Problem, index_dataset
+from bench.data.layouts import DataError, DatasetIndex, Problem, dataset_name, index_dataset
 
 
 def check_dataset(
@@ -31,6 +34,50 @@ def check_dataset(
         if "error" in res:
             problems.append(Problem(Path(res["path"]), "decode", res["error"].split(": ", 1)[-1]))
     return problems
+
+
+@dataclass
+class DatasetStats:
+    """Sizes and lesion fractions of a dataset's decoded pairs (``segbench data info``)."""
+
+    n: int
+    min_hw: tuple[int, int]
+    max_hw: tuple[int, int]
+    median_hw: tuple[int, int]
+    lesion_fraction: dict[str, float]  # mean, median, min, max of the mask's foreground share
+    empty_masks: int
+    errors: list[str]  # pairs that could not be decoded, with their path
+
+
+def dataset_stats(
+    index: DatasetIndex, *, binarize: bool = False, workers: int = 2, progress: bool = False
+) -> DatasetStats:
+    """Decode every pair of ``index`` once and summarise sizes and lesion fractions."""
+    jobs = [(s, None, binarize, False) for s in index.samples]
+    rows, errors = [], []
+    for res in _run_jobs(jobs, workers, "info", progress):
+        if "error" in res:
+            errors.append(res["error"])
+        else:
+            rows.append((*res["orig"], res["fg"]))
+    if not rows:
+        return DatasetStats(0, (0, 0), (0, 0), (0, 0), {}, 0, errors)
+    arr = np.array(rows, dtype=float)
+    fg = arr[:, 2]
+    return DatasetStats(
+        n=len(rows),
+        min_hw=(int(arr[:, 0].min()), int(arr[:, 1].min())),
+        max_hw=(int(arr[:, 0].max()), int(arr[:, 1].max())),
+        median_hw=(int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))),
+        lesion_fraction={
+            "mean": float(fg.mean()),
+            "median": float(np.median(fg)),
+            "min": float(fg.min()),
+            "max": float(fg.max()),
+        },
+        empty_masks=int((fg == 0).sum()),
+        errors=errors,
+    )
 
 
 def duplicate_report(
@@ -62,13 +109,11 @@ def duplicate_report(
     official = index.official_split_ids()
     if official:
         splits[f"official ({index.layout.name} layout)"] = official
-    from bench.data.cache import _dataset_name
-
     candidates = []
     for mode in SPLIT_MODES:
         try:
             candidates.append(
-                split_file_for(Path(root), _dataset_name(index.layout, Path(root)), index, mode)
+                split_file_for(Path(root), dataset_name(index.layout, Path(root)), index, mode)
             )
         except DataError:  # e.g. "official" on a layout without an official test part
             continue
