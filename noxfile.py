@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s benchmark`, `nox -s lint`, `nox -s perf`.
+"""Developer sessions: `nox -s tests`, `nox -s benchmark`, `nox -s lint`, `nox -s perf`,
+`nox -s slurm`.
 
 All sessions share ONE virtual environment (`.nox/segbench`): torch alone is
 about 6 GB, so building it once per session would be wasteful. nox has no
@@ -58,6 +59,40 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (fast tests; add `-- -m slow` for the slow ones)."""
     env = _env(session)
     session.run(str(BIN / "python"), "-m", "pytest", *session.posargs, env=env, external=True)
+
+
+@nox.session(venv_backend="none")
+def slurm(session: nox.Session) -> None:
+    """Sweeps against a real one-node Slurm cluster (tests/slurm; root and apt, or Slurm,
+    munge and MariaDB installed): `.ci/slurm up` installs and starts it, `.ci/slurm down`
+    stops what it started, unless the cluster was already up before the session."""
+    env = _env(session)
+    script = str(ROOT / ".ci" / "slurm")
+    state = os.environ.get("SEGBENCH_SLURM_DIR", "/tmp/segbench-slurm")
+    script_env = {"SEGBENCH_SLURM_DIR": state}
+    status = subprocess.run(
+        ["bash", script, "status"], env={**os.environ, **script_env}, capture_output=True
+    )
+    was_up = status.returncode == 0
+    session.run("bash", script, "up", env=script_env, external=True)
+    try:
+        env.update(SEGBENCH_SLURM="1", SLURM_CONF=str(Path(state) / "etc" / "slurm.conf"))
+        session.run(
+            str(BIN / "python"),
+            "-m",
+            "pytest",
+            "tests/slurm",
+            "-p",
+            "no:cacheprovider",
+            *session.posargs,
+            env=env,
+            external=True,
+        )
+    finally:
+        if was_up:
+            session.log(f"the cluster was up before this session: left running ({state})")
+        else:
+            session.run("bash", script, "down", env=script_env, external=True)
 
 
 @nox.session(venv_backend="none")

@@ -27,7 +27,8 @@ from bench.jobs.sweep_planning import plan_cells
 
 def _print_table(df: pd.DataFrame) -> None:
     # Paths in full (a log path is what the user needs next); errors listed below the table.
-    print(df.drop(columns=["error"]).to_string(index=False))
+    drop = ["error"] + (["slurm_state"] if not df["slurm_state"].astype(bool).any() else [])
+    print(df.drop(columns=drop).to_string(index=False))
     for _, row in df[df["error"].astype(bool)].iterrows():
         print(f"  {row['cell']}: {row['error']}")
 
@@ -89,6 +90,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 wait=not args.no_wait,
                 quiet=args.quiet,
                 only=args.only,
+                slurm_poll_s=args.poll,
             )
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -105,10 +107,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     if counts.get("interrupted"):
         return exitcodes.INTERRUPTED
-    failed = counts.get("failed", 0) + counts.get("conflict", 0)
+    failed = counts.get("failed", 0) + counts.get("conflict", 0) + counts.get("cancelled", 0)
     if failed:
         print(
-            "failed cells: see the log paths above; rerun the command to retry only those",
+            "failed or cancelled cells: see the log paths above; rerun the command to retry "
+            "only those (a cancelled cell resumes from its last checkpoint)",
             file=sys.stderr,
         )
     return exitcodes.outcome_code(counts.get("done", 0) + counts.get("skipped", 0), failed)
@@ -173,6 +176,13 @@ def register(subparsers: Any) -> None:
     g.add_argument("--account", default=None, help="Slurm account")
     g.add_argument("--qos", default=None, help="Slurm quality of service")
     g.add_argument("--constraint", default=None, help="Slurm node constraint")
+    g.add_argument(
+        "--poll",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between sacct calls while waiting for the cells (default 30)",
+    )
     g.add_argument(
         "--setup",
         action="append",

@@ -19,6 +19,7 @@ from bench.core.io import read_json, write_csv
 from bench.core.progress import progress_bar
 from bench.jobs.sweep_definition import Cell, SlurmOptions, SweepConfig, SweepError, select_cells
 from bench.jobs.sweep_planning import CellOutcome, plan_cells
+from bench.jobs.sweep_slurm import ACTIVE_STATES, final_states, job_state, wait_jobs
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +140,31 @@ def _gpu_count() -> int:
         return 0
 
 
-def _collect(job: Any, outcome: CellOutcome) -> None:
-    """Fill ``outcome`` from a finished job; a failure never raises here."""
+def _collect(job: Any, outcome: CellOutcome, slurm_state: str | None = None) -> None:
+    """Fill ``outcome`` from a finished job; a failure never raises here.
+
+    ``slurm_state`` (Slurm jobs: the state ``sacct`` reported): a job cancelled before
+    it wrote a result is ``cancelled``, not ``failed``; a job Slurm ended otherwise
+    without a result (timeout, out of memory, node failure) is ``failed`` naming the state.
+    """
     outcome.job_id = str(job.job_id)
     outcome.log = Path(job.paths.stderr)
+    outcome.slurm_state = slurm_state or None
+    no_result = slurm_state and not job.paths.result_pickle.exists()
+    if no_result and slurm_state == "CANCELLED":
+        outcome.status = "cancelled"
+        outcome.error = (
+            f"Slurm job {job.job_id} was cancelled (sacct: CANCELLED); rerun the sweep to "
+            "resume it from its last checkpoint"
+        )
+        return
     try:
         res = job.result()
     except Exception as err:  # FailedJobError (with the remote traceback), UncompletedJobError
         outcome.status = "failed"
         outcome.error = _error_line(str(err)) or type(err).__name__
+        if no_result:
+            outcome.error = f"Slurm job {job.job_id} ended {slurm_state}: {outcome.error}"
         return
     if isinstance(res, dict) and res.get("status") == "failed":
         outcome.status, outcome.error = "failed", res.get("error")
@@ -201,6 +218,7 @@ def run_cells(
     quiet: bool = False,
     poll_s: float = 0.5,
     previous_jobs: dict[str, str] | None = None,
+    slurm_poll_s: float = 30.0,
 ) -> list[CellOutcome]:
     """Plan, skip the finished cells, run the rest on a submitit executor, collect.
 
@@ -211,7 +229,8 @@ def run_cells(
     ``previous_jobs`` maps cell labels to Slurm job ids of an earlier ``--no-wait``
     submission: a cell whose job ``sacct`` reports as still pending or running is not
     submitted again (its outcome is ``running``, and with ``wait`` it is waited for).
-    Where ``sacct`` cannot tell, the cell is submitted again.
+    Where ``sacct`` cannot tell, the cell is submitted again. ``slurm_poll_s``: seconds
+    between the ``sacct`` calls while waiting on Slurm jobs (one call covers all).
     """
     if executor not in EXECUTORS:
         raise SweepError(
@@ -219,6 +238,8 @@ def run_cells(
         )
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
+    if not slurm_poll_s > 0:
+        raise SweepError(f"--poll must be a positive number of seconds, got {slurm_poll_s}")
     if not wait and executor != "slurm":
         raise SweepError(
             "--no-wait needs --executor slurm (local and debug cells live in this process)"
@@ -262,20 +283,20 @@ def run_cells(
                 _collect(job, outcome)
                 bar.update()
         else:  # one job array, one task per cell
-            import submitit
-
             jobs = ex.map_array(task, [o.cell for o in todo]) if todo else []
             for job, outcome in zip(jobs, todo):
                 outcome.status, outcome.job_id = "submitted", str(job.job_id)
                 outcome.log = Path(job.paths.stderr)
             pairs = list(zip(jobs, todo)) + attached
             if wait and pairs:
-                by_id = {str(j.job_id): o for j, o in pairs}
-                for job in submitit.helpers.as_completed(
-                    [j for j, _ in pairs], poll_frequency=max(poll_s, 30)
-                ):
-                    _collect(job, by_id[str(job.job_id)])
+                for job, outcome in wait_jobs(pairs, slurm_poll_s):
+                    _collect(job, outcome, job_state(str(job.job_id)))
                     bar.update()
+                    bar.set_postfix_str(f"{outcome.cell.label}: {outcome.status}")
+                # sacct records a job's end a moment after its result file: the final states
+                states = final_states(o.job_id for _, o in pairs if o.job_id)
+                for _, outcome in pairs:
+                    outcome.slurm_state = states.get(str(outcome.job_id)) or outcome.slurm_state
     except KeyboardInterrupt:
         for o in outcomes:
             if o.status in ("new", "resume", "rerun"):
@@ -284,19 +305,6 @@ def run_cells(
     finally:
         bar.close()
     return outcomes
-
-
-_SLURM_ACTIVE = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "CONFIGURING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-}
 
 
 def _attach_active(
@@ -325,18 +333,22 @@ def _attach_active(
         job = jobs.get(o.cell.label)
         if job is None:
             continue
-        state = (watcher.get_info(job.job_id, mode="cache").get("State") or "").split(" ")[0]
-        if state in _SLURM_ACTIVE:
+        state = job_state(job.job_id)
+        if state in ACTIVE_STATES:
             o.status, o.job_id, o.log = "running", str(job.job_id), Path(job.paths.stderr)
+            o.slurm_state = state
             attached.append((job, o))
     return attached
 
 
+#: The columns of a sweep's status table (``results/sweeps/<name>/cells.csv``).
+TABLE_COLUMNS = ["cell", "status", "job", "slurm_state", "path", "error"]
+
+
 def summary_table(outcomes: Sequence[CellOutcome]) -> pd.DataFrame:
-    """cell, status, job, path (run dir, or the log of a failed / submitted cell), error."""
-    return pd.DataFrame(
-        [o.row() for o in outcomes], columns=["cell", "status", "job", "path", "error"]
-    )
+    """cell, status, job, slurm_state, path (run dir, or the log of a failed / cancelled /
+    submitted cell), error."""
+    return pd.DataFrame([o.row() for o in outcomes], columns=TABLE_COLUMNS)
 
 
 def _status_table(sweep: SweepConfig, outcomes: Sequence[CellOutcome], path: Path) -> pd.DataFrame:
@@ -350,10 +362,21 @@ def _status_table(sweep: SweepConfig, outcomes: Sequence[CellOutcome], path: Pat
     if kept.empty:
         return table
     order = {c.label: i for i, c in enumerate(sweep.cells())}
-    both = pd.concat([table.astype(str), kept], ignore_index=True)
+    # a table written before a column existed has it empty
+    both = pd.concat([table.astype(str), kept], ignore_index=True)[TABLE_COLUMNS].fillna("")
     return both.sort_values(
         "cell", key=lambda col: col.map(order).fillna(len(order)), kind="stable"
     )
+
+
+def _keep_producing_job(outcomes: Sequence[CellOutcome], prev: pd.DataFrame) -> None:
+    """A skipped cell keeps the job id and Slurm state of the job that finished it (its
+    row of the previous table), so ``cells.csv`` keeps naming where each run came from."""
+    rows = {r["cell"]: r for r in prev.to_dict("records") if r["status"] in ("done", "skipped")}
+    for o in outcomes:
+        row = rows.get(o.cell.label)
+        if o.status == "skipped" and row and not o.job_id:
+            o.job_id, o.slurm_state = row["job"] or None, row["slurm_state"] or None
 
 
 def run_sweep(
@@ -379,8 +402,10 @@ def run_sweep(
     results_dir = Path(results_dir)
     base = results_dir / "sweeps" / sweep.name
     previous = None
-    if executor == "slurm" and (base / "cells.csv").is_file():
-        prev = pd.read_csv(base / "cells.csv", dtype=str).fillna("")
+    prev = pd.DataFrame(columns=TABLE_COLUMNS)
+    if (base / "cells.csv").is_file():
+        prev = pd.read_csv(base / "cells.csv", dtype=str).reindex(columns=TABLE_COLUMNS).fillna("")
+    if executor == "slurm":
         active = prev[prev["status"].isin(["submitted", "running"]) & (prev["job"] != "")]
         previous = dict(zip(active["cell"], active["job"]))
     outcomes = run_cells(
@@ -396,6 +421,7 @@ def run_sweep(
         previous_jobs=previous,
         **kwargs,
     )
+    _keep_producing_job(outcomes, prev)
     write_csv(base / "cells.csv", _status_table(sweep, outcomes, base / "cells.csv"))
     if report and any(o.status in ("done", "skipped") for o in outcomes):
         first = outcomes[0].cell.config()  # every cell of a sweep shares recipe and epochs

@@ -21,7 +21,12 @@ class CellOutcome:
     ``--force``, so it is reported and not run);
     after the sweep: ``skipped``, ``done``, ``failed``, ``conflict``, ``submitted``
     (``--no-wait``), ``running`` (still queued or running in a job array submitted
-    earlier: not submitted again), ``interrupted``.
+    earlier: not submitted again), ``cancelled`` (its Slurm job was cancelled, e.g. by
+    ``scancel``: a rerun resumes it), ``interrupted``.
+
+    ``slurm_state``: the job's state per ``sacct`` (``COMPLETED``, ``FAILED``,
+    ``CANCELLED``, ``TIMEOUT``, ...) for Slurm cells; for a skipped cell, that of the job
+    that produced its run (from the previous ``cells.csv``).
     """
 
     cell: Cell
@@ -31,14 +36,16 @@ class CellOutcome:
     job_id: str | None = None
     log: Path | None = None
     error: str | None = None
+    slurm_state: str | None = None
 
     def row(self) -> dict[str, Any]:
-        shows_log = self.status in ("failed", "interrupted", "submitted", "running")
+        shows_log = self.status in ("failed", "cancelled", "interrupted", "submitted", "running")
         where = self.log if shows_log and self.log else self.run_dir
         return {
             "cell": self.cell.label,
             "status": self.status,
             "job": self.job_id or "",
+            "slurm_state": self.slurm_state or "",
             "path": str(where) if where else "",
             "error": self.error or "",
         }
