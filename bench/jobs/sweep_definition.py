@@ -40,6 +40,8 @@ Executors (all submitit, no scheduler of our own):
 
 Running the same sweep on a Slurm cluster
 -----------------------------------------
+(In full, with what is verified against a real Slurm cluster: ``docs/cluster.md``.)
+
 1. Put the checkout, the data and the virtual environment on a file system that the
    login node and the compute nodes share (the job runs the same ``python`` binary
    that submitted it, and workers import ``bench`` from the checkout).
@@ -61,6 +63,8 @@ Running the same sweep on a Slurm cluster
    not submitted twice (``results/sweeps/<name>/cells.csv`` remembers the job ids).
    After a ``--no-wait`` array is done, run the command again to collect the results
    and refresh the summary tables.
+5. A cell whose job is cancelled (``scancel``) is reported ``cancelled`` and the command
+   exits non-zero; ``cells.csv`` records each cell's job id and ``sacct`` state.
 
 Data caches: the first cell of a dataset builds its preprocessing cache; cells running
 at the same time may build it twice but never see a half-written one (``bench.data``
