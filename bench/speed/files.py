@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from bench.speed.sessions import check_one_measuring_run, incompatible_runs
 
 SCHEMA_COLUMNS = [
     "model", "mode", "dtype", "layout", "compile", "batch_size", "threads", "median_ms",
@@ -29,6 +32,9 @@ EXTRA_COLUMNS = [
     # eager fp32 PyTorch on the same input (rows in another precision or another backend)
     "backend", "backend_version", "precision_detail", "exporter", "out_max_abs_diff",
     "out_rel_max_diff", "out_mask_diff",
+    # time per image at this batch size over the same configuration's batch-1 time, and
+    # a flag where it rises with the batch (see batch_scaling)
+    "per_image_vs_b1", "batch_scaling",
 ]  # fmt: skip
 
 
@@ -52,7 +58,7 @@ KEY_COLUMNS = [
 
 _TEXT_COLUMNS = (
     "reason", "rss_method", "roofline_limiter", "peak_source", "backend_version",
-    "precision_detail", "exporter",
+    "precision_detail", "exporter", "batch_scaling",
 )  # fmt: skip
 
 
@@ -135,7 +141,7 @@ def _dir_lock(folder: Path) -> Iterator[None]:
 def _merge_write(
     df: pd.DataFrame, out: Path, slug: str, run_id: str, meta: dict[str, Any]
 ) -> tuple[Path, Path]:
-    from bench.core.io import read_json, write_csv, write_json
+    from bench.core.io import read_json
 
     csv_path, json_path = out / f"speed-{slug}.csv", out / f"speed-{slug}.json"
     old_rows: list[dict[str, Any]] = []
@@ -153,11 +159,32 @@ def _merge_write(
         old_rows = _records(pd.read_csv(csv_path, keep_default_na=True))
     new_rows = _records(df)
     new_keys = {_key(r) for r in new_rows}
+    # One file = one host and one measuring run: an older run with another host or
+    # another roofline peak is replaced as a whole, never mixed with the new rows.
+    stale = incompatible_runs(old_rows, new_rows, runs, meta)
+    if stale:
+        dropped = [r for r in old_rows if str(r.get("run") or "") in stale]
+        warnings.warn(
+            f"{csv_path}: dropped {len(dropped)} row(s) of older run(s) "
+            + "; ".join(f"{k} ({why})" for k, why in sorted(stale.items()))
+            + ": one speed file holds one host and one measuring run",
+            stacklevel=3,
+        )
+        old_rows = [r for r in old_rows if str(r.get("run") or "") not in stale]
     merged = [r for r in old_rows if _key(r) not in new_keys] + new_rows
     runs[run_id] = meta
-    used = {r.get("run") for r in merged}
+    _write_frame(_frame(merged), runs, csv_path, json_path, slug)
+    return csv_path, json_path
+
+
+def _write_frame(
+    frame: pd.DataFrame, runs: dict[str, Any], csv_path: Path, json_path: Path, slug: str
+) -> None:
+    from bench.core.io import write_csv, write_json
+
+    used = set(frame["run"].astype(str))
     runs = {k: v for k, v in runs.items() if k in used}
-    frame = _frame(merged)
+    frame = batch_scaling(frame)
     frame = frame.sort_values(
         ["model", "mode", "backend", "dtype", "layout", "compile", "requested_batch_size"],
         kind="stable",
@@ -169,7 +196,6 @@ def _merge_write(
         json_path,
         {"schema": "segbench-speed/1", "device_slug": slug, "runs": runs, "rows": _records(frame)},
     )
-    return csv_path, json_path
 
 
 def _sort_key(col: pd.Series) -> pd.Series:
@@ -240,3 +266,88 @@ def _finite(v: Any) -> bool:
         return math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
+
+
+#: Per-image time at batch b over batch 1 above this is flagged (10 % is above run-to-run
+#: noise of an un-noisy row; see ``noisy_threshold``).
+BATCH_SCALING_LIMIT = 1.10
+
+
+def batch_scaling(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add ``per_image_vs_b1`` (time per image at this batch over the same configuration's
+    batch-1 time) and a ``batch_scaling`` flag where it exceeds :data:`BATCH_SCALING_LIMIT`.
+
+    A batch should cost at most its size times one image; a per-image time that *rises*
+    with the batch means the larger batch ran other (slower) kernels or spilled a cache, and
+    the batch-1 latency does not predict throughput. Example on record (issue 24): an Intel
+    Xeon (AMX) host timed lraspp eager at 27 ms for batch 1 and 2,742 ms for batch 8 (12.7x
+    per image). On the two EPYC hosts of results/speed the same model stays near 1x (AVX2
+    0.85x, AVX-512 1.10x), so that case is host-specific. Reading the code: PyTorch's CPU
+    convolution dispatch (``use_mkldnn`` in aten/src/ATen/native/Convolution.cpp) picks the
+    kernel by batch size: at batch 1 an undilated, unstrided 1x1 convolution with a small
+    input stays on the native path while at batch > 1 every fp32 convolution goes to
+    oneDNN; lraspp runs many such convolutions on 16x16 maps (its MobileNetV3 backbone is
+    built with ``dilated=True``, so the last stage stays at output stride 16, where the
+    LR-ASPP head and the dilated depthwise convolutions work). So batch 1 and batch 8 run
+    different kernels for those layers; which one is slow on the AMX host is not measured
+    here (it needs a profile on that host: ``torch.profiler`` per operator at both batches).
+    """
+    out = frame.copy()
+    out["per_image_vs_b1"] = math.nan
+    out["batch_scaling"] = ""
+    cfg = [c for c in KEY_COLUMNS if c != "requested_batch_size"]
+    ok = out["status"].astype(str).eq("ok") & pd.to_numeric(out["median_ms"], errors="coerce").gt(0)
+    keys = out[cfg].astype(str).agg("|".join, axis=1)
+    per_img = pd.to_numeric(out["median_ms"], errors="coerce") / pd.to_numeric(
+        out["batch_size"], errors="coerce"
+    ).astype(float)
+    b1 = ok & pd.to_numeric(out["batch_size"], errors="coerce").eq(1)
+    base = dict(zip(keys[b1], per_img[b1]))
+    ratio = keys.map(base).astype(float)
+    ratio = per_img / ratio
+    ratio = ratio.where(ok)
+    out["per_image_vs_b1"] = ratio
+    rising = ratio > BATCH_SCALING_LIMIT
+    out.loc[rising, "batch_scaling"] = [
+        f"per-image time {r:.2f}x batch 1 (rises with batch size)" for r in ratio[rising]
+    ]
+    return out
+
+
+def keep_latest_run(csv_or_json: str | Path) -> int:
+    """Drop from a speed file every run that cannot share it with its latest run (another
+    host or another roofline peak, :mod:`bench.speed.sessions`); return how many rows went.
+    The file is rewritten through the writer either way, so its derived columns
+    (:func:`batch_scaling`) follow the current code.
+
+    The repair for a file written before the writer refused to mix measuring runs. The
+    latest run is the one with the latest ``started`` time (run ids are start times)."""
+    from bench.core.io import read_json
+
+    path = Path(csv_or_json)
+    json_path, csv_path = path.with_suffix(".json"), path.with_suffix(".csv")
+    data = read_json(json_path)
+    rows, runs = list(data["rows"]), dict(data.get("runs", {}))
+    if not rows:
+        return 0
+    latest = max({str(r.get("run") or "") for r in rows})
+    newest = [r for r in rows if str(r.get("run") or "") == latest]
+    stale = incompatible_runs(rows, newest, runs, runs.get(latest))
+    keep = [r for r in rows if str(r.get("run") or "") not in stale]
+    # rewritten even when nothing is dropped: derived columns (batch_scaling) are recomputed
+    with _dir_lock(json_path.parent):
+        _write_frame(_frame(keep), runs, csv_path, json_path, str(data.get("device_slug", "")))
+    return len(rows) - len(keep)
+
+
+def read_checked(csv_path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A speed file's rows and its JSON's ``runs``, refusing a file that mixes hosts or
+    measuring runs (:func:`bench.speed.sessions.check_one_measuring_run`)."""
+    from bench.core.io import read_json
+
+    path = Path(csv_path)
+    df = pd.read_csv(path)
+    json_path = path.with_suffix(".json")
+    runs = dict(read_json(json_path).get("runs", {})) if json_path.exists() else {}
+    check_one_measuring_run(_records(df), runs, str(path))
+    return df, runs

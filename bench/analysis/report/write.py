@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.analysis.report.experiments import experiment_comparisons, experiment_table
 from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
+from bench.analysis.report.hosts import check_hosts, deploy_host
 from bench.analysis.report.load import (
     RESULTS_DIR,
     ReportInputError,
@@ -85,6 +86,7 @@ def write_report(
     from bench.core.env import environment
 
     res = load_results(results_dir)
+    check_hosts(res)  # one host and one measuring run per speed or deployment table
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     command = command or "bench.analysis.report.write.write_report(" + repr(str(results_dir)) + ")"
     report = ReportOutput()
@@ -126,7 +128,14 @@ def write_report(
     if not ext.empty:
         _write_table(out, "external", ext, _external_cols(targets), report)
     if not res.deploy.empty:
-        _write_table(out, "deployment", res.deploy, _deployment_cols(), report)
+        _write_table(
+            out,
+            "deployment",
+            res.deploy,
+            _deployment_cols(),
+            report,
+            note=f"Deployment variants measured on {deploy_host(res) or 'an unrecorded host'}.",
+        )
     for slug in res.devices:
         sort = [c for c in ("model", "backend", "mode", "batch_size") if c in res.speed[slug]]
         rows = res.speed[slug].sort_values(sort, kind="stable")
