@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pandas as pd
@@ -140,3 +141,26 @@ def test_batch_scaling_flags_rising_per_image_time() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fine["per_image_vs_b1"].dropna().tolist() == [1.0, 1.0]
+
+
+def test_rss_delta_under_the_weights_size_is_marked_not_measured() -> None:
+    """Issue 24 item 6: ResNet34-UNet's 98 MB of weights cannot add 0.1 MB of RSS."""
+    df = _rows("big", "r", "h", 0.1)
+    df["rss_delta_mb"] = [0.14, 287.5]
+    df["weights_mb"] = 93.2
+    out = files.rss_checked(df)
+    assert math.isnan(out["rss_delta_mb"].iloc[0]) and out["rss_delta_mb"].iloc[1] == 287.5
+    assert "below the weights' 93.2 MB" in out["reason"].iloc[0]
+    assert out["reason"].iloc[1] == ""
+    # rows without the weights' size (older files) are left alone
+    df["weights_mb"] = math.nan
+    assert files.rss_checked(df)["rss_delta_mb"].tolist() == [0.14, 287.5]
+
+
+def test_writer_marks_rss_rows_and_free_memory_trims() -> None:
+    from bench.speed import memory
+
+    assert memory.rss_delta_check(50.0, 12.0) == ""
+    assert memory.rss_delta_check(float("nan"), 12.0) == ""
+    assert "not measured" in memory.rss_delta_check(1.0, 12.0)
+    memory._free_memory()  # runs (glibc: malloc_trim) without raising anywhere

@@ -35,6 +35,8 @@ EXTRA_COLUMNS = [
     # time per image at this batch size over the same configuration's batch-1 time, and
     # a flag where it rises with the batch (see batch_scaling)
     "per_image_vs_b1", "batch_scaling",
+    # fp32 size of the model's parameters: an RSS delta below it was not measured
+    "weights_mb",
 ]  # fmt: skip
 
 
@@ -184,7 +186,7 @@ def _write_frame(
 
     used = set(frame["run"].astype(str))
     runs = {k: v for k, v in runs.items() if k in used}
-    frame = batch_scaling(frame)
+    frame = rss_checked(batch_scaling(frame))
     frame = frame.sort_values(
         ["model", "mode", "backend", "dtype", "layout", "compile", "requested_batch_size"],
         kind="stable",
@@ -314,11 +316,30 @@ def batch_scaling(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def keep_latest_run(csv_or_json: str | Path) -> int:
+def rss_checked(frame: pd.DataFrame) -> pd.DataFrame:
+    """Blank ``rss_delta_mb`` where it is below the row's ``weights_mb`` and say why in
+    ``reason`` (:func:`bench.speed.memory.rss_delta_check`): such a delta was memory
+    already resident, not a measurement. Rows without ``weights_mb`` are left as they are."""
+    from bench.speed.memory import rss_delta_check
+
+    out = frame.copy()
+    delta = pd.to_numeric(out["rss_delta_mb"], errors="coerce")
+    weights = pd.to_numeric(out["weights_mb"], errors="coerce")
+    for i in out.index[delta.notna() & weights.notna()]:
+        why = rss_delta_check(float(delta[i]), float(weights[i]))
+        if why:
+            out.at[i, "rss_delta_mb"] = math.nan
+            reason = str(out.at[i, "reason"] or "")
+            out.at[i, "reason"] = "; ".join(t for t in (reason, why) if t)
+    return out
+
+
+def keep_latest_run(csv_or_json: str | Path, weights_mb: dict[str, float] | None = None) -> int:
     """Drop from a speed file every run that cannot share it with its latest run (another
     host or another roofline peak, :mod:`bench.speed.sessions`); return how many rows went.
     The file is rewritten through the writer either way, so its derived columns
-    (:func:`batch_scaling`) follow the current code.
+    (:func:`batch_scaling`, :func:`rss_checked`) follow the current code; ``weights_mb``
+    (model -> MB) fills the weights' size of rows written without it.
 
     The repair for a file written before the writer refused to mix measuring runs. The
     latest run is the one with the latest ``started`` time (run ids are start times)."""
@@ -334,6 +355,9 @@ def keep_latest_run(csv_or_json: str | Path) -> int:
     newest = [r for r in rows if str(r.get("run") or "") == latest]
     stale = incompatible_runs(rows, newest, runs, runs.get(latest))
     keep = [r for r in rows if str(r.get("run") or "") not in stale]
+    for r in keep:  # rows written before they carried their weights' size
+        if weights_mb and r.get("weights_mb") is None and r.get("model") in weights_mb:
+            r["weights_mb"] = weights_mb[r["model"]]
     # rewritten even when nothing is dropped: derived columns (batch_scaling) are recomputed
     with _dir_lock(json_path.parent):
         _write_frame(_frame(keep), runs, csv_path, json_path, str(data.get("device_slug", "")))

@@ -108,7 +108,10 @@ def _efficiency(
     b, mode = row["batch_size"], row["mode"]
     flops = step_flops(macs, b, mode)
     achieved = flops / (row["median_ms"] / 1e3)
-    out.update(gmacs_per_img=macs / 1e9, achieved_gflops=achieved / 1e9)
+    # the weights' size bounds the model's RSS delta from below (bench.speed.files.rss_checked)
+    out.update(
+        gmacs_per_img=macs / 1e9, achieved_gflops=achieved / 1e9, weights_mb=param_bytes / 2**20
+    )
     if isinstance(peak, Peak):
         scale = 0.5 if row["dtype"] in ("bf16", "fp16") else 1.0
         pt = roofline(flops, step_bytes(act_bytes, param_bytes, b, mode, scale), peak, achieved)

@@ -118,6 +118,7 @@ def measure_runtime_config(
     with _num_threads(threads) as n:
         # The reference first, outside the RSS window: the first image, a cheap batch-1 pass.
         ref = eager_reference(name, x[:1])
+        _free_memory()  # hand the eager model's pages back before the RSS window opens
         with PeakRSS() as rss:
             sess = make_session(
                 backend,
