@@ -94,3 +94,73 @@ def test_data_reader_splits_and_validates() -> None:
     assert reader.fed == 4
     with pytest.raises(ValueError, match="CHW or NCHW"):
         list(quantize.ArrayDataReader("input", [np.zeros((4, 4))], batch=1))
+
+
+class SharedGroupNorms(nn.Module):
+    """One conv applied twice and GroupNorms (exported as InstanceNormalization with shared
+    constant scale/bias): initializers shared between ops, as in MALUNet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.n1, self.n2 = nn.GroupNorm(4, 8), nn.GroupNorm(4, 8)
+        self.head = nn.Conv2d(8, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.n1(self.shared(torch.relu(self.stem(x))))
+        return self.head(self.n2(self.shared(torch.relu(h))))
+
+
+def test_shared_initializers_are_unshared_for_static_int8(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    src = tmp_path / "shared.onnx"
+    row = export.export_onnx(
+        SharedGroupNorms().eval(), src, torch.randn(1, 3, 16, 16), exporters=("dynamo",)
+    )
+    assert row["status"] == "ok", row["reason"]
+    graph = onnx.load(str(src)).graph
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for x in n.input:
+            uses[x] = uses.get(x, 0) + 1
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert any(uses.get(n, 0) > 1 for n in floats)  # the fixture really shares a weight
+    out, note = quantize.unshare_weights(src, tmp_path / "unshared.onnx", (1, 3, 16, 16))
+    assert out != src and "bit-identical" in note
+    g2 = onnx.load(str(out)).graph
+    uses2: dict[str, int] = {}
+    for n in g2.node:
+        for x in n.input:
+            uses2[x] = uses2.get(x, 0) + 1
+    f2 = {i.name for i in g2.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert all(uses2.get(n, 0) <= 1 for n in f2)
+    xs = check.fixed_inputs((1, 3, 16, 16), n=1, seed=3)
+    a = onnxruntime_session(src, threads=1).run(xs[0])
+    b = onnxruntime_session(out, threads=1).run(xs[0])
+    assert np.array_equal(a, b)
+    # nothing shared: the graph is returned as it is
+    plain = tmp_path / "plain.onnx"
+    export.export_onnx(Toy().eval(), plain, torch.randn(1, 3, 16, 16), exporters=("torchscript",))
+    assert quantize.unshare_weights(plain, tmp_path / "p2.onnx", (1, 3, 16, 16)) == (plain, "")
+
+
+@pytest.mark.slow
+def test_malunet_static_int8_is_no_longer_skipped(tmp_path: Path, monkeypatch) -> None:
+    """Issue 24 item 14: without unsharing, onnxruntime refused MALUNet's graph
+    ("Quantization parameter shared mode is not supported for weight yet")."""
+    from models import create_model
+
+    torch.manual_seed(0)
+    row = export.export_model(
+        "malunet", tmp_path, model=create_model("malunet").eval(), exporters=("dynamo",)
+    )
+    assert row["status"] == "ok", row["reason"]
+    calib = [np.random.default_rng(i).standard_normal((1, 3, 256, 256), dtype=np.float32)
+             for i in range(2)]  # fmt: skip
+    q = quantize.quantize_onnx(row["path"], tmp_path / "m8.onnx", mode="static", calibration=calib)
+    assert q["status"] == "ok", q["reason"]
+    assert "unshared" in q["reason"]
+    monkeypatch.setattr(quantize, "unshare_weights", lambda src, dst, shape: (src, ""))
+    q = quantize.quantize_onnx(row["path"], tmp_path / "m9.onnx", mode="static", calibration=calib)
+    assert q["status"] == "error" and "shared mode" in q["reason"]

@@ -37,7 +37,7 @@ import numpy as np
 from bench.core.env import cpu_flags
 from bench.deploy.export import error_reason
 
-__all__ = ["MODES", "ArrayDataReader", "cpu_has_vnni", "quantize_onnx"]
+__all__ = ["MODES", "ArrayDataReader", "cpu_has_vnni", "quantize_onnx", "unshare_weights"]
 
 MODES = ("dynamic", "static")
 
@@ -98,6 +98,16 @@ def _graph_input(path: Path) -> tuple[str, int | None]:
     return inp.name, (dim0.dim_value if dim0.HasField("dim_value") else None)
 
 
+def _input_dims(path: Path) -> tuple[int, ...]:
+    """The graph input's dimensions (a symbolic one as 1)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    inp = next(i for i in proto.graph.input if i.name not in inits)
+    return tuple(d.dim_value or 1 for d in inp.type.tensor_type.shape.dim)
+
+
 def _loads(path: Path) -> None:
     import onnxruntime as ort
 
@@ -139,6 +149,68 @@ def _preprocess(src: Path, dst: Path) -> tuple[Path, str]:
             continue
         return dst, ("" if symbolic else f"pre-processing without symbolic shapes ({first})")
     return src, f"pre-processing skipped ({first})"
+
+
+def unshare_weights(src: Path, dst: Path, input_shape: tuple[int, ...]) -> tuple[Path, str]:
+    """A copy of graph ``src`` at ``dst`` in which no float initializer feeds two ops.
+
+    onnxruntime's QDQ quantizer refuses a float initializer consumed by several ops
+    ("Quantization parameter shared mode is not supported for weight yet"), which skipped
+    MALUNet's static int8. Found by listing the exported graph's shared initializers (not
+    the IEA memory tie the issue suspected: with this function alone the tied model
+    quantizes): the exporter emits each GroupNorm as InstanceNormalization with one
+    shared all-ones scale and all-zeros bias (40 uses each), the spatial attention bridge
+    applies one 7x7 conv (``scab.satt.shared_conv2d``) to all five skips by design, and
+    the five bilinear Resize ops share one scales tensor. Giving every use its own copy of
+    the values computes the same function; the copy is kept only when onnxruntime's output
+    on a seeded input of ``input_shape`` is bit-identical to the original graph's (checked
+    here), else ``src`` is returned and the note says why. Returns (graph to quantize,
+    note; '' when nothing was shared).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(src))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    seen: dict[str, int] = {}
+    copies = 0
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name not in inits or inits[name].data_type != onnx.TensorProto.FLOAT:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1:
+                continue
+            dup = onnx.TensorProto()
+            dup.CopyFrom(inits[name])
+            dup.name = f"{name}__use{seen[name]}"
+            g.initializer.append(dup)
+            node.input[k] = dup.name
+            copies += 1
+    if not copies:
+        return src, ""
+    onnx.save(model, str(dst))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
+    outs = []
+    for path in (src, dst):
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        outs.append(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+    shared = sorted(n for n, c in seen.items() if c > 1)
+    if not np.array_equal(outs[0], outs[1]):
+        diff = float(np.abs(outs[0] - outs[1]).max())
+        return (
+            src,
+            f"shared weights kept ({', '.join(shared)}): the unshared copy differed by {diff:.3g}",
+        )
+    named = [n for n in shared if not n.startswith("val_")] or shared
+    return dst, (
+        f"unshared {len(shared)} float initializer(s) used by several ops ({copies} extra "
+        f"copies, e.g. {', '.join(named[:3])}); output bit-identical to the original "
+        "graph's, checked"
+    )
 
 
 def quantize_onnx(
@@ -186,6 +258,12 @@ def quantize_onnx(
                 notes.append(note)
         tmp_out = Path(tmpdir) / "int8.onnx"
         try:
+            if mode == "static":
+                name, batch = _graph_input(work)
+                shape = (batch or 1, *_input_dims(work)[1:])
+                work, note = unshare_weights(work, Path(tmpdir) / "unshared.onnx", shape)
+                if note:
+                    notes.append(note)
             from onnxruntime.quantization import (
                 CalibrationMethod,
                 QuantFormat,
