@@ -297,9 +297,11 @@ class _Variant:
     backend: str
     precision: str
     module: nn.Module | None = None  # logits of a scaled NCHW float batch
-    reason: str = ""
+    reason: str = ""  # why it was not scored (no module)
     size_mb: float = math.nan
     autocast: bool = False
+    note: str = ""  # a warning about a scored variant, in full (the row's ``notes``)
+    failed: bool = False  # not scored because something broke (an error, not a skip)
 
 
 def _torch_module(model: nn.Module, bf16: bool) -> nn.Module:
@@ -344,44 +346,51 @@ def _variants(
             )
         )
 
+    def runtime(backend: str, path: Path, variant: str, precision: str, size_mb: float,
+                note: str = "") -> _Variant:  # fmt: skip
+        v = _Variant(f"{backend} {variant}", backend, variant, size_mb=size_mb)
+        try:
+            v.module = session(backend, path, precision)
+        except BackendUnavailable as err:  # this host cannot run it: a skip with the reason
+            v.reason = str(err)
+            return v
+        except Exception as err:
+            v.reason, v.failed = f"graph does not run: {_short(err)}", True
+            return v
+        v.note = note
+        return v
+
     size = fp32_path.stat().st_size / 2**20
+    # every runtime of `segbench speed` at each precision it can run (issue 24 item 15)
     vs = [
         _Variant("torch fp32", "torch", "fp32", _torch_module(model, False)),
-        _Variant(
-            "onnxruntime fp32",
-            "onnxruntime",
-            "fp32",
-            session("onnxruntime", fp32_path, "fp32"),
-            size_mb=size,
-        ),  # fmt: skip
+        runtime("onnxruntime", fp32_path, "fp32", "fp32", size),
+        runtime("openvino", fp32_path, "fp32", "fp32", size),
     ]
     for mode in int8:
-        v = _Variant(f"onnxruntime int8-{mode}", "onnxruntime", f"int8-{mode}")
         if mode == "static" and not calibration:
-            v.reason = "static int8 needs calibration images: give --data"
-        else:
-            q = quantize_onnx(
-                fp32_path,
-                out / "onnx" / f"{name}.int8-{mode}.onnx",
-                mode=mode,
-                calibration=calibration,
-            )
-            if q["status"] == "ok":
-                try:
-                    v.module = session("onnxruntime", Path(q["path"]), "fp32")
-                    v.size_mb = q["size_mb"]
-                except Exception as err:
-                    v.reason = f"quantized graph does not run: {_short(err)}"
-            v.reason = "; ".join(r for r in (v.reason, q["reason"]) if r)
-        vs.append(v)
+            for backend in ("onnxruntime", "openvino"):
+                vs.append(_Variant(f"{backend} int8-{mode}", backend, f"int8-{mode}",
+                                   reason="static int8 needs calibration images: give --data"))  # fmt: skip
+            continue
+        q = quantize_onnx(
+            fp32_path,
+            out / "onnx" / f"{name}.int8-{mode}.onnx",
+            mode=mode,
+            calibration=calibration,
+        )
+        for backend in ("onnxruntime", "openvino"):
+            if q["status"] != "ok":
+                vs.append(_Variant(f"{backend} int8-{mode}", backend, f"int8-{mode}",
+                                   reason=q["reason"], failed=True))  # fmt: skip
+                continue
+            # the int8 graph's own ops run in int8; the hint covers the rest (fp32)
+            vs.append(runtime(backend, Path(q["path"]), f"int8-{mode}", "fp32", q["size_mb"],
+                              note=q["reason"]))  # fmt: skip
     if bf16:
         vs.append(_Variant("torch bf16", "torch", "bf16", _torch_module(model, True)))
-        v = _Variant("openvino bf16", "openvino", "bf16")
-        try:
-            v.module = session("openvino", fp32_path, "bf16")
-        except BackendUnavailable as err:
-            v.reason = str(err)
-        vs.append(v)
+        vs.append(runtime("openvino", fp32_path, "bf16", "bf16", size))
+        vs.append(runtime("onnxruntime", fp32_path, "bf16", "bf16", size))
     return vs
 
 
@@ -503,7 +512,7 @@ def _score(
         row = {**base, "variant": v.name, "backend": v.backend, "precision": v.precision,
                "size_mb": v.size_mb}  # fmt: skip
         if v.module is None:
-            rows.append({**row, "status": "skipped", "reason": v.reason})
+            rows.append({**row, "status": "error" if v.failed else "skipped", "reason": v.reason})
             continue
         try:
             t0 = time.perf_counter()
@@ -530,7 +539,7 @@ def _score(
                 agree_images=len(singles),
             )
             row["latency_ms"] = _latency_ms(lambda m=v.module: m(singles[0]), latency_s)
-            notes = [v.reason] if v.reason else []
+            notes = [v.note] if v.note else []
             if prepared is not None and w.trained:
                 res = evaluate_split(
                     v.module, prepared, split, device="cpu", batch_size=1,
@@ -545,7 +554,9 @@ def _score(
                 notes.append("untrained weights (random init): no DSC, latency and agreement only")
             else:
                 notes.append("no --data: no DSC")
-            row.update(status="ok", reason="; ".join(notes))
+            # warnings of a scored row go to `notes`, in full; `reason` says why a row
+            # was not scored (skipped / error) and stays empty here
+            row.update(status="ok", reason="", notes="; ".join(notes))
         except Exception as err:  # one variant failing is its row
             row.update(status="error", reason=_short(err))
         rows.append(row)
