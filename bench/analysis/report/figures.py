@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.report.load import ReportOutput, Results
-from bench.analysis.report.plots import Line, Point, plot_pareto, plot_scatter
+from bench.analysis.report.plots import Line, Point, plot_scatter
 from bench.analysis.report.summaries import (
-    _paper_datasets,
     accuracy_summary,
     backend_latencies,
     main_experiments,
@@ -177,7 +176,7 @@ def _suptitle(res: Results, key: str, dev: str | None, input_label: str) -> str:
     elif key == "macs":
         cost = f"MACs per image at input {input_label}"
     elif key == "best_latency":
-        what = "fastest-backend latency [backend]"
+        what = "fastest-backend latency (backend per model in the table)"
         cost = (
             f"fastest fp32 backend on {res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
             f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
@@ -210,6 +209,34 @@ def _panel_titles(dataset: str | None, rows: pd.DataFrame, pkey: str | None) -> 
     return t_measured, t_reported
 
 
+#: What each accuracy protocol is for (issue 23, section 5): the 7:3 split of the 2,150 real
+#: ISIC 2017 pairs is the headline; the 456-image subset is a smoke test, never on its axes.
+PROTOCOL_ROLE = {
+    "isic2017-256": "headline protocol: ISIC 2017, all 2,150 pairs, seeded 7:3 split",
+    "isic2017-mini": "smoke protocol: 456-image subset, under-trained; not the papers' scale "
+    "and not comparable with isic2017-256",
+}
+
+
+def _latency_spread(res: Results, dev: str | None) -> dict[tuple[str, str], float]:
+    """Half the batch-1 fp32 inference latency IQR per (model, backend) on ``dev``."""
+    if dev is None or dev not in res.speed:
+        return {}
+    df = res.speed[dev]
+    need = {"model", "mode", "batch_size", "iqr_ms"}
+    if not need <= set(df.columns):
+        return {}
+    d = df[(df["mode"].astype(str) == "inference")
+           & (pd.to_numeric(df["batch_size"], errors="coerce") == 1)]  # fmt: skip
+    if "dtype" in d:
+        d = d[d["dtype"].astype(str) == "fp32"]
+    if "status" in d:
+        d = d[d["status"].astype(str) == "ok"]
+    backend = d["backend"].fillna("torch").astype(str) if "backend" in d else "torch"
+    iqr = pd.to_numeric(d["iqr_ms"], errors="coerce") / 2
+    return dict(zip(zip(d["model"].astype(str), backend), iqr))
+
+
 def _accuracy_plots(
     res: Results,
     summary: pd.DataFrame,
@@ -218,53 +245,78 @@ def _accuracy_plots(
     input_label: str,
     report: ReportOutput,
 ) -> None:
-    """Pareto figures: DSC against each cost axis, one set per measured dataset (and per
-    paper dataset without measurements), measured and reported in separate panels."""
+    """Pareto figures: DSC against each cost axis, one set per measured dataset (its own
+    protocol, never two on one axis), measured and reported in separate panels. A paper
+    dataset with nothing measured gets no figure (five near-identical isic2018 plots said
+    nothing about this suite)."""
+    from bench.analysis.report.pareto_plot import Panel, ParetoPoint, plot_pareto_panels
+
     acc = main_experiments(accuracy_summary(res.runs))
     paper = paper_summary(summary["model"])
     measured_sets = sorted(acc["dataset"].unique()) if not acc.empty else []
-    # (measured dataset or None, paper key or None) pairs, one figure set each.
-    pairs: list[tuple[str | None, str | None]] = [(d, paper_dataset(d)) for d in measured_sets]
-    covered = {p for _, p in pairs}
-    pairs += [(None, k) for k in _paper_datasets(paper) if k not in covered]
     costs = _cost_points(summary)
     backend_of = (
         summary.set_index("model")["best_backend"].dropna().to_dict()
         if "best_backend" in summary
         else {}
     )
+    number = {m: i + 1 for i, m in enumerate(sorted(res.models))}
     axes = _cost_axes(res, backend_of)
-    for dataset, pkey in pairs:
-        rows = acc[acc["dataset"] == dataset] if dataset else acc.iloc[0:0]
-        if dataset and not rows.empty:
-            report.point_sources[dataset] = _point_sources(dataset, rows)
+    for dataset in measured_sets:
+        pkey = paper_dataset(dataset)
+        rows = acc[acc["dataset"] == dataset]
+        report.point_sources[dataset] = _point_sources(dataset, rows)
         lines = baseline_lines(res, dataset)
         t_measured, t_reported = _panel_titles(dataset, rows, pkey)
+        role = PROTOCOL_ROLE.get(dataset, "")
+        if role:
+            t_measured = f"{dataset}: {role}.\n" + t_measured.replace("\n", " ")
+        note = (
+            "Trivial baselines on this test split (off this axis): "
+            + ", ".join(line.label.removeprefix("trivial baseline, ") for line in lines)
+            if lines
+            else ""
+        )
         for name, xlabel, key, dev in axes:
             dev_costs = _device_costs(res, dev, costs)
-            measured, reported = _points(rows, paper, pkey, dev_costs, key, backend_of)
-            if not measured and not reported:
+            spread = _latency_spread(res, dev) if key in ("latency", "best_latency") else {}
+            mpts = []
+            for _, r in rows.iterrows():
+                x = dev_costs.get(r["model"], {}).get(key, math.nan)
+                if not math.isfinite(x):
+                    continue
+                backend = backend_of.get(r["model"], "torch") if key == "best_latency" else "torch"
+                detail = []
+                if rows["epochs"].nunique() > 1 or rows["recipe"].nunique() > 1:
+                    detail.append(f"{r['recipe']} {r['epochs']} ep")
+                if key == "best_latency":
+                    detail.append(backend)
+                mpts.append(ParetoPoint(
+                    number[r["model"]], r["model"], x, float(r["dsc_mean"]),
+                    yerr=float(r.get("dsc_std", math.nan)),
+                    xerr=float(spread.get((r["model"], backend), math.nan)),
+                    n=int(r["n_seeds"]), precision=str(r["precision"]), detail=", ".join(detail),
+                ))  # fmt: skip
+            rpts = []
+            if pkey is not None and f"paper_{pkey}_dsc" in paper:
+                for _, r in paper.iterrows():
+                    x = dev_costs.get(r["model"], {}).get(key, math.nan)
+                    y = r[f"paper_{pkey}_dsc"]
+                    if math.isfinite(x) and pd.notna(y):
+                        rpts.append(ParetoPoint(number[r["model"]], r["model"], x, float(y)))
+            if not mpts:
                 continue
             suptitle = _suptitle(res, key, dev, input_label)
-            paths = plot_pareto(
-                measured,
-                reported,
-                xlabel,
-                f"DSC pooled over {dataset} test pixels (%)" if dataset else "",
-                "DSC reported by the papers (%)",
-                t_measured,
-                t_reported,
-                suptitle,
-                out / "plots" / f"pareto-dsc-vs-{name}-{dataset or pkey}",
-                colours,
-                baselines=lines if measured else (),
-                reported_front_label=(
-                    "Pareto front (reported DSC, segbench-measured cost)"
-                    if key == "latency"
-                    else "Pareto front (reported DSC, cost measured by segbench where it can)"
-                ),
-            )
-            parts = (suptitle, t_measured, t_reported)
+            paths = plot_pareto_panels(
+                Panel(mpts, t_measured, f"DSC pooled over {dataset} test pixels (%)",
+                      "Pareto front (points with >= 3 seeds)", note),
+                Panel(rpts, t_reported, "DSC reported by the papers (%)",
+                      "Pareto front (reported DSC, cost measured by segbench)") if rpts else None,
+                xlabel, suptitle, out / "plots" / f"pareto-dsc-vs-{name}-{dataset}", colours,
+                cost_header={"params": "params (M)", "macs": "GMACs"}.get(
+                    key, "latency ms (± IQR/2)"),
+            )  # fmt: skip
+            parts = (suptitle, t_measured, t_reported if rpts else "")
             caption = ". ".join(x.replace("\n", " ") for x in parts if x)
             report.add_figure("accuracy", paths, caption)
 
