@@ -346,12 +346,12 @@ def _efficiency_plots(
                 list(ok["macs"] / 1e9),
                 list(ok["model"]),
                 "Parameters (M, log scale)",
-                "MACs per image (G, segbench count, log scale)",
+                "MACs per image (G, log scale)\nfilled: segbench count; rings: papers' GFLOPs",
                 title,
                 out / "plots" / "efficiency-params-vs-macs",
                 colours,
                 hollow=hollow,
-                hollow_label="reported (paper: params, GFLOPs = thop MACs)",
+                hollow_label="ring: the paper's params and 'GFLOPs' (thop MACs)",
             )
             report.add_figure("efficiency", paths, title)
     for dev in res.devices:
@@ -396,6 +396,19 @@ def _efficiency_plots(
             )
             report.add_figure("efficiency", paths, title)
         _eager_vs_runtime(res, dev, lat, out, colours, input_label, report)
+        _roofline(res, dev, out, colours, report)
+
+
+def _roofline(
+    res: Results, dev: str, out: Path, colours: dict[str, Any], report: ReportOutput
+) -> None:
+    """The device's roofline figure (achieved GFLOP/s vs intensity, both bounds)."""
+    from bench.analysis.report.roofline_plot import plot_roofline, roofline_caption
+
+    name = res.device_name(dev)
+    paths = plot_roofline(res.speed[dev], name, out / "plots" / f"roofline-{dev}", colours)
+    if paths:
+        report.add_figure("efficiency", paths, roofline_caption(res.speed[dev], name))
 
 
 def _eager_vs_runtime(

@@ -347,17 +347,19 @@ def plot_scatter(
     for x, y, n in zip(xs, ys, names):
         ax.scatter(x, y, s=50, color=colours[n], edgecolors="black", linewidths=0.6, zorder=3)
     if hollow:
+        # larger rings drawn above the filled markers: where a paper's figure equals the
+        # measured one the ring shows around the point instead of hiding under it
         for x, y, n in hollow:
             ax.scatter(
                 x,
                 y,
-                s=60,
+                s=170,
                 facecolors="none",
                 edgecolors=colours.get(n, "0.4"),
-                linewidths=1.4,
-                zorder=2,
+                linewidths=1.6,
+                zorder=4,
             )
-        ax.scatter([], [], s=60, facecolors="none", edgecolors="0.3", label=hollow_label)
+        ax.scatter([], [], s=170, facecolors="none", edgecolors="0.3", label=hollow_label)
     ax.scatter([], [], s=50, color="0.5", edgecolors="black", label="measured (segbench)")
     _freeze_limits(ax)
     if ref_rate:
@@ -373,9 +375,21 @@ def plot_scatter(
         )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    labels = [(x, y, n, False) for x, y, n in zip(xs, ys, names)]
-    _finish_axes(
-        fig, ax, canvas, labels, markers=[(x, y) for x, y, _ in hollow], legend_loc="upper left"
-    )
+    ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=10)  # never clipped
+    # Numbered points and a key beside the axes: ten long names next to crowded points
+    # were placed beside the wrong marker (issue 24 item 16).
+    from matplotlib.lines import Line2D
+
+    labels = [(x, y, str(i + 1), False) for i, (x, y) in enumerate(zip(xs, ys))]
+    _freeze_limits(ax)
+    handles, _ = ax.get_legend_handles_labels()
+    key = [
+        Line2D([], [], marker="o", ls="", color=colours[n], mec="black", label=f"{i + 1}  {n}")
+        for i, n in enumerate(names)
+    ]
+    fig.set_size_inches(10.5, 5.6)
+    ax.legend(handles=handles + key, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7.5,
+              framealpha=0.9, borderaxespad=0.0)  # fmt: skip
+    fig.tight_layout()
+    _label_axes(ax, canvas, labels, markers=[(x, y) for x, y, _ in hollow])
     return _save(fig, stem)

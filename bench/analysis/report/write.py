@@ -181,7 +181,14 @@ def write_report(
 # The report's own output names; files of these names not written by this run are stale
 # (a dataset or device that is gone) and removed. Other files in tables/ stay.
 _OWN_OUTPUTS = {
-    "plots": ("pareto-*.png", "pareto-*.svg", "efficiency-*.png", "efficiency-*.svg"),
+    "plots": (
+        "pareto-*.png",
+        "pareto-*.svg",
+        "efficiency-*.png",
+        "efficiency-*.svg",
+        "roofline-*.png",
+        "roofline-*.svg",
+    ),
     "tables": (
         "summary.*",
         "efficiency.*",
