@@ -286,13 +286,17 @@ def batch_scaling(frame: pd.DataFrame) -> pd.DataFrame:
     per image). On the two EPYC hosts of results/speed the same model stays near 1x (AVX2
     0.85x, AVX-512 1.10x), so that case is host-specific. Reading the code: PyTorch's CPU
     convolution dispatch (``use_mkldnn`` in aten/src/ATen/native/Convolution.cpp) picks the
-    kernel by batch size: at batch 1 an undilated, unstrided 1x1 convolution with a small
-    input stays on the native path while at batch > 1 every fp32 convolution goes to
-    oneDNN; lraspp runs many such convolutions on 16x16 maps (its MobileNetV3 backbone is
-    built with ``dilated=True``, so the last stage stays at output stride 16, where the
-    LR-ASPP head and the dilated depthwise convolutions work). So batch 1 and batch 8 run
-    different kernels for those layers; which one is slow on the AMX host is not measured
-    here (it needs a profile on that host: ``torch.profiler`` per operator at both batches).
+    kernel by batch size: an fp32 1x1 convolution (groups 1, unstrided, undilated) on an
+    input of at most 20,480 elements runs the native ``Slow2d`` kernel at batch 1, while at
+    batch > 1 every fp32 convolution goes to oneDNN. Checked with
+    ``torch._C._select_conv_backend`` on lraspp (torch 2.14.1, 256x256 input): at batch 1,
+    21 of its 50 1x1 convolutions take ``Slow2d`` (17 on 1x1 maps: the squeeze-excitation
+    blocks and the LR-ASPP scale branch; 4 on 16x16 maps) and 29 oneDNN; at batch 8 all
+    50 take oneDNN. So batch 1 and batch 8
+    run different kernels for those layers, and a oneDNN path that is slow for tiny 1x1
+    inputs on the AMX host would show exactly as this per-image rise; which kernel is slow
+    there is not measured here (it needs ``torch.profiler`` per operator at both batch
+    sizes on that host).
     """
     out = frame.copy()
     out["per_image_vs_b1"] = math.nan
