@@ -134,7 +134,7 @@ def write_report(
             res.deploy,
             _deployment_cols(),
             report,
-            note=f"Deployment variants measured on {deploy_host(res) or 'an unrecorded host'}.",
+            note=f"Deployment variants measured on {deploy_host(res) or 'a host not recorded'}.",
         )
     for slug in res.devices:
         sort = [c for c in ("model", "backend", "mode", "batch_size") if c in res.speed[slug]]
