@@ -375,7 +375,7 @@ def plot_scatter(
         )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=10)  # never clipped
+    ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)  # never clipped
     # Numbered points and a key beside the axes: ten long names next to crowded points
     # were placed beside the wrong marker (issue 24 item 16).
     from matplotlib.lines import Line2D
