@@ -91,6 +91,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with (warns; recorded in metrics.json)",
     )
     p.add_argument(
+        "--keep-training-images",
+        action="store_true",
+        help="on another dataset, also score the images the run trained or was selected on "
+        "(same ID, same pixels or a near copy); default: they are left out, and the output "
+        "says which",
+    )
+    p.add_argument(
         "--hd95",
         choices=HD95_CONVENTIONS,
         default=None,
@@ -178,6 +185,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             save_masks=args.save_masks,
             compute_hd95=not args.no_hd95,
             progress=not args.quiet,
+            keep_training_images=args.keep_training_images,
         )
     for w in caught:
         print(f"WARNING: {w.message}", file=sys.stderr)
@@ -191,6 +199,10 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         f"{rec['precision']})"
     )
     print(table.to_string(formatters={c: _fmt for c in table.columns}))
+    ov = rec.get("training_overlap") or {}
+    if ov.get("n_matched"):
+        what = "kept (--keep-training-images)" if ov.get("kept") else "excluded"
+        print(f"{ov['n_matched']} image(s) the run trained or was selected on: {what}")
     if outcome.out_dir is not None:
         print(f"wrote {outcome.out_dir / 'metrics.json'}")
     return 0

@@ -144,7 +144,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except LockBusy as err:
         print(f"error: {err}", file=sys.stderr)
         return exitcodes.BUSY
-    except (NonFiniteLossError, CheckpointWriteError) as err:
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if exitcodes.is_io_failure(err):  # disk full, quota, I/O error: not bad input
+            return exitcodes.IO_ERROR
+        return exitcodes.FAILED if isinstance(err, CheckpointWriteError) else exitcodes.USAGE
+    except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return exitcodes.FAILED
     except (ValueError, FileNotFoundError, UnknownModelError) as err:

@@ -37,6 +37,7 @@ from bench.engine import distributed as bdist
 from bench.engine.checkpoints import load_resume_checkpoint
 from bench.engine.config import TrainConfig
 from bench.engine.run_control import _log
+from bench.engine.run_record import DatasetChanged, dataset_changes, recorded_dataset
 from bench.engine.rundir import _clear_run, _conflict_text, run_dir_for
 from bench.engine.trainer import _Trainer
 
@@ -134,6 +135,14 @@ def _run(
             raise ValueError(f"{metrics_path}: not a segbench metrics file (expected a mapping)")
         if old.get("status") == "finished":
             if old.get("config_hash") == chash:
+                changed = _finished_data_changes(run_dir, cfg)
+                if changed:
+                    raise DatasetChanged(
+                        f"{run_dir} holds a finished run of this configuration trained on "
+                        f"other data of the same name ({'; '.join(changed)}); name the new "
+                        "data (--dataset NAME), write elsewhere (--results DIR) or pass "
+                        "--force to overwrite the run"
+                    )
                 _log(f"{run_dir}: already finished (config {chash}); --force to re-run", quiet)
                 return run_dir
             raise ValueError(
@@ -164,3 +173,24 @@ def _run(
     trainer.test()
     bdist.barrier()
     return run_dir
+
+
+def _finished_data_changes(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """How ``cfg.data`` differs from the data a finished run recorded (``[]``: the same,
+    or the run recorded no fingerprint). Indexes the folder and fixes its split, without
+    building a cache."""
+    from bench.data.cache import data_identity
+
+    old = recorded_dataset(run_dir)
+    if not old.get("fingerprint") or not cfg.data:
+        return []
+    new = data_identity(
+        cfg.data,
+        split_file=cfg.split_file,
+        seed=cfg.split_seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_mode=cfg.split_mode,
+        cache_dir=cfg.cache_dir,
+    )
+    return dataset_changes(old, {**new, "root": str(cfg.data)})  # (index etc. ignored)
