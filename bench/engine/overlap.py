@@ -66,7 +66,9 @@ def seen_images(cfg: dict[str, Any], recorded: dict[str, Any]) -> tuple[Any, lis
             "every image anyway (stated in the result)"
         )
     eval_split = cfg.get("eval_split", "test")
-    ids = [i for part, part_ids in ident["split_ids"].items() if part != eval_split for i in part_ids]
+    ids = [
+        i for part, part_ids in ident["split_ids"].items() if part != eval_split for i in part_ids
+    ]
     return ident["index"], ids, ident["cache_root"]
 
 

@@ -191,7 +191,7 @@ def final_metrics(tr: Any, res: Any, wall: float) -> dict[str, Any]:
         # the weights the test score came from, and the data it was trained and scored on:
         # evaluations and the report compare against these (issue 28)
         "checkpoint": checkpoint_record(tr.best_path),
-        "data": dataset_identity(tr.prepared),
+        "data_identity": dataset_identity(tr.prepared),
         "test": res.metrics,
     }
     if res.original is not None:

@@ -35,14 +35,6 @@ from bench.engine.determinism import (
 )
 from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
-from bench.engine.run_record import (
-    DatasetChanged,
-    dataset_changes,
-    dataset_identity,
-    final_metrics,
-    recorded_dataset,
-    start_manifest,
-)
 from bench.engine.run_control import (
     NonFiniteLossError,
     TrainingStopped,
@@ -53,6 +45,14 @@ from bench.engine.run_control import (
     _StopNow,
     _StopRequest,
     _summary_line,
+)
+from bench.engine.run_record import (
+    DatasetChanged,
+    dataset_changes,
+    dataset_identity,
+    final_metrics,
+    recorded_dataset,
+    start_manifest,
 )
 
 log = logging.getLogger(__name__)
