@@ -512,3 +512,13 @@ def test_fault_mini_run_scored_on_isic2017_256_leaves_out_its_319_images(shared_
     seen = sum(n for k, n in ident["split_counts"].items() if k != "test")
     assert seen == 319
     assert len(matches) >= 319
+
+
+def test_fault_rows_of_this_module_are_in_the_matrix():
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "DEVELOPING.md").read_text(encoding="utf-8")
+    section = text.split("## Fault matrix", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`tests/test_faults_provenance\.py::(test_\w+)`", section)
+    here = {n for n in globals() if n.startswith("test_fault_")}
+    assert sorted(named) == sorted(here - {"test_fault_rows_of_this_module_are_in_the_matrix"})
