@@ -80,15 +80,13 @@ def _stop_in_epoch_2(monkeypatch) -> None:
 
     real = bench.data.augment.augment_batch
     n = {"calls": 0}
-    steps = {"per_epoch": None}
 
     def interrupting(x, y, gen):
         n["calls"] += 1
-        if n["calls"] == steps["at"]:
+        if n["calls"] == 5:  # 15 training images at batch 4: 4 steps an epoch
             signal.raise_signal(signal.SIGINT)
         return real(x, y, gen)
 
-    steps["at"] = 5  # 14 training images at batch 4: 4 steps an epoch
     monkeypatch.setattr(bench.data.augment, "augment_batch", interrupting)
 
 
@@ -226,6 +224,10 @@ def test_fault_report_names_damaged_per_image_files(finished, tmp_path, caplog):
     assert any("NaN for 1 image(s)" in p for p in load_results(results).problems)
     csv.unlink()
     assert any(f"{csv}: missing" in p for p in load_results(results).problems)
+    from bench.analysis.report.write import write_report
+
+    readme = write_report(results, progress=False).readme.read_text()
+    assert "## Inputs left out or damaged" in readme and f"{csv}: missing" in readme
 
 
 def test_fault_report_names_failed_runs_and_refuses_a_copied_seed(finished, tmp_path):
@@ -509,9 +511,50 @@ def test_fault_mini_run_scored_on_isic2017_256_leaves_out_its_319_images(shared_
 
     ids = [i for v in other["split_ids"].values() for i in v]
     matches = training_overlap(cfg, recorded, Prepared, ids)
-    seen = sum(n for k, n in ident["split_counts"].items() if k != "test")
-    assert seen == 319
-    assert len(matches) >= 319
+    seen = {i for k, v in ident["split_ids"].items() if k != "test" for i in v}
+    assert len(seen) == 319
+    assert {m["match"] for m in matches.values()} == seen  # every one of them found
+    assert sum(m["by"] == "id" for m in matches.values()) == 319
+    assert not set(ident["split_ids"]["test"]) & set(matches)  # its test images stay
+    # (plus near copies under other ISIC IDs: 4 at pHash distance 26-38 on 2026-12-07)
+
+
+# --------------------------------------------------------------------------- items 16-19
+
+
+def test_fault_empty_test_split_fails_before_training(data_root, tmp_path):
+    with pytest.raises(ValueError, match=r"the test split \(eval_split\) is empty"):
+        data = _copy_data(data_root, tmp_path / "syn")  # its own split file
+        run_training(_cfg(data, test_fraction=0.0), tmp_path / "res", quiet=True)
+    assert not (_run_dir(tmp_path / "res") / "checkpoints").exists()
+
+
+def test_fault_option_and_set_that_disagree_are_refused(data_root, tmp_path, capsys):
+    rc = main(["train", "--model", "unet", "--data", str(data_root), "--epochs", "2",
+               "--set", "epochs=3", "--results", str(tmp_path), "--quiet"])  # fmt: skip
+    assert rc == exitcodes.USAGE
+    assert "--epochs 2 and --set epochs=3 disagree" in capsys.readouterr().err
+
+
+def test_fault_resume_with_other_threads_warns(data_root, tmp_path, monkeypatch):
+    results = tmp_path / "res"
+    _stop_in_epoch_2(monkeypatch)
+    with pytest.raises(TrainingStopped):
+        run_training(_cfg(data_root), results, quiet=True)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="saved with 1 torch threads, resumed with 2"):
+        run_training(_cfg(data_root, threads=2), results, quiet=True)
+
+
+def test_fault_evaluate_into_a_file_fails_before_scoring(finished, tmp_path, monkeypatch):
+    import bench.engine.evaluate as ev
+
+    run = _copy_run(finished, tmp_path / "res")
+    target = tmp_path / "taken"
+    target.write_text("x")
+    monkeypatch.setattr(ev, "evaluate_split", lambda *a, **k: pytest.fail("scored anyway"))
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        _evaluate(run, out=target)
 
 
 def test_fault_rows_of_this_module_are_in_the_matrix():

@@ -120,6 +120,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     for key in ("model", "data", "dataset", "epochs", "batch_size", "seed", "device", "threads"):
         if getattr(args, key) is not None:
+            if key in overrides and str(overrides[key]).strip() != str(getattr(args, key)):
+                opt = "--" + key.replace("_", "-")
+                raise ValueError(
+                    f"{opt} {getattr(args, key)} and --set {key}={overrides[key]} disagree: "
+                    "give one"
+                )
             overrides[key] = getattr(args, key)
     if args.input_size is not None:
         overrides["image_size"] = args.input_size

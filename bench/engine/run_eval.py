@@ -276,6 +276,8 @@ def evaluate_model(
     if hd95 not in HD95_CONVENTIONS:
         raise ValueError(f"--hd95 {hd95!r}: choose one of {', '.join(HD95_CONVENTIONS)}")
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--results {out}: exists and is not a folder")
     dev = str(resolve_device(device, allow=None))
     amp = _autocast(settings["precision"], dev, notes)
     prepared = prepare_data(
@@ -289,7 +291,9 @@ def evaluate_model(
         progress=progress,
     )
     split_parts(prepared, split)  # an empty split fails here, naming --split all
-    if same_data and source.run_dir is not None:
+    split_overridden = any(d.split(":", 1)[0] in SPLIT_SETTINGS for d in diffs)
+    if same_data and source.run_dir is not None and not split_overridden:
+        # (with another split, allowed by allow_mismatch, the split hash differs by design)
         _check_same_data(source, prepared)
     overlap = None
     if not same_data and source.run_dir is not None:

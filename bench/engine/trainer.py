@@ -180,6 +180,12 @@ class _Trainer:
             )
         if torch.device(self.device).type == "cuda":  # the uint8 set fits easily: no loader
             self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
+        if not p.split_ids.get(cfg.eval_split):  # fail now, not after every epoch
+            raise ValueError(
+                f"{cfg.data}: the {cfg.eval_split} split (eval_split) is empty "
+                f"({', '.join(f'{k} {len(v)}' for k, v in p.split_ids.items())}); set "
+                "test_fraction > 0 or use a split file with a test part"
+            )
         self.sel_split = None if cfg.select_split == "none" else cfg.select_split
         self.sel_data = None
         if self.sel_split:
@@ -208,6 +214,14 @@ class _Trainer:
                 f"({'; '.join(changed)}): resuming would go on training on other images. "
                 "Restore the data, or train the new data as another dataset (--dataset NAME "
                 "or --results DIR), or pass --force to start this run over"
+            )
+        threads = ckpt.get("threads")
+        if threads and threads != torch.get_num_threads() and self.device == "cpu":
+            warnings.warn(
+                f"{self.run_dir}: saved with {threads} torch threads, resumed with "
+                f"{torch.get_num_threads()}: CPU results may differ in the last digits from "
+                f"an uninterrupted run (pass --threads {threads} to match)",
+                stacklevel=3,
             )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(
@@ -253,6 +267,8 @@ class _Trainer:
                     "gen": gens,
                     "world_size": self.d.world_size,
                     "dataset": dataset_identity(self.prepared),
+                    # CPU results are bit-reproducible at one thread count only
+                    "threads": torch.get_num_threads(),
                 },
                 keep_previous=True,
             )
