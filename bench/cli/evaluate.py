@@ -124,15 +124,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models import UnknownModelError
 
+    from bench.core import exitcodes
+
     try:
         return _evaluate_command(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        UnknownModelError,
-    ) as err:  # bad input: a message, not a traceback
+    except OSError as err:  # a missing file is bad input; a full disk is not
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exitcodes.IO_ERROR if exitcodes.is_io_failure(err) else exitcodes.USAGE
+    except (ValueError, UnknownModelError) as err:  # bad input: a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return exitcodes.USAGE
 
 
 def _fmt(v: Any) -> str:
