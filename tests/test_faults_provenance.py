@@ -557,6 +557,18 @@ def test_fault_evaluate_into_a_file_fails_before_scoring(finished, tmp_path, mon
         _evaluate(run, out=target)
 
 
+def test_fault_non_ascii_names_and_a_bad_data_folder(tmp_path):
+    from bench.engine.config import dataset_label
+
+    assert dataset_label(tmp_path / "isic 2017 ü") == "isic-2017-ü"
+    assert dataset_label(tmp_path / "ISIC_2017 mini") == "isic-2017-mini"  # ASCII: unchanged
+    bad = tmp_path / "nothing here"
+    bad.mkdir()
+    with pytest.raises(Exception, match="nothing here"):
+        run_training(_cfg(bad), tmp_path / "res", quiet=True)
+    assert not list((tmp_path / "res").rglob("seed*"))  # no empty run folder left
+
+
 def test_fault_rows_of_this_module_are_in_the_matrix():
     import re
 

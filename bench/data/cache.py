@@ -87,7 +87,7 @@ def split_file_for(
 def _dataset_name(layout: Layout, root: Path) -> str:
     if layout.name in ("isic2017", "isic2018", "ph2"):
         return layout.name
-    return re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
+    return re.sub(r"[\W_]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
 
 
 def _file_entries(samples: Sequence[Sample], root: Path) -> list[tuple]:

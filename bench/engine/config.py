@@ -260,8 +260,11 @@ def experiment_hash_of(values: dict[str, Any], source: str = "config") -> str:
 
 
 def dataset_label(root: str | Path) -> str:
-    """A dataset's name in results: its folder's name, lower case, ``-`` for other characters."""
-    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-")
+    """A dataset's name in results: its folder's name, lower case, ``-`` for other
+    characters. Letters and digits of any script are kept (``isic 2017 ü`` is
+    ``isic-2017-ü``, not ``isic-2017``, which another folder could also map to); for ASCII
+    names this is the rule runs were always recorded under."""
+    return re.sub(r"[\W_]+", "-", Path(root).resolve().name.lower()).strip("-")
 
 
 #: where / how fast to run: not part of the config hash (``data`` enters as its name)

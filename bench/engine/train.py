@@ -74,11 +74,14 @@ def run_training(
     dist_info, created_pg = bdist.init_from_env(device)
     if dist_info.enabled and device.startswith("cuda"):
         device = f"cuda:{dist_info.local_rank}"
+    run_dir = None
     try:
         run_dir = run_dir_for(cfg, Path(results_dir))
         with _owned(run_dir, wait):
             return _run(cfg, run_dir, device, resume, force, quiet, use_previous, command)
     finally:
+        if run_dir is not None and bdist.info().is_main:
+            _remove_if_empty(run_dir, Path(results_dir) / "runs")
         bdist.shutdown(created_pg)
 
 
@@ -194,3 +197,15 @@ def _finished_data_changes(run_dir: Path, cfg: TrainConfig) -> list[str]:
         cache_dir=cfg.cache_dir,
     )
     return dataset_changes(old, {**new, "root": str(cfg.data)})  # (index etc. ignored)
+
+
+def _remove_if_empty(run_dir: Path, stop: Path) -> None:
+    """A run that failed before writing anything (a bad ``--data``) leaves no empty run
+    folder behind, nor empty parents up to ``stop``."""
+    d = run_dir
+    while d != stop and stop in d.parents:
+        try:
+            d.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        d = d.parent
