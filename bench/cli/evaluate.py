@@ -122,9 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from models import UnknownModelError
-
     from bench.core import exitcodes
+    from models import UnknownModelError
 
     try:
         return _evaluate_command(args)
