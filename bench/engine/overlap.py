@@ -105,24 +105,32 @@ def training_overlap(
 
 
 def overlap_record(
-    matches: dict[str, dict[str, Any]], n_scored: int, kept: bool, threshold: int
+    matches: dict[str, dict[str, Any]], n_total: int, kept: bool, threshold: int
 ) -> dict[str, Any]:
-    """The ``training_overlap`` block of an evaluation's metrics.json."""
+    """The ``training_overlap`` block of an evaluation's metrics.json: of ``n_total``
+    images of the split, which the run had seen (``images``, by which criterion), and
+    whether they were kept in the score."""
     return {
         "checked": True,
         "criteria": ["id", "pixel", f"phash<={threshold}"],
+        "n_total": n_total,
         "n_matched": len(matches),
         "by": dict(Counter(m["by"] for m in matches.values())),
         "kept": kept,
-        "n_scored": n_scored,
+        "n_scored": n_total if kept else n_total - len(matches),
         "images": [{"id": k, **v} for k, v in matches.items()],
     }
 
 
-def overlap_note(rec: dict[str, Any], eval_dataset: str, n_total: int) -> str | None:
+def overlap_note(rec: dict[str, Any], eval_dataset: str) -> str | None:
     """One line for the output: how many images were excluded (or kept), by which
     criterion, and the first few IDs."""
-    n = rec["n_matched"]
+    n, n_total = rec["n_matched"], rec["n_total"]
+    if not rec.get("checked"):
+        return (
+            f"--keep-training-images: the run's own dataset is not available, so images of "
+            f"{eval_dataset} it trained on could not be looked for; all {n_total} scored"
+        )
     if not n:
         return None
     by = ", ".join(f"{v} by {k}" for k, v in sorted(rec["by"].items()))

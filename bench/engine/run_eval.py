@@ -298,8 +298,7 @@ def evaluate_model(
     overlap = None
     if not same_data and source.run_dir is not None:
         overlap = _overlap(source, prepared, split, keep_training_images, progress)
-        note = overlap_note(overlap, eval_dataset, overlap["n_scored"] + (
-            0 if keep_training_images else overlap["n_matched"]))  # fmt: skip
+        note = overlap_note(overlap, eval_dataset)
         if note:
             notes.append(note)
 
@@ -395,10 +394,10 @@ def _overlap(
     except (FileNotFoundError, ValueError):
         if not keep:
             raise
-        return {"checked": False, "kept": True, "n_matched": 0, "n_scored": len(ids),
-                "images": [], "by": {}}  # fmt: skip
-    n_scored = len(ids) if keep else len(ids) - len(matches)
-    return overlap_record(matches, n_scored, keep, NEAR_THRESHOLD)
+        # the run's own images cannot be told here: kept, as the flag asked, and recorded
+        return {"checked": False, "kept": True, "n_total": len(ids), "n_matched": 0,
+                "n_scored": len(ids), "images": [], "by": {}}  # fmt: skip
+    return overlap_record(matches, len(ids), keep, NEAR_THRESHOLD)
 
 
 def _eval_data(cfg: dict[str, Any], data: str | Path | None) -> str | Path:
