@@ -534,6 +534,10 @@ def test_fault_option_and_set_that_disagree_are_refused(data_root, tmp_path, cap
                "--set", "epochs=3", "--results", str(tmp_path), "--quiet"])  # fmt: skip
     assert rc == exitcodes.USAGE
     assert "--epochs 2 and --set epochs=3 disagree" in capsys.readouterr().err
+    rc = main(["train", "--model", "unet", "--data", str(data_root), "--set", "lr=1e38",
+               "--results", str(tmp_path), "--quiet"])  # fmt: skip
+    assert rc == exitcodes.USAGE
+    assert "lr=1e+38: must be finite and <= 1" in capsys.readouterr().err
 
 
 def test_fault_resume_with_other_threads_warns(data_root, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -138,6 +139,10 @@ class TrainConfig:
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
+        if not math.isfinite(self.lr) or self.lr > 1:
+            # AdamW moves every weight by about lr per step: above 1 nothing trains, and
+            # near 1e38 the step overflows float32 inside the optimizer (a traceback)
+            raise bad("lr", "must be finite and <= 1")
         choices = {
             "select_split": ("val", "test", "none"),
             "select_metric": ("loss", "dsc"),
