@@ -522,6 +522,28 @@ def test_fault_mini_run_scored_on_isic2017_256_leaves_out_its_319_images(shared_
 # --------------------------------------------------------------------------- items 16-19
 
 
+def test_fault_masks_stored_as_0_1_train_with_the_hinted_binarize(data_root, tmp_path, capsys):
+    from PIL import Image
+
+    data = _copy_data(data_root, tmp_path / "syn")
+    for m in (data / "masks").iterdir():
+        Image.fromarray((np.asarray(Image.open(m)) > 127).astype(np.uint8)).save(m)
+    argv = ["train", "--model", "unet", "--data", str(data), "--epochs", "1",
+            "--batch-size", "4", "--threads", "1", "--device", "cpu",
+            "--set", "image_size=32", "--set", "model_kwargs={base_width: 4}",
+            "--results", str(tmp_path / "res"), "--quiet"]  # fmt: skip
+    assert main(argv) == exitcodes.USAGE
+    assert "--binarize" in capsys.readouterr().err  # the hint names the option...
+    assert main([*argv, "--binarize"]) == exitcodes.OK  # ...which exists and works
+    run = _run_dir(tmp_path / "res", epochs=1)
+    assert json.loads((run / "config.json").read_text())["binarize"] is True
+    assert _cfg(data).config_hash == TrainConfig.from_recipe(
+        "fair", data=str(data), binarize=False, **SETTINGS
+    ).config_hash  # runs recorded before the field keep their hash
+    rc = main(["evaluate", "--run", str(run), "--device", "cpu", "--no-hd95", "--quiet"])
+    assert rc == 0, capsys.readouterr().err  # scored with the run's binarize
+
+
 def test_fault_empty_test_split_fails_before_training(data_root, tmp_path):
     with pytest.raises(ValueError, match=r"the test split \(eval_split\) is empty"):
         data = _copy_data(data_root, tmp_path / "syn")  # its own split file

@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="default: the run's, 0.5")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument(
+        "--binarize",
+        action="store_true",
+        default=None,
+        help="masks stored as 0/1 or other values: threshold them at 128 (default: refuse "
+        "masks that are not 0/255)",
+    )
+    p.add_argument(
         "--amp",
         choices=["bf16", "fp16", "fp32"],
         default=None,
@@ -165,6 +172,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
         "split_mode": args.split_mode,
+        "binarize": args.binarize,
     }
     split = args.split or (None if args.run else "test")
     with warnings.catch_warnings(record=True) as caught:

@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed (recipe: 42)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument(
+        "--binarize",
+        action="store_true",
+        default=None,
+        help="masks stored as 0/1 or other values: threshold them at 128 (default: refuse "
+        "masks that are not 0/255)",
+    )
+    p.add_argument(
         "--amp",
         choices=["bf16", "fp16", "none"],
         default=None,
@@ -131,6 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["image_size"] = args.input_size
     if args.amp is not None:
         overrides["amp"] = None if args.amp == "none" else args.amp
+    if args.binarize:
+        overrides["binarize"] = True
     try:
         cfg = TrainConfig.from_recipe(args.recipe, **overrides)
         run_training(

@@ -66,6 +66,8 @@ class TrainConfig:
     # "official": the layout's split or an error; "seeded": the papers' 7:3 (see
     # bench.data.splits)
     split_mode: str = "auto"
+    # masks stored as 0/1 (or other values): threshold at 128 instead of refusing them
+    binarize: bool = False
     split_file: str | None = None
     split_seed: int = 42  # the data split's seed: fixed across training seeds
     val_fraction: float = 0.1
@@ -281,6 +283,7 @@ RUNTIME_FIELDS = frozenset(
 #: Fields added after runs were recorded, with the behaviour runs had before: left out of
 #: the config hash at that value, and a config.json without them means that value.
 LATER_FIELDS: dict[str, Any] = {
+    "binarize": False,
     "loss": "bce_dice_logits",
     "scale_before_augment": False,
     "split_mode": "auto",

@@ -43,7 +43,9 @@ from bench.engine.overlap import overlap_note
 #: settings that define how a model was trained and must be scored
 MODEL_SETTINGS = ("model", "model_kwargs", "image_size", "input_scaling", "threshold", "precision")
 #: settings that choose the images (count as a mismatch on the run's own dataset only)
-SPLIT_SETTINGS = ("split_file", "split_seed", "val_fraction", "test_fraction", "split_mode")
+SPLIT_SETTINGS = (
+    "split_file", "split_seed", "val_fraction", "test_fraction", "split_mode", "binarize",
+)  # fmt: skip
 #: for a checkpoint that carries no configuration and a setting the command line leaves out
 DEFAULTS: dict[str, Any] = {
     "model": None,
@@ -57,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "test_fraction": 0.3,
     "split_mode": "auto",
+    "binarize": False,
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_FORMAT = "segbench-eval/1"
@@ -104,6 +107,7 @@ class EvalSource:
             "val_fraction": c.get("val_fraction"),
             "test_fraction": c.get("test_fraction"),
             "split_mode": c.get("split_mode", "auto"),  # runs from before the field: auto
+            "binarize": bool(c.get("binarize", False)),
         }
         return {k: v for k, v in out.items() if v is not None or k == "split_file"}
 
@@ -288,6 +292,7 @@ def evaluate_model(
         val_fraction=settings["val_fraction"],
         test_fraction=settings["test_fraction"],
         split_mode=settings["split_mode"],
+        binarize=settings["binarize"],
         progress=progress,
     )
     split_parts(prepared, split)  # an empty split fails here, naming --split all

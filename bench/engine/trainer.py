@@ -155,6 +155,7 @@ class _Trainer:
                 cache_dir=cfg.cache_dir,
                 progress=not self.quiet and d.is_main,
                 split_mode=cfg.split_mode,
+                binarize=cfg.binarize,
             )
 
         if d.is_main:  # rank 0 builds the cache, the others then find it
