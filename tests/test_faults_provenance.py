@@ -537,9 +537,10 @@ def test_fault_masks_stored_as_0_1_train_with_the_hinted_binarize(data_root, tmp
     assert main([*argv, "--binarize"]) == exitcodes.OK  # ...which exists and works
     run = _run_dir(tmp_path / "res", epochs=1)
     assert json.loads((run / "config.json").read_text())["binarize"] is True
-    assert _cfg(data).config_hash == TrainConfig.from_recipe(
-        "fair", data=str(data), binarize=False, **SETTINGS
-    ).config_hash  # runs recorded before the field keep their hash
+    assert (
+        _cfg(data).config_hash
+        == TrainConfig.from_recipe("fair", data=str(data), binarize=False, **SETTINGS).config_hash
+    )  # runs recorded before the field keep their hash
     rc = main(["evaluate", "--run", str(run), "--device", "cpu", "--no-hd95", "--quiet"])
     assert rc == 0, capsys.readouterr().err  # scored with the run's binarize
 
