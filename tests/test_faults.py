@@ -374,7 +374,7 @@ def test_fault_failed_checkpoint_write_keeps_previous_files(
     monkeypatch.setattr(torch, "save", disk_full)
     rc = main(_train_argv(data_root, results))
     err = capsys.readouterr().err
-    assert rc == exitcodes.FAILED, err
+    assert rc == exitcodes.IO_ERROR, err  # a full disk is not bad input (issue 28, item 10)
     assert f"could not write checkpoint {ckpts / 'last.pt'}" in err
     assert "No space left on device" in err and "last.pt unchanged" in err
     after = {p.name: p.read_bytes() for p in ckpts.glob("*.pt")}
@@ -477,7 +477,7 @@ def test_fault_exit_code_rule():
     assert exitcodes.outcome_code(3, 0) == exitcodes.OK
     assert exitcodes.outcome_code(0, 2) == exitcodes.FAILED
     assert exitcodes.outcome_code(1, 2) == exitcodes.PARTIAL
-    assert len(set(exitcodes.NAMES)) == len(exitcodes.NAMES) == 7
+    assert len(set(exitcodes.NAMES)) == len(exitcodes.NAMES) == 8
     long = "x" * 500 + " end"
     assert exitcodes.failure_lines([("m", long)]) == [f"m: {long}"]
 

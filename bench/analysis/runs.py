@@ -81,7 +81,11 @@ def find_runs(
     :data:`SUMMARY_METRICS` (NaN where a run lacks one), hd95_n_undefined, n_images,
     train_images_per_s, epoch_time_s, image_size, device_name, torch_version, git_commit,
     command, config (the run's ``config.json`` as a dict, or None), environment (the
-    ``metrics.json`` environment dict). The arguments other
+    ``metrics.json`` environment dict), dataset_fingerprint and split_hash (``unknown``
+    when not recorded). A dataset name trained on different data (two fingerprints) is
+    two datasets, ``<name>@<fingerprint>``; a run whose folder names another seed than
+    its record, or two runs of one experiment with one seed, raise ValueError naming
+    them. Failed and unfinished runs: :func:`unfinished_runs`. The arguments other
     than ``results_dir`` keep only matching runs. A malformed ``metrics.json`` or
     ``config.json`` raises ValueError naming the file.
     """
@@ -89,7 +93,7 @@ def find_runs(
     for path in _metrics_files(results_dir):
         m = read_json(path)  # a malformed file raises ValueError naming it
         if not isinstance(m, dict) or m.get("status") != "finished":
-            continue  # a run in progress or an interrupted one
+            continue  # a run in progress, an interrupted or failed one: unfinished_runs
         run_dir = path.parent
         # The folder names are where the engine put the run; metrics.json says what it is.
         ds = str(m.get("dataset") or run_dir.parents[2].name)
@@ -97,8 +101,7 @@ def find_runs(
         rcp = str(m.get("recipe", ""))
         ep = m.get("epochs")
         if (
-            (dataset is not None and ds != dataset)
-            or (model is not None and mdl != model)
+            (model is not None and mdl != model)
             or (recipe is not None and rcp != recipe)
             or (epochs is not None and ep != epochs)
         ):
@@ -109,7 +112,7 @@ def find_runs(
         row: dict[str, Any] = {
             "dataset": ds,
             "model": mdl,
-            "seed": int(m.get("seed", run_dir.name.removeprefix("seed"))),
+            "seed": _seed(run_dir, m, path),
             "recipe": rcp,
             "epochs": ep,
             "experiment": run_dir.parent.name,
@@ -132,7 +135,13 @@ def find_runs(
         row["command"] = ident["command"]
         row["config"] = ident["config"]
         row["environment"] = env
+        row["dataset_fingerprint"] = ident["dataset_fingerprint"]
+        row["split_hash"] = ident["split_hash"]
         rows.append(row)
+    _key_by_content(rows)
+    _refuse_duplicate_seeds(rows)
+    if dataset is not None:  # the name, or one of its content-keyed labels
+        rows = [r for r in rows if dataset in (r["dataset"], r["dataset"].split("@")[0])]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     return df.sort_values(
         ["dataset", "model", "recipe", "epochs", "experiment", "experiment_hash", "seed"],
@@ -157,7 +166,87 @@ RUN_COLUMNS = (
     + [*SUMMARY_METRICS, *_PER_IMAGE_SPREAD]
     + ["hd95_n_undefined", "n_images", *_RUN_EXTRAS, "image_size"]
     + ["device_name", "torch_version", "git_commit", "command", "config", "environment"]
+    + ["dataset_fingerprint", "split_hash"]
 )
+
+#: a run that recorded no dataset fingerprint (written before manifests had one)
+UNKNOWN = "unknown"
+
+
+def _seed(run_dir: Path, m: dict[str, Any], path: Path) -> int:
+    """The run's seed from its record; a folder name that says another seed (a copied
+    folder) is a contradiction, refused naming the file."""
+    folder = run_dir.name.removeprefix("seed")
+    if "seed" not in m:
+        return int(folder)
+    seed = int(m["seed"])
+    if folder.lstrip("-").isdigit() and int(folder) != seed:
+        raise ValueError(
+            f"{path}: records seed {seed} but its folder is {run_dir.name} (a copied run?); "
+            f"move it to seed{seed} or remove it"
+        )
+    return seed
+
+
+def _key_by_content(rows: list[dict[str, Any]]) -> None:
+    """Runs of one dataset name trained on different data (another folder of the same
+    name, or files added or removed) are different datasets: where a name has more than
+    one recorded fingerprint, each becomes ``<name>@<fingerprint[:8]>`` (runs without a
+    fingerprint keep the name: they cannot be told apart)."""
+    prints: dict[str, set[str]] = {}
+    for r in rows:
+        if r["dataset_fingerprint"] != UNKNOWN:
+            prints.setdefault(r["dataset"], set()).add(r["dataset_fingerprint"])
+    for r in rows:
+        if len(prints.get(r["dataset"], ())) > 1 and r["dataset_fingerprint"] != UNKNOWN:
+            r["dataset"] = f"{r['dataset']}@{r['dataset_fingerprint'][:8]}"
+
+
+def _refuse_duplicate_seeds(rows: list[dict[str, Any]]) -> None:
+    """Two runs of one experiment with the same seed (a copied folder) would count twice."""
+    seen: dict[tuple, str] = {}
+    for r in rows:
+        key = (r["dataset"], r["model"], r["experiment"], r["experiment_hash"], r["seed"])
+        if key in seen:
+            raise ValueError(
+                f"{r['run_dir']} and {seen[key]} are both seed {r['seed']} of one experiment "
+                "(a copied run?): remove one"
+            )
+        seen[key] = r["run_dir"]
+
+
+def unfinished_runs(results_dir: str | Path = "results") -> list[dict[str, str]]:
+    """Run folders that hold no finished run: ``{"run_dir", "status", "reason"}`` each.
+
+    ``status``: ``failed`` (metrics.json says so, ``reason`` from it), ``running`` (a
+    process owns the folder: ``segbench.lock``), ``unfinished`` (no metrics.json: stopped,
+    or still training elsewhere) or the status metrics.json records. The report names
+    them instead of leaving them out silently.
+    """
+    from bench.core.lock import LOCK_NAME
+
+    out = []
+    for run_dir in sorted(Path(results_dir).glob("runs/*/*/*/seed*")):
+        if not run_dir.is_dir():
+            continue
+        path = run_dir / "metrics.json"
+        m: Any = None
+        if path.is_file():
+            try:
+                m = read_json(path)
+            except (OSError, ValueError) as err:
+                out.append({"run_dir": str(run_dir), "status": "unreadable", "reason": str(err)})
+                continue
+        status = m.get("status") if isinstance(m, dict) else None
+        if status == "finished":
+            continue
+        if status is None:
+            status = "running" if (run_dir / LOCK_NAME).exists() else "unfinished"
+        reason = str(m.get("reason") or "") if isinstance(m, dict) else ""
+        if not reason and status == "unfinished":
+            reason = "no metrics.json (stopped before the end, or still training elsewhere)"
+        out.append({"run_dir": str(run_dir), "status": str(status), "reason": reason})
+    return out
 
 
 def _optional_json(path: Path) -> dict[str, Any] | None:
@@ -188,8 +277,9 @@ def run_identity(run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]
       ``experiment_hash`` metrics.json recorded, else ``""`` (unknown: such runs are only
       grouped with runs of the same folder).
 
-    Also returns ``config`` (dict or None), ``image_size``, ``command`` and ``git_commit``
-    (from the manifest).
+    Also returns ``config`` (dict or None), ``image_size``, ``command``, ``git_commit``
+    (from the manifest), ``dataset_fingerprint`` and ``split_hash`` (metrics.json ``data_identity``,
+    else the manifest's ``dataset`` block; :data:`UNKNOWN` for runs that recorded none).
     """
     from bench.engine.config import experiment_hash_of
 
@@ -214,7 +304,11 @@ def run_identity(run_dir: str | Path, metrics: dict[str, Any]) -> dict[str, Any]
     size = (config or {}).get("image_size")
     if size is None and manifest is not None:
         size = (manifest.get("dataset") or {}).get("image_size")
+    ds = (manifest or {}).get("dataset") or {}
+    data = metrics.get("data_identity") if isinstance(metrics.get("data_identity"), dict) else {}
     return {
+        "dataset_fingerprint": str(data.get("fingerprint") or ds.get("fingerprint") or UNKNOWN),
+        "split_hash": str(data.get("split_hash") or ds.get("split_hash") or UNKNOWN),
         "precision": precision,
         "amp_requested": _precision(requested) if requested else None,
         "experiment_hash": ehash,

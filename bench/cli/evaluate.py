@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="default: the run's, 0.5")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument(
+        "--binarize",
+        action="store_true",
+        default=None,
+        help="masks stored as 0/1 or other values: threshold them at 128 (default: refuse "
+        "masks that are not 0/255)",
+    )
+    p.add_argument(
         "--amp",
         choices=["bf16", "fp16", "fp32"],
         default=None,
@@ -89,6 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="score even when given settings differ from the ones the model was trained "
         "with (warns; recorded in metrics.json)",
+    )
+    p.add_argument(
+        "--keep-training-images",
+        action="store_true",
+        help="on another dataset, also score the images the run trained or was selected on "
+        "(same ID, same pixels or a near copy); default: they are left out, and the output "
+        "says which",
     )
     p.add_argument(
         "--hd95",
@@ -115,17 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from bench.core import exitcodes
     from models import UnknownModelError
 
     try:
         return _evaluate_command(args)
-    except (
-        ValueError,
-        FileNotFoundError,
-        UnknownModelError,
-    ) as err:  # bad input: a message, not a traceback
+    except OSError as err:  # a missing file is bad input; a full disk is not
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return exitcodes.IO_ERROR if exitcodes.is_io_failure(err) else exitcodes.USAGE
+    except (ValueError, UnknownModelError) as err:  # bad input: a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return exitcodes.USAGE
 
 
 def _fmt(v: Any) -> str:
@@ -158,6 +172,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
         "split_mode": args.split_mode,
+        "binarize": args.binarize,
     }
     split = args.split or (None if args.run else "test")
     with warnings.catch_warnings(record=True) as caught:
@@ -178,6 +193,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
             save_masks=args.save_masks,
             compute_hd95=not args.no_hd95,
             progress=not args.quiet,
+            keep_training_images=args.keep_training_images,
         )
     for w in caught:
         print(f"WARNING: {w.message}", file=sys.stderr)
@@ -191,6 +207,10 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         f"{rec['precision']})"
     )
     print(table.to_string(formatters={c: _fmt for c in table.columns}))
+    ov = rec.get("training_overlap") or {}
+    if ov.get("n_matched"):
+        what = "kept (--keep-training-images)" if ov.get("kept") else "excluded"
+        print(f"{ov['n_matched']} image(s) the run trained or was selected on: {what}")
     if outcome.out_dir is not None:
         print(f"wrote {outcome.out_dir / 'metrics.json'}")
     return 0

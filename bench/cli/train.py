@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="training seed (recipe: 42)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument(
+        "--binarize",
+        action="store_true",
+        default=None,
+        help="masks stored as 0/1 or other values: threshold them at 128 (default: refuse "
+        "masks that are not 0/255)",
+    )
+    p.add_argument(
         "--amp",
         choices=["bf16", "fp16", "none"],
         default=None,
@@ -120,11 +127,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     for key in ("model", "data", "dataset", "epochs", "batch_size", "seed", "device", "threads"):
         if getattr(args, key) is not None:
+            if key in overrides and str(overrides[key]).strip() != str(getattr(args, key)):
+                opt = "--" + key.replace("_", "-")
+                raise ValueError(
+                    f"{opt} {getattr(args, key)} and --set {key}={overrides[key]} disagree: "
+                    "give one"
+                )
             overrides[key] = getattr(args, key)
     if args.input_size is not None:
         overrides["image_size"] = args.input_size
     if args.amp is not None:
         overrides["amp"] = None if args.amp == "none" else args.amp
+    if args.binarize:
+        overrides["binarize"] = True
     try:
         cfg = TrainConfig.from_recipe(args.recipe, **overrides)
         run_training(
@@ -144,7 +159,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except LockBusy as err:
         print(f"error: {err}", file=sys.stderr)
         return exitcodes.BUSY
-    except (NonFiniteLossError, CheckpointWriteError) as err:
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if exitcodes.is_io_failure(err):  # disk full, quota, I/O error: not bad input
+            return exitcodes.IO_ERROR
+        return exitcodes.FAILED if isinstance(err, CheckpointWriteError) else exitcodes.USAGE
+    except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return exitcodes.FAILED
     except (ValueError, FileNotFoundError, UnknownModelError) as err:

@@ -12,21 +12,24 @@ failures". Skipped units (a variant this device cannot run) are neither.
 | 1 | ``FAILED`` | the work failed: every unit of work failed, or the one unit did |
 | 2 | ``USAGE`` | bad input (argument, file, configuration): one line naming it |
 | 3 | ``PARTIAL`` | some units failed, the others succeeded: the failures are listed |
+| 74 | ``IO_ERROR`` | a write failed on the machine's side (disk full, quota, I/O or read-only file system): one line naming the file; free space and run the same command again |
 | 75 | ``BUSY`` | the run folder (or cache) is owned by another live process (``--wait`` waits) |
 | 130 | ``INTERRUPTED`` | Ctrl-C (128 + SIGINT); a training run saved its position first |
 | 143 | ``TERMINATED`` | SIGTERM (128 + SIGTERM); a training run saved its position first |
 
-75 is ``EX_TEMPFAIL`` of BSD's ``sysexits.h``: "try again later".
+74 and 75 are ``EX_IOERR`` and ``EX_TEMPFAIL`` of BSD's ``sysexits.h``.
 """
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 OK = 0
 FAILED = 1
 USAGE = 2
 PARTIAL = 3
+IO_ERROR = 74
 BUSY = 75
 INTERRUPTED = 130
 TERMINATED = 143
@@ -37,10 +40,28 @@ NAMES = {
     FAILED: "FAILED",
     USAGE: "USAGE",
     PARTIAL: "PARTIAL",
+    IO_ERROR: "IO_ERROR",
     BUSY: "BUSY",
     INTERRUPTED: "INTERRUPTED",
     TERMINATED: "TERMINATED",
 }
+
+
+#: errno values of a failing machine rather than a bad argument (:data:`IO_ERROR`)
+IO_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG, errno.ENOMEM}
+)
+
+
+def is_io_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a disk-full / I/O failure."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError) and err.errno in IO_ERRNOS:
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
 
 
 def outcome_code(succeeded: int, failed: int) -> int:

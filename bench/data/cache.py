@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -86,7 +87,7 @@ def split_file_for(
 def _dataset_name(layout: Layout, root: Path) -> str:
     if layout.name in ("isic2017", "isic2018", "ph2"):
         return layout.name
-    return re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
+    return re.sub(r"[\W_]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
 
 
 def _file_entries(samples: Sequence[Sample], root: Path) -> list[tuple]:
@@ -116,6 +117,7 @@ def _build_cache(
 ) -> None:
     """Decode, resize and write every split into a temp folder, then rename it into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    _check_free_space(final, sum(len(v) for v in split_ids.values()), size)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is as readable as the data
     try:
@@ -132,6 +134,8 @@ def _build_cache(
                     tmp / f"{split}_masks.npy", "w+", np.uint8, (n, size, size)
                 ),
             )
+            for arr in arrays[split]:
+                _reserve(arr)
             sizes[split] = [(0, 0)] * n
             orig_masks[split] = {}
         # One pool (and one progress bar) for all splits.
@@ -179,11 +183,142 @@ def _build_cache(
         raise
 
 
+def _check_free_space(final: Path, n: int, size: int) -> None:
+    """Refuse to start a cache build that cannot fit: ``n`` images at ``size`` px take
+    4 bytes per pixel (RGB + mask) plus headers; the full-resolution val/test masks are
+    small (bit-packed) and covered by a 10 % margin."""
+    need = int(n * 4 * size * size * 1.1) + (1 << 20)
+    free = shutil.disk_usage(final.parent).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"cannot build the preprocessing cache {final}: it needs about "
+            f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free on that disk (free space, "
+            "or pass --cache-dir on another disk)",
+        )
+
+
+def _reserve(arr: np.memmap) -> None:
+    """Allocate a memory-mapped array's file now: writing into a sparse mapping on a full
+    disk kills the process with SIGBUS and no message; this turns it into an OSError
+    naming the file."""
+    path = Path(arr.filename)
+    if not hasattr(os, "posix_fallocate") or path.stat().st_size == 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, path.stat().st_size)
+    except OSError as err:
+        if err.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return  # a file system without fallocate: the free-space check must do
+        raise OSError(err.errno, f"cannot write the preprocessing cache file {path}: "
+                      f"{err.strerror}") from None  # fmt: skip
+    finally:
+        os.close(fd)
+
+
 def _remove_dead_builds(final: Path) -> None:
     """Temp folders of builds of this cache that died (SIGKILL); only called by the lock's
     owner, so no live build of this cache can own one."""
     for tmp in final.parent.glob(f".{final.name}.tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _identify(
+    root: Path,
+    split_file: str | Path | None,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    split_mode: str,
+    cache_dir: str | Path | None,
+    mask_suffix: str | None,
+    name: str | None,
+) -> tuple[Any, str, Path, list[tuple], Path, dict[str, list[str]], dict[str, Any], str]:
+    """Index ``root`` and fix its split: what :func:`prepare_data` and
+    :func:`data_identity` share (no cache is built here)."""
+    index = index_dataset(root, mask_suffix=mask_suffix)
+    name = name or _dataset_name(index.layout, root)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
+    files = _file_entries(index.samples, root)
+    if not split_file:
+        split_file = split_file_for(root, name, index, split_mode, cache_root)
+    split_file = Path(split_file)
+    split_ids, split_meta = _resolve_split(
+        index, split_file, seed, test_fraction, val_fraction, split_mode
+    )
+    # names and sizes of the files and the split, not the path or mtimes: a copy of a
+    # dataset elsewhere has the same fingerprint, another dataset of the same name not
+    fingerprint = _sha({"files": [f[:3] + f[4:6] for f in files], "split": split_ids})[:16]
+    return index, name, cache_root, files, split_file, split_ids, split_meta, fingerprint
+
+
+def data_identity(
+    root: str | Path,
+    *,
+    split_file: str | Path | None = None,
+    seed: int = 42,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.3,
+    split_mode: str = "auto",
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The ``fingerprint``, ``split_hash`` and ``split_counts`` that :func:`prepare_data`
+    would give ``root``, without building its cache (to compare a folder with a run's
+    record cheaply), and its ``index`` and ``split_ids``."""
+    ident = _identify(
+        Path(root), split_file, seed, val_fraction, test_fraction, split_mode, cache_dir,
+        None, None,
+    )  # fmt: skip
+    split_ids = ident[5]
+    return {
+        "fingerprint": ident[7],
+        "split_hash": _sha(split_ids)[:16],
+        "split_counts": {k: len(v) for k, v in split_ids.items()},
+        "index": ident[0],
+        "split_ids": split_ids,
+        "cache_root": ident[2],
+    }
+
+
+def _cache_problem(path: Path, split_ids: dict[str, list[str]], size: int) -> str | None:
+    """What is wrong with an existing cache folder (a file missing, unreadable or of the
+    wrong shape), None when it is complete. A cache is only renamed into place once
+    complete, so a problem here means it was damaged afterwards (a disk error, a
+    truncated copy, a file deleted by hand)."""
+    meta = path / "meta.json"
+    if not meta.is_file():
+        return f"{meta} is missing"
+    try:
+        json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{meta} is unreadable ({err})"
+    for split in SPLITS:
+        n = len(split_ids.get(split, []))
+        for kind, shape in (("images", (n, 3, size, size)), ("masks", (n, size, size))):
+            f = path / f"{split}_{kind}.npy"
+            try:
+                arr = np.load(f, mmap_mode="r")
+            except (OSError, ValueError) as err:
+                return f"{f} is missing or truncated ({err})"
+            if arr.shape != shape:
+                return f"{f} holds {arr.shape}, expected {shape}"
+    return None
+
+
+def _cache_ok(path: Path, split_ids: dict[str, list[str]], size: int) -> bool:
+    return path.is_dir() and _cache_problem(path, split_ids, size) is None
+
+
+def _remove_damaged(path: Path, split_ids: dict[str, list[str]], size: int) -> None:
+    """Move a damaged cache out of the way (named in a warning) so it is rebuilt."""
+    if not path.exists():
+        return
+    import warnings
+
+    why = _cache_problem(path, split_ids, size) or "incomplete"
+    warnings.warn(f"damaged preprocessing cache: {why}; rebuilding {path}", stacklevel=3)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def prepare_data(
@@ -225,19 +360,12 @@ def prepare_data(
     root = Path(root)
     if size < 8:
         raise ValueError(f"size={size}: too small")
-    index = index_dataset(root, mask_suffix=mask_suffix)
+    index, name, cache_root, files, split_file, split_ids, split_meta, fingerprint = _identify(
+        root, split_file, seed, val_fraction, test_fraction, split_mode, cache_dir, mask_suffix,
+        name,
+    )  # fmt: skip
     layout = index.layout
-    name = name or _dataset_name(layout, root)
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
-    files = _file_entries(index.samples, root)
-    if not split_file:
-        split_file = split_file_for(root, name, index, split_mode, cache_root)
-    split_file = Path(split_file)
-    split_ids, split_meta = _resolve_split(
-        index, split_file, seed, test_fraction, val_fraction, split_mode
-    )
     by_id = index.by_id()
-    fingerprint = _sha({"files": [f[:3] + f[4:6] for f in files], "split": split_ids})[:16]
     key = _sha(
         {
             "version": PREPROC_VERSION,
@@ -248,15 +376,16 @@ def prepare_data(
         }
     )[:16]
     cache_path = cache_root / f"{name}-{size}-{key}"
-    if not (cache_path / "meta.json").is_file():
+    if not _cache_ok(cache_path, split_ids, size):
         # One builder per cache: a second process waits for the first and then reuses its
         # cache (bench.core.lock; a builder that died leaves a stale lock, taken over).
         with DirLock(
             cache_root / f"{cache_path.name}.lock", "preprocessing cache", wait=math.inf,
             owned=cache_path,
         ):  # fmt: skip
-            if not (cache_path / "meta.json").is_file():  # not built while we waited
+            if not _cache_ok(cache_path, split_ids, size):  # not built while we waited
                 _remove_dead_builds(cache_path)
+                _remove_damaged(cache_path, split_ids, size)
                 meta = {
                     "format": "segbench-cache/1",
                     "version": PREPROC_VERSION,

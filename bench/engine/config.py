@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -65,6 +66,8 @@ class TrainConfig:
     # "official": the layout's split or an error; "seeded": the papers' 7:3 (see
     # bench.data.splits)
     split_mode: str = "auto"
+    # masks stored as 0/1 (or other values): threshold at 128 instead of refusing them
+    binarize: bool = False
     split_file: str | None = None
     split_seed: int = 42  # the data split's seed: fixed across training seeds
     val_fraction: float = 0.1
@@ -138,6 +141,10 @@ class TrainConfig:
         for name in ("lr", "eps"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
+        if not math.isfinite(self.lr) or self.lr > 1:
+            # AdamW moves every weight by about lr per step: above 1 nothing trains, and
+            # near 1e38 the step overflows float32 inside the optimizer (a traceback)
+            raise bad("lr", "must be finite and <= 1")
         choices = {
             "select_split": ("val", "test", "none"),
             "select_metric": ("loss", "dsc"),
@@ -260,8 +267,11 @@ def experiment_hash_of(values: dict[str, Any], source: str = "config") -> str:
 
 
 def dataset_label(root: str | Path) -> str:
-    """A dataset's name in results: its folder's name, lower case, ``-`` for other characters."""
-    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-")
+    """A dataset's name in results: its folder's name, lower case, ``-`` for other
+    characters. Letters and digits of any script are kept (``isic 2017 ü`` is
+    ``isic-2017-ü``, not ``isic-2017``, which another folder could also map to); for ASCII
+    names this is the rule runs were always recorded under."""
+    return re.sub(r"[\W_]+", "-", Path(root).resolve().name.lower()).strip("-")
 
 
 #: where / how fast to run: not part of the config hash (``data`` enters as its name)
@@ -273,6 +283,7 @@ RUNTIME_FIELDS = frozenset(
 #: Fields added after runs were recorded, with the behaviour runs had before: left out of
 #: the config hash at that value, and a config.json without them means that value.
 LATER_FIELDS: dict[str, Any] = {
+    "binarize": False,
     "loss": "bce_dice_logits",
     "scale_before_augment": False,
     "split_mode": "auto",

@@ -210,6 +210,7 @@ def evaluate_split(
     split: str = "test",
     *,
     original_resolution: bool = False,
+    exclude: Any = (),
     **kwargs: Any,
 ) -> EvalResult:
     """:func:`evaluate_arrays` over one split of a ``bench.data.prepared.PreparedData``.
@@ -217,14 +218,19 @@ def evaluate_split(
     ``split="all"`` scores every image of the folder (the parts of its split joined, in
     ID order): cross-dataset evaluation, or a folder holding only an official
     validation / test download. An empty split is an error that names ``--split all``.
+    ``exclude``: image IDs left out (e.g. images the model trained on, see
+    :mod:`bench.engine.overlap`).
     """
     parts = split_parts(prepared, split)
     where = [(part, j) for part in parts for j in range(len(prepared.split_ids[part]))]
     ids = [prepared.split_ids[part][j] for part, j in where]
-    if len(parts) == 1:
+    drop = set(exclude)
+    if len(parts) == 1 and not drop:
         images, masks = prepared.images(parts[0]), prepared.masks(parts[0])
-    else:  # one copy of every part, in ID order
-        order = sorted(range(len(ids)), key=ids.__getitem__)
+    else:  # one copy of every part, in ID order, without the excluded images
+        order = sorted((i for i in range(len(ids)) if ids[i] not in drop), key=ids.__getitem__)
+        if not order:
+            raise ValueError(f"split {split!r} of {prepared.root}: every image is excluded")
         where, ids = [where[i] for i in order], [ids[i] for i in order]
         images = np.concatenate([prepared.images(p) for p in parts])[order]
         masks = np.concatenate([prepared.masks(p) for p in parts])[order]

@@ -86,6 +86,37 @@ class _StopRequest:
         self._prev = {}
 
 
+class _StopNow:
+    """SIGINT / SIGTERM during the final test scoring: stop at once with a message (the
+    training is complete and saved in ``last.pt``; scoring again is cheap, so nothing is
+    saved mid-way). The same rule as :class:`_StopRequest` for SIGTERM under submitit."""
+
+    def __init__(self, saved: Path) -> None:
+        self.saved = saved
+        self._prev: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: types.FrameType | None) -> None:
+        print(
+            f"\n{signal.Signals(signum).name} during the final test scoring: the training is "
+            f"complete ({self.saved}); the same command scores it again",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise TrainingStopped(signum, self.saved)
+
+    def __enter__(self) -> _StopNow:
+        if threading.current_thread() is threading.main_thread():
+            self._prev[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+                self._prev[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, prev in self._prev.items():
+            signal.signal(signum, prev)
+        self._prev = {}
+
+
 class _AuxForward(nn.Module):
     """``forward`` returning ``(logits, [aux...])`` so DDP sees the deep-supervision path."""
 

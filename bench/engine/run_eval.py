@@ -38,11 +38,14 @@ import torch
 from bench.core.io import read_json, write_csv, write_json
 from bench.engine.config import dataset_label
 from bench.engine.evaluate import EvalResult
+from bench.engine.overlap import overlap_note
 
 #: settings that define how a model was trained and must be scored
 MODEL_SETTINGS = ("model", "model_kwargs", "image_size", "input_scaling", "threshold", "precision")
 #: settings that choose the images (count as a mismatch on the run's own dataset only)
-SPLIT_SETTINGS = ("split_file", "split_seed", "val_fraction", "test_fraction", "split_mode")
+SPLIT_SETTINGS = (
+    "split_file", "split_seed", "val_fraction", "test_fraction", "split_mode", "binarize",
+)  # fmt: skip
 #: for a checkpoint that carries no configuration and a setting the command line leaves out
 DEFAULTS: dict[str, Any] = {
     "model": None,
@@ -56,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,
     "test_fraction": 0.3,
     "split_mode": "auto",
+    "binarize": False,
 }
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_FORMAT = "segbench-eval/1"
@@ -73,6 +77,12 @@ class EvalSource:
     run_dir: Path | None = None
     config: dict[str, Any] | None = None  # the run's TrainConfig as a dict (+ "dataset")
     precision: str | None = None  # the precision the run really used
+    #: with a run: its metrics.json status ("finished", "failed"; None: not written yet)
+    run_status: str | None = None
+    #: what the output says about the weights (an unfinished run, a missing best.pt)
+    notes: list[str] = field(default_factory=list)
+    #: with a run: the dataset identity it recorded (manifest.json "dataset")
+    run_dataset: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stored(self) -> dict[str, Any]:
@@ -97,6 +107,7 @@ class EvalSource:
             "val_fraction": c.get("val_fraction"),
             "test_fraction": c.get("test_fraction"),
             "split_mode": c.get("split_mode", "auto"),  # runs from before the field: auto
+            "binarize": bool(c.get("binarize", False)),
         }
         return {k: v for k, v in out.items() if v is not None or k == "split_file"}
 
@@ -111,16 +122,28 @@ def load_source(
         if not cfg_path.is_file():
             raise FileNotFoundError(f"--run {run}: no config.json (not a segbench run folder)")
         config = read_json(cfg_path)
+        notes: list[str] = []
+        status = _run_status(run)
         if checkpoint is None:
-            for name in ("best.pt", "last.pt"):
-                if (run / "checkpoints" / name).is_file():
-                    checkpoint = run / "checkpoints" / name
-                    break
+            best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+            if best.is_file():
+                checkpoint = best
+            elif last.is_file():
+                checkpoint = last
+                notes.append(
+                    f"{best} is missing: scored {last} instead (the weights of the last "
+                    "epoch saved, not the run's selected ones)"
+                )
             else:
                 raise FileNotFoundError(
                     f"--run {run}: no checkpoints/best.pt or last.pt (checkpoints are not "
                     "committed: score the run where it was trained, or pass --checkpoint)"
                 )
+        if status != "finished":
+            notes.append(
+                f"{run} is not a finished run (status: {status or 'no metrics.json yet'}): "
+                f"scored {Path(checkpoint).name} as it is now; a later epoch may replace it"
+            )
         precision = None
         for name, key in (("metrics.json", "precision"), ("manifest.json", "amp")):
             try:
@@ -130,7 +153,11 @@ def load_source(
             if isinstance(rec, dict) and key in rec:
                 precision = rec[key] or "fp32"
                 break
-        return EvalSource(Path(checkpoint), run, config, precision)
+        from bench.engine.run_record import recorded_dataset
+
+        return EvalSource(
+            Path(checkpoint), run, config, precision, status, notes, recorded_dataset(run)
+        )
     if checkpoint is None:
         return EvalSource()
     from bench.engine.checkpoints import read_checkpoint_file
@@ -140,6 +167,14 @@ def load_source(
     config = obj.get("config") if isinstance(obj, dict) else None
     precision = obj.get("precision") if isinstance(obj, dict) else None
     return EvalSource(path, None, config if isinstance(config, dict) else None, precision)
+
+
+def _run_status(run: Path) -> str | None:
+    try:
+        rec = read_json(run / "metrics.json")
+    except (OSError, ValueError):
+        return None
+    return str(rec.get("status")) if isinstance(rec, dict) and rec.get("status") else None
 
 
 def _canon(v: Any) -> Any:
@@ -199,12 +234,15 @@ def evaluate_model(
     compute_hd95: bool = True,
     progress: bool = False,
     command: str | None = None,
+    keep_training_images: bool = False,
 ) -> EvalOutcome:
     """Score a run, a checkpoint or a trivial baseline on a dataset split; write the files.
 
     See the module docstring for where settings come from. ``split``: train / val / test
     of the dataset's split or ``all`` (every image of the folder); default: the run's
-    ``eval_split`` on the run's own dataset, else required. Raises
+    ``eval_split`` on the run's own dataset, else required. On another dataset, images
+    the run trained or was selected on are left out (:mod:`bench.engine.overlap`) unless
+    ``keep_training_images``. Raises
     :class:`SettingsMismatch` (refused differences), ``ValueError`` / ``FileNotFoundError``
     for bad input.
     """
@@ -237,11 +275,13 @@ def evaluate_model(
     settings, diffs = resolve_settings(source, given or {}, same_data)
     if not baseline and not settings["model"]:
         raise ValueError(f"{source.checkpoint}: carries no configuration; give --model NAME")
-    notes = _mismatch_notes(source, diffs, allow_mismatch)
+    notes = [*source.notes, *_mismatch_notes(source, diffs, allow_mismatch)]
     hd95 = hd95_convention or cfg.get("hd95", "monai")
     if hd95 not in HD95_CONVENTIONS:
         raise ValueError(f"--hd95 {hd95!r}: choose one of {', '.join(HD95_CONVENTIONS)}")
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--results {out}: exists and is not a folder")
     dev = str(resolve_device(device, allow=None))
     amp = _autocast(settings["precision"], dev, notes)
     prepared = prepare_data(
@@ -252,9 +292,20 @@ def evaluate_model(
         val_fraction=settings["val_fraction"],
         test_fraction=settings["test_fraction"],
         split_mode=settings["split_mode"],
+        binarize=settings["binarize"],
         progress=progress,
     )
     split_parts(prepared, split)  # an empty split fails here, naming --split all
+    split_overridden = any(d.split(":", 1)[0] in SPLIT_SETTINGS for d in diffs)
+    if same_data and source.run_dir is not None and not split_overridden:
+        # (with another split, allowed by allow_mismatch, the split hash differs by design)
+        _check_same_data(source, prepared)
+    overlap = None
+    if not same_data and source.run_dir is not None:
+        overlap = _overlap(source, prepared, split, keep_training_images, progress)
+        note = overlap_note(overlap, eval_dataset)
+        if note:
+            notes.append(note)
 
     if baseline:
         model = baseline_model(baseline, prepared.masks("train")).to(dev)
@@ -279,6 +330,7 @@ def evaluate_model(
         save_masks=save_masks,
         progress=progress,
         desc=f"{model_name} {eval_dataset} {split}",
+        exclude=() if overlap is None or overlap["kept"] else [m["id"] for m in overlap["images"]],
     )
     record = evaluation_record(
         res,
@@ -295,6 +347,7 @@ def evaluate_model(
         notes=notes,
         command=command if command is not None else command_line(),
         environment=environment(dev),
+        overlap=overlap,
     )
     out_dir = Path(out) if out else None
     if out_dir is None and source.run_dir is not None:
@@ -311,6 +364,45 @@ def evaluate_model(
             write_csv(out_dir / "per_image_original.csv", res.original_per_image)
         write_json(out_dir / "metrics.json", record)  # last: its presence means complete
     return EvalOutcome(res, record, out_dir, notes)
+
+
+def _check_same_data(source: EvalSource, prepared: Any) -> None:
+    """Scoring the run's own dataset: it must still be the data the run trained on, else
+    its "test" split may hold training images (the same check as resume)."""
+    from bench.engine.run_record import DatasetChanged, dataset_changes, dataset_identity
+
+    changed = dataset_changes(source.run_dataset, dataset_identity(prepared))
+    if changed:
+        raise DatasetChanged(
+            f"{prepared.root} is not the data {source.run_dir} was trained on, though it has "
+            f"the same name ({'; '.join(changed)}); its {prepared.name} splits would mix the "
+            "run's training images into the scored ones. Restore the data, or score a "
+            "renamed copy of the new folder as another dataset (--split all, which leaves "
+            "out the run's own images)"
+        )
+
+
+def _overlap(
+    source: EvalSource, prepared: Any, split: str, keep: bool, progress: bool
+) -> dict[str, Any]:
+    """The overlap record of the images of ``split`` of another dataset with the run's
+    training and validation images (:mod:`bench.engine.overlap`)."""
+    from bench.data.duplicates import NEAR_THRESHOLD
+    from bench.engine.evaluate import split_parts
+    from bench.engine.overlap import overlap_record, training_overlap
+
+    ids = [i for part in split_parts(prepared, split) for i in prepared.split_ids[part]]
+    try:
+        matches = training_overlap(
+            source.config or {}, source.run_dataset, prepared, ids, progress=progress
+        )
+    except (FileNotFoundError, ValueError):
+        if not keep:
+            raise
+        # the run's own images cannot be told here: kept, as the flag asked, and recorded
+        return {"checked": False, "kept": True, "n_total": len(ids), "n_matched": 0,
+                "n_scored": len(ids), "images": [], "by": {}}  # fmt: skip
+    return overlap_record(matches, len(ids), keep, NEAR_THRESHOLD)
 
 
 def _eval_data(cfg: dict[str, Any], data: str | Path | None) -> str | Path:
@@ -395,9 +487,20 @@ def evaluation_record(
     notes: list[str],
     command: str,
     environment: dict[str, Any],
+    overlap: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` of an evaluation (schema ``segbench-eval/1``, DEVELOPING.md)."""
+    """The ``metrics.json`` of an evaluation (schema ``segbench-eval/1``, DEVELOPING.md).
+
+    Ties the number to its inputs: ``checkpoint_sha256`` and ``checkpoint_epoch`` (the
+    report drops an evaluation whose checkpoint is no longer the run's best),
+    ``run_status`` at scoring time, the scored data's ``eval_fingerprint`` and
+    ``eval_split_hash``, the run's ``train_fingerprint`` / ``train_split_hash``, and
+    ``training_overlap`` (images of another dataset the run had seen, excluded or kept).
+    """
+    from bench.engine.run_record import checkpoint_record
+
     cfg = source.config or {}
+    ck = checkpoint_record(source.checkpoint) if source.checkpoint else None
     rec: dict[str, Any] = {
         "format": EVAL_FORMAT,
         "model": model,
@@ -415,7 +518,15 @@ def evaluation_record(
         "epochs": cfg.get("epochs"),
         "seed": cfg.get("seed"),
         "run_dir": str(source.run_dir) if source.run_dir else None,
+        "run_status": source.run_status,
         "checkpoint": str(source.checkpoint) if source.checkpoint else None,
+        "checkpoint_sha256": ck["sha256"] if ck else None,
+        "checkpoint_epoch": ck["epoch"] if ck else None,
+        "train_fingerprint": source.run_dataset.get("fingerprint"),
+        "train_split_hash": source.run_dataset.get("split_hash"),
+        "eval_fingerprint": prepared.fingerprint,
+        "eval_split_hash": prepared.split_hash,
+        "training_overlap": overlap if overlap is not None else {"checked": False},
         "settings": settings,
         "split_source": {
             "split_file": str(prepared.split_file),

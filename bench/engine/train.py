@@ -37,6 +37,7 @@ from bench.engine import distributed as bdist
 from bench.engine.checkpoints import load_resume_checkpoint
 from bench.engine.config import TrainConfig
 from bench.engine.run_control import _log
+from bench.engine.run_record import DatasetChanged, dataset_changes, recorded_dataset
 from bench.engine.rundir import _clear_run, _conflict_text, run_dir_for
 from bench.engine.trainer import _Trainer
 
@@ -73,11 +74,14 @@ def run_training(
     dist_info, created_pg = bdist.init_from_env(device)
     if dist_info.enabled and device.startswith("cuda"):
         device = f"cuda:{dist_info.local_rank}"
+    run_dir = None
     try:
         run_dir = run_dir_for(cfg, Path(results_dir))
         with _owned(run_dir, wait):
             return _run(cfg, run_dir, device, resume, force, quiet, use_previous, command)
     finally:
+        if run_dir is not None and bdist.info().is_main:
+            _remove_if_empty(run_dir, Path(results_dir) / "runs")
         bdist.shutdown(created_pg)
 
 
@@ -134,6 +138,14 @@ def _run(
             raise ValueError(f"{metrics_path}: not a segbench metrics file (expected a mapping)")
         if old.get("status") == "finished":
             if old.get("config_hash") == chash:
+                changed = _finished_data_changes(run_dir, cfg)
+                if changed:
+                    raise DatasetChanged(
+                        f"{run_dir} holds a finished run of this configuration trained on "
+                        f"other data of the same name ({'; '.join(changed)}); name the new "
+                        "data (--dataset NAME), write elsewhere (--results DIR) or pass "
+                        "--force to overwrite the run"
+                    )
                 _log(f"{run_dir}: already finished (config {chash}); --force to re-run", quiet)
                 return run_dir
             raise ValueError(
@@ -164,3 +176,36 @@ def _run(
     trainer.test()
     bdist.barrier()
     return run_dir
+
+
+def _finished_data_changes(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """How ``cfg.data`` differs from the data a finished run recorded (``[]``: the same,
+    or the run recorded no fingerprint). Indexes the folder and fixes its split, without
+    building a cache."""
+    from bench.data.cache import data_identity
+
+    old = recorded_dataset(run_dir)
+    if not old.get("fingerprint") or not cfg.data:
+        return []
+    new = data_identity(
+        cfg.data,
+        split_file=cfg.split_file,
+        seed=cfg.split_seed,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        split_mode=cfg.split_mode,
+        cache_dir=cfg.cache_dir,
+    )
+    return dataset_changes(old, {**new, "root": str(cfg.data)})  # (index etc. ignored)
+
+
+def _remove_if_empty(run_dir: Path, stop: Path) -> None:
+    """A run that failed before writing anything (a bad ``--data``) leaves no empty run
+    folder behind, nor empty parents up to ``stop``."""
+    d = run_dir
+    while d != stop and stop in d.parents:
+        try:
+            d.rmdir()  # only succeeds when empty
+        except OSError:
+            return
+        d = d.parent

@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -26,7 +25,6 @@ from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
 from bench.engine.config import TrainConfig
 from bench.engine.determinism import (
-    _backend_settings,
     _configure_backends,
     _epoch_seed,
     _loaded,
@@ -37,7 +35,6 @@ from bench.engine.determinism import (
 )
 from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
-from bench.engine.provenance import code_fingerprint, training_cost
 from bench.engine.run_control import (
     NonFiniteLossError,
     TrainingStopped,
@@ -45,8 +42,17 @@ from bench.engine.run_control import (
     _batches,
     _check_every,
     _log,
+    _StopNow,
     _StopRequest,
     _summary_line,
+)
+from bench.engine.run_record import (
+    DatasetChanged,
+    dataset_changes,
+    dataset_identity,
+    final_metrics,
+    recorded_dataset,
+    start_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -149,6 +155,7 @@ class _Trainer:
                 cache_dir=cfg.cache_dir,
                 progress=not self.quiet and d.is_main,
                 split_mode=cfg.split_mode,
+                binarize=cfg.binarize,
             )
 
         if d.is_main:  # rank 0 builds the cache, the others then find it
@@ -174,6 +181,12 @@ class _Trainer:
             )
         if torch.device(self.device).type == "cuda":  # the uint8 set fits easily: no loader
             self.train_x, self.train_y = self.train_x.to(self.device), self.train_y.to(self.device)
+        if not p.split_ids.get(cfg.eval_split):  # fail now, not after every epoch
+            raise ValueError(
+                f"{cfg.data}: the {cfg.eval_split} split (eval_split) is empty "
+                f"({', '.join(f'{k} {len(v)}' for k, v in p.split_ids.items())}); set "
+                "test_fraction > 0 or use a split file with a test part"
+            )
         self.sel_split = None if cfg.select_split == "none" else cfg.select_split
         self.sel_data = None
         if self.sel_split:
@@ -193,6 +206,24 @@ class _Trainer:
     # ---------------------------------------------------------------- checkpoints
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        changed = dataset_changes(
+            recorded_dataset(self.run_dir, ckpt), dataset_identity(self.prepared)
+        )
+        if changed:
+            raise DatasetChanged(
+                f"{self.run_dir}: the dataset changed since this run started "
+                f"({'; '.join(changed)}): resuming would go on training on other images. "
+                "Restore the data, or train the new data as another dataset (--dataset NAME "
+                "or --results DIR), or pass --force to start this run over"
+            )
+        threads = ckpt.get("threads")
+        if threads and threads != torch.get_num_threads() and self.device == "cpu":
+            warnings.warn(
+                f"{self.run_dir}: saved with {threads} torch threads, resumed with "
+                f"{torch.get_num_threads()}: CPU results may differ in the last digits from "
+                f"an uninterrupted run (pass --threads {threads} to match)",
+                stacklevel=3,
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(
             adapt_optimizer_state(ckpt["optimizer"], self.optimizer, self.model)
@@ -236,6 +267,9 @@ class _Trainer:
                     "rng": rng,
                     "gen": gens,
                     "world_size": self.d.world_size,
+                    "dataset": dataset_identity(self.prepared),
+                    # CPU results are bit-reproducible at one thread count only
+                    "threads": torch.get_num_threads(),
                 },
                 keep_previous=True,
             )
@@ -260,6 +294,7 @@ class _Trainer:
                     "epoch": self.best["epoch"],
                     "select": f"{self.cfg.select_metric}@{self.sel_split}",
                     "value": self.best["value"],
+                    "dataset": dataset_identity(self.prepared),
                 },
             )
 
@@ -277,6 +312,7 @@ class _Trainer:
         with _StopRequest(self.quiet) as stop:
             while self.epoch < cfg.epochs:
                 row = self._train_epoch(stop)
+                self._check_weights()
                 self.scheduler.step()
                 improved = self._validate(row)
                 self.history.append(row)
@@ -439,6 +475,8 @@ class _Trainer:
                 "val_time_s": time.perf_counter() - t0,
             }
         )
+        if not math.isfinite(res.loss):
+            self._fail_run(f"non-finite {split} loss ({res.loss}) at epoch {epoch}")
         value = res.loss if cfg.select_metric == "loss" else res.metrics["dsc"]
         prev = self.best["value"]
         better = prev is None or (value < prev if cfg.select_metric == "loss" else value > prev)
@@ -448,19 +486,38 @@ class _Trainer:
         return better
 
     def _fail(self, step: int, value: float, check_every: int = 1) -> None:
+        where = f"step {step + 1}"
+        if check_every > 1:
+            where += f" (checked every {check_every} steps: the first bad step is at most this one)"
+        self._fail_run(f"non-finite loss ({value}) at epoch {self.epoch + 1}, {where}")
+
+    def _check_weights(self) -> None:
+        """Non-finite weights or buffers after an epoch end the run (a NaN can reach the
+        weights with a finite loss, e.g. through an inf gradient)."""
+        bad = [
+            n
+            for n, t in (*self.model.named_parameters(), *self.model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            self._fail_run(
+                f"non-finite weights ({', '.join(bad[:3])}{more}) after epoch {self.epoch + 1}"
+            )
+
+    def _fail_run(self, what: str) -> None:
+        """End the run as failed: ``metrics.json`` says so and why; the checkpoints on
+        disk were all written from finite weights (and a finite validation loss where one
+        was computed), since every epoch is checked before it is saved."""
         cfg = self.cfg
         kept = (
             f"last good checkpoint: {self.last_path} (end of epoch {self.epoch})"
             if self.last_path.is_file()
             else "no checkpoint was written yet"
         )
-        where = f"step {step + 1}"
-        if check_every > 1:
-            where += f" (checked every {check_every} steps: the first bad step is at most this one)"
         msg = (
-            f"non-finite loss ({value}) at epoch {self.epoch + 1}, {where} of "
-            f"{cfg.model}: training stopped; {kept}. Try a lower learning rate, amp off, or "
-            "check the data."
+            f"{what} of {cfg.model}: training stopped; {kept}. Try a lower learning rate, "
+            "amp off, or check the data."
         )
         if self.d.is_main:
             run = {"model": cfg.model, "dataset": cfg.dataset_name, "seed": cfg.seed}
@@ -476,7 +533,20 @@ class _Trainer:
         if self.best_path.is_file():
             self.model.load_state_dict(_load_checkpoint(self.best_path)["model"])
         bdist.broadcast_buffers(self.model)
-        res = evaluate_split(
+        with _StopNow(self.last_path):
+            res = self._score_test()
+        if self.d.is_main:
+            self._write_final(res, time.perf_counter() - self.t_start)
+            m = res.metrics
+            _log(
+                f"{cfg.model} {cfg.eval_split}: DSC {m['dsc']:.4f}  mIoU {m['miou']:.4f}  "
+                f"Dice/img {m['dice_mean']:.4f}  HD95 {m['hd95_mean']:.2f}px  -> {self.run_dir}",
+                self.quiet,
+            )
+
+    def _score_test(self) -> Any:
+        cfg = self.cfg
+        return evaluate_split(
             self.model,
             self.prepared,
             cfg.eval_split,
@@ -490,124 +560,21 @@ class _Trainer:
             progress=not self.quiet,
             desc=f"{cfg.model} {cfg.eval_split}",
         )
-        if self.d.is_main:
-            self._write_final(res, time.perf_counter() - self.t_start)
-            m = res.metrics
-            _log(
-                f"{cfg.model} {cfg.eval_split}: DSC {m['dsc']:.4f}  mIoU {m['miou']:.4f}  "
-                f"Dice/img {m['dice_mean']:.4f}  HD95 {m['hd95_mean']:.2f}px  -> {self.run_dir}",
-                self.quiet,
-            )
 
     # ---------------------------------------------------------------- result files
 
     def _write_start_files(self) -> None:
-        from bench.core.env import command_line, environment
-
-        cfg, p = self.cfg, self.prepared
+        cfg = self.cfg
         write_json(
             self.run_dir / "config.json",
             {**cfg.to_dict(), "dataset": cfg.dataset_name, "config_hash": self.chash},
         )
-        env = environment(self.device)
-        write_json(
-            self.run_dir / "manifest.json",
-            {
-                "command": self.command or command_line(),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "resumed_at_epoch": self.epoch or None,
-                "git_commit": env.get("git_commit"),
-                # hash of the code that decides the result (models/, bench/engine, bench/data)
-                "code_fingerprint": code_fingerprint(),
-                "versions": env.get("versions"),
-                "device": self.device,
-                "world_size": self.d.world_size,
-                "per_process_batch": self.per_rank_batch,
-                "channels_last": self.channels_last,
-                "deterministic": self.deterministic,
-                "deterministic_requested": cfg.deterministic,
-                "amp": self.amp,
-                "amp_requested": cfg.amp,
-                "amp_note": self.amp_note,
-                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-                "environment": env,
-                "torch_backends": _backend_settings(),
-                "dataset": {
-                    "name": cfg.dataset_name,
-                    "data_name": p.name,
-                    "root": str(cfg.data),
-                    "layout": p.layout.name,
-                    "fingerprint": p.fingerprint,
-                    "split_file": str(p.split_file),
-                    "split_hash": p.split_hash,
-                    "split_counts": {k: len(v) for k, v in p.split_ids.items()},
-                    # duplicate-image groups on more than one side of the split ([] = none)
-                    "duplicate_leaks": p.duplicate_leaks,
-                    "image_size": cfg.image_size,
-                },
-                "model": {
-                    "name": cfg.model,
-                    "kwargs": self.model_kwargs,
-                    # parameters sharing one storage (MALUNet's tied IEA memory); [] = untied
-                    "tied_parameters": self.tied,
-                    "params": sum(t.numel() for t in self.model.parameters()),
-                    "loss_weights": [self.info.loss_weights[0], list(self.info.loss_weights[1])],
-                },
-            },
-        )
+        write_json(self.run_dir / "manifest.json", start_manifest(self))
+        if self.history:  # a resume: the log matches the checkpoint (a write may have failed)
+            write_csv(self.run_dir / "log.csv", pd.DataFrame(self.history))
 
     def _write_final(self, res: Any, wall: float) -> None:
-        from bench.core.env import environment
-
-        cfg = self.cfg
-        speeds = [r["images_per_s"] for r in self.history]
-        times = [r["epoch_time_s"] for r in self.history]
-        cost = training_cost(self.history, self.sel_split)
-        out: dict[str, Any] = {
-            "model": cfg.model,
-            "dataset": cfg.dataset_name,
-            "seed": cfg.seed,
-            "recipe": cfg.recipe,
-            "epochs": cfg.epochs,
-            "config_hash": self.chash,
-            # the config without the seed: runs that share it are seeds of one experiment
-            "experiment_hash": cfg.experiment_hash,
-            # the precision the run really trained in (a CPU bf16 crash falls back to fp32)
-            "amp": self.amp,
-            "amp_requested": cfg.amp,
-            "status": "finished",
-            # the precision the run really used (amp may fall back to fp32, see amp.py)
-            "precision": self.amp or "fp32",
-            "hd95_convention": cfg.hd95,
-            "model_kwargs": self.model_kwargs,
-            "tied_parameter_groups": len(self.tied),
-            "deterministic": self.deterministic,
-            "best_epoch": self.best["epoch"],
-            "selection": {
-                "split": cfg.select_split,
-                "metric": cfg.select_metric,
-                "value": self.best["value"],
-            },
-            "test": res.metrics,
-        }
-        if res.original is not None:
-            out["test_original_resolution"] = res.original
-        # medians over epochs: robust to the first (warm-up) epoch and to load spikes
-        out.update(
-            {
-                "train_images_per_s": float(np.median(speeds)) if speeds else None,
-                "epoch_time_s": float(np.median(times)) if times else None,
-                # this process only (a resumed run's earlier processes are not in it)
-                "wall_time_s": wall,
-                # summed over every epoch of the run, across resumes (see training_cost)
-                **cost,
-                "code_fingerprint": code_fingerprint(),
-                "t_max": cfg.effective_t_max,
-                "eval_split": cfg.eval_split,
-                "environment": environment(self.device),
-            }
-        )
         write_csv(self.run_dir / "per_image.csv", res.per_image)
         if res.original_per_image is not None:
             write_csv(self.run_dir / "per_image_original.csv", res.original_per_image)
-        write_json(self.run_dir / "metrics.json", out)
+        write_json(self.run_dir / "metrics.json", final_metrics(self, res, wall))

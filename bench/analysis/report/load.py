@@ -22,6 +22,7 @@ It writes ``tables/*.{csv,md}``, ``plots/*.{png,svg}`` and ``README.md``.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,10 @@ from typing import Any
 
 import pandas as pd
 
-from bench.analysis.runs import EXPERIMENT_KEY, find_runs
+from bench.analysis.runs import EXPERIMENT_KEY, find_runs, unfinished_runs
 from bench.core.io import read_json
+
+log = logging.getLogger("bench.analysis.report")
 
 RESULTS_DIR = Path("results")
 
@@ -86,6 +89,11 @@ class Results:
     benchmark: dict[str, Any] = field(default_factory=dict)  # benchmark.json, if any
     files: list[Path] = field(default_factory=list)
     cache: dict[Any, Any] = field(default_factory=dict, repr=False)  # derived tables
+    #: inputs left out or damaged, one line each naming the file (also logged on stderr):
+    #: failed / unfinished runs, damaged per_image.csv, evaluations of replaced checkpoints
+    problems: list[str] = field(default_factory=list)
+    #: failed and unfinished run folders (bench.analysis.runs.unfinished_runs)
+    unfinished: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def devices(self) -> list[str]:
@@ -213,12 +221,18 @@ def _metric_block(obj: dict[str, Any], split: str, path: Path) -> dict[str, Any]
 _SPLIT_SUFFIX = re.compile(r"(?P<dataset>.+)-(?P<split>train|val|test|all)")
 
 
-def _load_external(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
+def _load_external(
+    root: Path, runs: pd.DataFrame, problems: list[str] | None = None
+) -> pd.DataFrame:
     """Finished runs scored on another dataset: one row per (run, evaluation folder).
 
     Columns: the training run's experiment key and seed (from ``runs``), eval_dataset,
-    eval_split, dsc, miou, dice_mean (fractions), n_images, path. An evaluation of a run
-    that is not a finished run is ignored (its in-domain score is unknown).
+    eval_split, dsc, miou, dice_mean (fractions), n_images, checkpoint_epoch,
+    checkpoint_status, path. An evaluation of a run that is not a finished run is ignored
+    (its in-domain score is unknown). An evaluation whose checkpoint is no longer the
+    run's best (:func:`checkpoint_status` ``replaced``: scored before the run went on) is
+    left out and named in ``problems``; ``unknown`` (either side recorded nothing to
+    compare) is kept.
     """
     paths = sorted(root.glob(EVAL_METRICS_GLOB))
     if not paths or runs.empty:
@@ -235,6 +249,11 @@ def _load_external(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
             raise ReportInputError(f"{path}: expected a JSON object")
         block = _metric_block(obj, m["split"], path)
         run = runs.iloc[idx]
+        status, why = checkpoint_status(obj, _read_json(path.parents[2] / "metrics.json"))
+        if status == "replaced":
+            if problems is not None:
+                problems.append(f"{path}: left out: {why}; score the run again")
+            continue
         rows.append(
             {
                 **{k: run[k] for k in (*EXPERIMENT_KEY, "seed")},
@@ -245,11 +264,70 @@ def _load_external(root: Path, runs: pd.DataFrame) -> pd.DataFrame:
                 "eval_miou": _num(block.get("miou")),
                 "eval_dice_mean": _num(block.get("dice_mean")),
                 "eval_n_images": block.get("n_images"),
+                "checkpoint_epoch": obj.get("checkpoint_epoch"),
+                "checkpoint_status": status,
                 "command": str(obj.get("command") or ""),
                 "path": str(path),
             }
         )
     return pd.DataFrame(rows)
+
+
+def checkpoint_status(ev: dict[str, Any], run: Any) -> tuple[str, str]:
+    """Whether an evaluation scored the weights behind its run's reported result.
+
+    ``("current", "")`` when the checkpoint's sha256 (else its epoch) equals the one the
+    finished run's ``metrics.json`` names (``checkpoint.sha256``, else ``best_epoch``);
+    ``("replaced", why)`` when it differs; ``("unknown", "")`` when either side recorded
+    nothing to compare (evaluations and runs written before these fields existed).
+    """
+    run = run if isinstance(run, dict) else {}
+    ck = run.get("checkpoint") if isinstance(run.get("checkpoint"), dict) else {}
+    sha, epoch = ev.get("checkpoint_sha256"), ev.get("checkpoint_epoch")
+    if sha and ck.get("sha256"):
+        if sha == ck["sha256"]:
+            return "current", ""
+        return "replaced", (
+            f"scored the checkpoint of epoch {epoch} (sha256 {sha[:12]}), not the run's best "
+            f"(epoch {ck.get('epoch')}, sha256 {ck['sha256'][:12]})"
+        )
+    best = run.get("best_epoch")
+    if isinstance(epoch, int) and isinstance(best, int):
+        if epoch == best:
+            return "current", ""
+        return (
+            "replaced",
+            f"scored the checkpoint of epoch {epoch}, not the run's best (epoch {best})",
+        )
+    return "unknown", ""
+
+
+def _per_image_problems(runs: pd.DataFrame) -> list[str]:
+    """Finished runs whose ``per_image.csv`` the per-image tables cannot fully use:
+    missing, unreadable or truncated (fewer rows than the run scored), or with a
+    non-numeric / NaN Dice (an image that would silently drop out of a comparison)."""
+    out = []
+    for run_dir, n in zip(runs["run_dir"], runs["n_images"]):
+        path = Path(run_dir) / "per_image.csv"
+        if not path.is_file():
+            out.append(f"{path}: missing (per-image comparisons leave this seed out)")
+            continue
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            out.append(f"{path}: unreadable ({' '.join(str(err).split())})")
+            continue
+        if "dice" not in df.columns:
+            out.append(f"{path}: no 'dice' column")
+            continue
+        dice = pd.to_numeric(df["dice"], errors="coerce")
+        if dice.isna().any():
+            ids = df["image_id"] if "image_id" in df.columns else df.iloc[:, 0]
+            bad = ids[dice.isna()].astype(str).tolist()
+            out.append(f"{path}: Dice missing or NaN for {len(bad)} image(s): {', '.join(bad[:5])}")
+        if n is not None and not pd.isna(n) and len(df) != int(n):
+            out.append(f"{path}: {len(df)} rows, the run scored {int(n)} images (truncated?)")
+    return out
 
 
 def _eval_folder(path: Path) -> dict[str, str]:
@@ -331,11 +409,20 @@ def load_results(root: str | Path = RESULTS_DIR) -> Results:
     res.runs = _load_runs(root)
     if not res.runs.empty:
         res.files.extend(Path(p) for p in res.runs["path"])
-    res.external = _load_external(root, res.runs)
+        res.problems += _per_image_problems(res.runs)
+    res.unfinished = unfinished_runs(root)
+    res.problems += [
+        f"{u['run_dir']}: {u['status']}, not in the tables"
+        + (f" ({u['reason']})" if u["reason"] else "")
+        for u in res.unfinished
+    ]
+    res.external = _load_external(root, res.runs, res.problems)
     res.baselines = _load_baselines(root)
     for frame in (res.external, res.baselines):
         if not frame.empty:
             res.files.extend(Path(p) for p in frame["path"])
+    for line in res.problems:  # on stderr as well as in Results.problems
+        log.warning("%s", line)
     return res
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import textwrap
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +125,8 @@ def _save(fig: Any, stem: Path) -> list[Path]:
     with matplotlib.rc_context({"svg.hashsalt": "segbench"}):  # stable SVG ids
         for ext, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
             path = stem.with_suffix(f".{ext}")
-            tmp = path.with_name(f".{path.name}.tmp")
+            # unique per process: two reports writing one folder never share a temp file
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             fig.savefig(tmp, format=ext, metadata=meta)
             tmp.replace(path)  # atomic, like bench.core.io
             paths.append(path)

@@ -172,6 +172,10 @@ def write_report(
         env = {**env, **{k: v for k, v in speed_env.items() if v is not None}}
         env_source = f"the machine that produced speed/speed-{res.primary_device}.csv"
     text = _readme(res, out, report, command, input_label, env, env_source)
+    if res.problems:  # named in the report, not only on stderr (issue 28, items 1, 6, 11)
+        text += (
+            "\n## Inputs left out or damaged\n\n" + "\n".join(f"- {p}" for p in res.problems) + "\n"
+        )
     report.readme = write_text(out / "README.md", text)
     steps.update()
     steps.close()
