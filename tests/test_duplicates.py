@@ -22,7 +22,7 @@ from bench.data.duplicates import (
     straddling,
 )
 from bench.data.layouts import DataWarning, index_dataset
-from bench.data.splits import _resolve_split, make_split
+from bench.data.splits import make_split, resolve_split
 from bench.data.synthetic import make_synthetic
 
 
@@ -86,7 +86,7 @@ def test_seeded_split_of_a_folder_with_copies_does_not_leak(tmp_path):
     index = index_dataset(root)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)  # a leak would warn
-        split, meta = _resolve_split(index, tmp_path / "split.json", 42, 0.3, 0.1, "seeded")
+        split, meta = resolve_split(index, tmp_path / "split.json", 42, 0.3, 0.1, "seeded")
     side = {i: k for k, v in split.items() for i in v}
     assert side["SYN_00000"] == side["SYN_00039"] and side["SYN_00001"] == side["SYN_00038"]
     saved = json.loads((tmp_path / "split.json").read_text())
@@ -103,7 +103,7 @@ def test_a_leaking_split_file_is_warned_about_with_the_ids(tmp_path):
     path = tmp_path / "hand.json"
     path.write_text(json.dumps(hand))
     with pytest.warns(DataWarning, match=r"SYN_00000 \(train\) = SYN_00039 \(test\)"):
-        _, meta = _resolve_split(index, path, 42, 0.3, 0.1, "auto")
+        _, meta = resolve_split(index, path, 42, 0.3, 0.1, "auto")
     assert [g["ids"] for g in meta["duplicates"]["leaks"]] == [["SYN_00000", "SYN_00039"]]
 
 
@@ -146,7 +146,7 @@ def isic256(shared_dir) -> Path:
 
 def test_isic2017_256_seeded_split_is_1505_645_and_leak_free(isic256, tmp_path):
     index = index_dataset(isic256)
-    split, meta = _resolve_split(index, tmp_path / "s.json", 42, 0.3, 0.1, "seeded")
+    split, meta = resolve_split(index, tmp_path / "s.json", 42, 0.3, 0.1, "seeded")
     assert len(split["train"]) + len(split["val"]) == 1505 and len(split["test"]) == 645
     assert meta["duplicates"]["leaks"] == []
     # the ungrouped split of the same seed leaked: the exact pair lay across train/test

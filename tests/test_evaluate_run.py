@@ -14,9 +14,9 @@ import pytest
 from run_fixtures import tiny_unet_config
 
 from bench.cli import main
-from bench.data.cache import _dataset_name, split_file_for
+from bench.data.cache import split_file_for
 from bench.data.derive import SHIFTS, derive_dataset
-from bench.data.layouts import detect_layout, index_dataset
+from bench.data.layouts import dataset_name, detect_layout, index_dataset
 from bench.data.synthetic import make_synthetic
 from bench.engine.metrics import hd95
 from bench.engine.train import run_training
@@ -175,7 +175,7 @@ def test_derive_writes_a_split_in_another_layout_and_never_into_the_source(
 ):
     before = sorted(p.relative_to(data_root) for p in data_root.rglob("*"))
     src = index_dataset(data_root)
-    split_file = split_file_for(data_root, _dataset_name(src.layout, data_root), src)
+    split_file = split_file_for(data_root, dataset_name(src.layout, data_root), src)
     test_ids = json.loads(split_file.read_text())["splits"]["test"]
     rec = derive_dataset(data_root, tmp_path / "as-ph2", split="test", layout="ph2", command="t")
     assert detect_layout(tmp_path / "as-ph2").name == "ph2"

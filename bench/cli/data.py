@@ -15,7 +15,7 @@ from bench.data.cache import prepare_data, split_file_for
 from bench.data.checks import check_dataset, dataset_stats, duplicate_report
 from bench.data.derive import DERIVED_LAYOUTS, SHIFTS, derive_dataset
 from bench.data.layouts import dataset_name, index_dataset
-from bench.data.splits import SPLIT_MODES, _resolve_split
+from bench.data.splits import SPLIT_MODES, resolve_split
 from bench.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from bench.data.synthetic import make_synthetic
 from bench.data.throughput import load_average, loader_throughput
@@ -81,7 +81,7 @@ def _cmd_split(args: argparse.Namespace) -> int:
         return 1
     if args.force:
         out.unlink(missing_ok=True)
-    split, meta = _resolve_split(
+    split, meta = resolve_split(
         index, out, args.seed, args.test_fraction, args.val_fraction, args.split_mode
     )
     print(

@@ -7,7 +7,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -19,10 +18,17 @@ import numpy as np
 
 from bench.core.io import write_json
 from bench.core.lock import DirLock
-from bench.data.decode import _run_jobs
-from bench.data.layouts import SPLITS, Layout, Problem, Sample, _raise_or_warn, index_dataset
+from bench.data.decode import run_decode_jobs
+from bench.data.layouts import (
+    SPLITS,
+    Problem,
+    Sample,
+    _raise_or_warn,
+    dataset_name,
+    index_dataset,
+)
 from bench.data.prepared import PreparedData
-from bench.data.splits import _resolve_split, split_source
+from bench.data.splits import resolve_split, split_source
 
 #: Bump when decoding / resizing changes: every cache built before is then rebuilt.
 PREPROC_VERSION = 2
@@ -84,12 +90,6 @@ def split_file_for(
     return path
 
 
-def _dataset_name(layout: Layout, root: Path) -> str:
-    if layout.name in ("isic2017", "isic2018", "ph2"):
-        return layout.name
-    return re.sub(r"[\W_]+", "-", root.resolve().name.lower()).strip("-") or "dataset"
-
-
 def _file_entries(samples: Sequence[Sample], root: Path) -> list[tuple]:
     out = []
     for s in samples:
@@ -144,7 +144,7 @@ def _build_cache(
         ]
         jobs = [(by_id[sid], size, binarize, split in ("val", "test")) for split, _, sid in where]
         for (split, k, sid), res in zip(
-            where, _run_jobs(jobs, workers, f"cache @{size}", progress)
+            where, run_decode_jobs(jobs, workers, f"cache @{size}", progress)
         ):
             problems += res["notes"]
             if "error" in res:
@@ -238,13 +238,13 @@ def _identify(
     """Index ``root`` and fix its split: what :func:`prepare_data` and
     :func:`data_identity` share (no cache is built here)."""
     index = index_dataset(root, mask_suffix=mask_suffix)
-    name = name or _dataset_name(index.layout, root)
+    name = name or dataset_name(index.layout, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root(root)
     files = _file_entries(index.samples, root)
     if not split_file:
         split_file = split_file_for(root, name, index, split_mode, cache_root)
     split_file = Path(split_file)
-    split_ids, split_meta = _resolve_split(
+    split_ids, split_meta = resolve_split(
         index, split_file, seed, test_fraction, val_fraction, split_mode
     )
     # names and sizes of the files and the split, not the path or mtimes: a copy of a

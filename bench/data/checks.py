@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.decode import _run_jobs
+from bench.data.decode import run_decode_jobs
 from bench.data.layouts import DataError, DatasetIndex, Problem, dataset_name, index_dataset
 
 
@@ -29,7 +29,7 @@ def check_dataset(
         return [Problem(root, "layout", str(err).split(": ", 1)[-1])]
     problems = list(index.problems)
     jobs = [(s, None, binarize, False) for s in index.samples if s.mask is not None]
-    for res in _run_jobs(jobs, workers, "check", progress):
+    for res in run_decode_jobs(jobs, workers, "check", progress):
         problems += res["notes"]
         if "error" in res:
             problems.append(Problem(Path(res["path"]), "decode", res["error"].split(": ", 1)[-1]))
@@ -55,7 +55,7 @@ def dataset_stats(
     """Decode every pair of ``index`` once and summarise sizes and lesion fractions."""
     jobs = [(s, None, binarize, False) for s in index.samples]
     rows, errors = [], []
-    for res in _run_jobs(jobs, workers, "info", progress):
+    for res in run_decode_jobs(jobs, workers, "info", progress):
         if "error" in res:
             errors.append(res["error"])
         else:

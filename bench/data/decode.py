@@ -134,7 +134,9 @@ def _progress(total: int, desc: str, enabled: bool):
     return progress_bar(total=total, desc=desc, unit="img", enabled=enabled)
 
 
-def _run_jobs(jobs: list, workers: int, desc: str, progress: bool) -> Iterator[dict[str, Any]]:
+def run_decode_jobs(
+    jobs: list, workers: int, desc: str, progress: bool
+) -> Iterator[dict[str, Any]]:
     """Results of ``_decode_job`` in job order, over ``workers`` processes, with a progress bar."""
     with _progress(len(jobs), desc, progress) as bar:
         if workers <= 1 or len(jobs) < 8:

@@ -112,16 +112,17 @@ def _split_ids(
     tmp: Path,
 ) -> tuple[list[str], dict[str, Any]]:
     """The IDs of ``split`` and where the split came from, never writing into ``root``."""
-    from bench.data.cache import _dataset_name, split_file_for
-    from bench.data.splits import _resolve_split
+    from bench.data.cache import split_file_for
+    from bench.data.layouts import dataset_name
+    from bench.data.splits import resolve_split
 
     if split == "all":
         return list(index.ids), {"split_file": None}
-    path = split_file or split_file_for(root, _dataset_name(index.layout, root), index, split_mode)
+    path = split_file or split_file_for(root, dataset_name(index.layout, root), index, split_mode)
     made = not path.is_file()
     if made:  # make it in the output folder: never write into the source
         path = tmp / "source-split.json"
-    splits, meta = _resolve_split(index, path, seed, test_fraction, val_fraction, split_mode)
+    splits, meta = resolve_split(index, path, seed, test_fraction, val_fraction, split_mode)
     if not made:
         write_json(tmp / "source-split.json", meta)  # provenance: the split as used
     info = {

@@ -235,10 +235,11 @@ def layout_spec(name: str) -> LayoutSpec:
 
 def dataset_name(layout: Layout, root: Path) -> str:
     """A dataset's name in results: the layout's name for official downloads, else the
-    folder's name (lower case, ``-`` for other characters)."""
+    folder's name (lower case, ``-`` for characters other than letters and digits)."""
     if layout_spec(layout.name).named_by_layout:
         return layout.name
-    return re.sub(r"[^a-z0-9]+", "-", Path(root).resolve().name.lower()).strip("-") or "dataset"
+    # letters and digits of any script are kept (the rule of engine.config.dataset_label)
+    return re.sub(r"[\W_]+", "-", Path(root).resolve().name.lower()).strip("-") or "dataset"
 
 
 def _by_stem(paths: Sequence[Path], what: str, problems: list[Problem]) -> dict[str, Path]:

@@ -166,7 +166,7 @@ def warn_leaks(source: str, leaks: Sequence[dict[str, Any]]) -> None:
         )
 
 
-def _resolve_split(
+def resolve_split(
     index: DatasetIndex,
     split_file: Path,
     seed: int,
