@@ -122,12 +122,34 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
     ]
 
 
+#: the papers' five metrics (MALUNet / EGE-UNet tables): always in the accuracy tables
+PAPER_METRICS = ("miou", "dsc", "acc", "spe", "sen")
+
+
+def _run_info_cols() -> list[Col]:
+    """What an accuracy row rests on (bench.analysis.runinfo): poor-image share, training
+    cost and schedule, code fingerprint and hosts."""
+    return [
+        Col("images Dice < 0.8 (%)", "dice_below_08_mean", decimals=1, std="dice_below_08_std"),
+        Col("training time", "train_time_text"),
+        Col("training time (h/seed)", "train_time_h_mean", csv_only=True),
+        Col("training time std (h)", "train_time_h_std", csv_only=True),
+        Col("time to 99% of best (h)", "time_to_99_h_mean", csv_only=True),
+        Col("T_max", "t_max"),
+        Col("lr at end (x peak)", "lr_end_fraction", decimals=2),
+        Col("last epoch picked", "last_epoch_picked_text"),
+        Col("code", "code"),
+        Col("hosts", "hosts", csv_only=True),
+        Col("fingerprint", "fingerprint", csv_only=True),
+    ]
+
+
 def _metric_cols(header_prefix: str = "", key_prefix: str = "") -> list[Col]:
     """Mean ± std over seeds of the metric table's report metrics (bench.engine.metric_table);
     HD95 with the count of images where it is undefined beside it."""
     cols = []
     for m in METRICS:
-        if not m.in_report:
+        if not (m.in_report or m.key in PAPER_METRICS):
             continue
         hd95 = m.key == "hd95_mean"
         cols.append(
@@ -203,6 +225,7 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
         Col("experiment folder", "experiment", csv_only=True),
         Col("experiment hash", "experiment_hash", csv_only=True),
         *_metric_cols(),
+        *_run_info_cols(),
     ]
     return [*cols, *_paper_cols(paper_keys, note=True)]
 
@@ -265,12 +288,15 @@ def _test_cols() -> list[Col]:
         Col("Dice/img A (%)", "mean_a", decimals=2),
         Col("Dice/img B (%)", "mean_b", decimals=2),
         Col("A − B (pp)", "mean_diff", decimals=2),
-        Col("95% CI (pp)", "ci"),
+        Col("95% CI of A − B (pp)", "ci"),
         Col("CI low (pp)", "ci_low", csv_only=True),
         Col("CI high (pp)", "ci_high", csv_only=True),
+        Col("crossed bootstrap low (pp, shown only)", "boot_low", csv_only=True),
+        Col("crossed bootstrap high (pp, shown only)", "boot_high", csv_only=True),
         Col("tested", "level"),
-        Col("p", "p_value"),
-        Col("p Holm", "p_holm"),
+        Col("p (unadjusted)", "p_value"),
+        Col("p Holm (over seeds tests)", "p_holm"),
+        Col("Holm family (tests)", "holm_family", decimals=0, csv_only=True),
         Col("claim", "claim"),
         Col("note", "note"),
         Col("test", "test", csv_only=True),
@@ -300,6 +326,8 @@ def _comparison_cols() -> list[Col]:
         *_test_cols(),
         Col("model A", "model_a", csv_only=True),
         Col("model B", "model_b", csv_only=True),
+        Col("code A", "code_a", csv_only=True),
+        Col("code B", "code_b", csv_only=True),
     ]
 
 
