@@ -20,7 +20,7 @@ metrics; this module adds, per run, what a reader needs to judge the row built f
   ``best_epoch`` and ``picked_last_epoch`` (the model selection chose the last epoch:
   the run may still have been improving).
 - ``dice_below_08``: the share of test images with per-image Dice below 0.8
-  (``per_image.csv``).
+  (``per_image.csv``); ``split_counts``: images per split (``manifest.json``).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ INFO_COLUMNS = [
     "best_epoch",
     "picked_last_epoch",
     "dice_below_08",
+    "split_counts",
 ]
 
 
@@ -150,7 +151,17 @@ def run_info(run_dir: str | Path, config: dict[str, Any] | None, epochs: int) ->
         "best_epoch": _num(best),
         "picked_last_epoch": bool(best is not None and int(best) == int(epochs)),
         "dice_below_08": _poor_share(run_dir),
+        "split_counts": _split_text(man),
     }
+
+
+def _split_text(manifest: dict[str, Any]) -> str:
+    """``"train 1354 / val 151 / test 645"`` from the manifest (``""`` when unrecorded)."""
+    counts = (manifest.get("dataset") or {}).get("split_counts")
+    if not isinstance(counts, dict) or not counts:
+        return ""
+    order = sorted(counts, key=lambda k: ({"train": 0, "val": 1, "test": 2}.get(k, 3), k))
+    return " / ".join(f"{k} {counts[k]}" for k in order)
 
 
 def with_run_info(runs: pd.DataFrame) -> pd.DataFrame:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.report.claims import limiter_text, thop_note, train_step_note
 from bench.analysis.report.load import _CHANNELS_LAST, _FP32, _OK_STATUS, Results
 from bench.analysis.runinfo import POOL_KEY, code_text, with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY, experiment_settings
@@ -24,6 +25,10 @@ def complexity_summary(res: Results) -> pd.DataFrame:
     if res.complexity.empty:
         return pd.DataFrame(columns=["model"])
     out = res.complexity.copy()
+    if "params_thop" in out:  # thop's MACs (the papers' convention) miss what it skipped
+        out["thop_note"] = [
+            thop_note(t, s) for t, s in zip(out["params_total"], out["params_thop"])
+        ]
     if "status" in out:
         out["macs_lower_bound"] = out["status"].astype(str).str.strip().str.lower() == "incomplete"
     return out
@@ -101,6 +106,7 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             ):
                 if key in r:
                     row[key] = r[key]
+            row["limiter"] = limiter_text(r)
             # Memory at batch 1: the device's peak (CUDA max allocated) where measured; on a
             # CPU the model's own increase of the process RSS (rss_delta_mb) when the speed
             # file has it, else the whole process's RSS, which includes the interpreter.
@@ -121,6 +127,7 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             out[model]["train_img_s"] = float(best["throughput_img_s"])
             out[model]["train_batch"] = int(best["batch_size"])
+            out[model]["train_note"] = train_step_note(best)
     _best_backend(df, input_size, out)
     # Configurations that were skipped or failed, so the table can say why a cell is empty.
     if "status" in df:
