@@ -55,6 +55,7 @@ from bench.analysis.paired import (  # noqa: F401  (holm, ...: re-exported, part
     seed_level_comparison,
     welch_ci,
 )
+from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import (
     EXPERIMENT_KEY,
     _command,
@@ -166,7 +167,26 @@ def select_runs(
             "choose one with recipe/epochs/precision (--recipe, --epochs, --precision), or "
             "move the runs of the others out of the results folder"
         )
+    _check_one_fingerprint(rows, model, dataset)
     return rows
+
+
+def _check_one_fingerprint(rows: pd.DataFrame, model: str, dataset: str) -> None:
+    """Seeds are pooled only within one training-code fingerprint: ValueError naming
+    the seeds of each when the runs recorded several (runs older than the fingerprint,
+    "unrecorded", pool with each other only)."""
+    info = with_run_info(rows)
+    fps = sorted(set(info["fingerprint"]))
+    if len(fps) > 1:
+        parts = [
+            f"{fp}: seed(s) {', '.join(map(str, sorted(info.loc[info['fingerprint'] == fp, 'seed'])))}"
+            for fp in fps
+        ]
+        raise ValueError(
+            f"model {model!r} on dataset {dataset!r}: the seeds come from {len(fps)} code "
+            f"fingerprints ({'; '.join(parts)}); seeds are pooled only within one. Choose "
+            "one with --seed, or move the others' runs out of the results folder"
+        )
 
 
 def per_image_matrix(runs: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
