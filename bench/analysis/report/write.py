@@ -182,7 +182,7 @@ def write_report(
     text = _readme(res, out, report, command, input_label, env, env_source)
     report.readme = write_text(out / "README.md", text)
     if project_readme is not None:
-        acc_rows = accuracy_table(res, summary)
+        acc_rows = accuracy_table(res, summary, baseline_rows(res))
         block = headline_block(res, summary, acc_rows, comparisons)
         try:
             report.project_readme = update_readme(project_readme, block)
