@@ -248,7 +248,7 @@ def test_deployment_section_from_precision_file(tmp_path: Path) -> None:
     rows.to_csv(tmp_path / "deploy" / "precision.csv", index=False)
     write.write_report(tmp_path, progress=False)
     table = pd.read_csv(tmp_path / "tables" / "deployment.csv")
-    assert table["DSC change (pts)"].tolist()[:2] == [0.0, -1.25]
+    assert table["DSC change, variant − eager fp32 (pts)"].tolist()[:2] == [0.0, -1.25]
     text = (tmp_path / "README.md").read_text()
     section = text.split("## Deployment precision: int8 and bf16", 1)[1].split("\n## ", 1)[0]
     assert "| 90.75 " in section and "| 1.20 " in section  # DSC and mask pixels in %

@@ -346,7 +346,7 @@ def _deployment_cols() -> list[Col]:
         Col("max rel. logit diff", "out_rel_max_diff"),
         Col("mask pixels differing (%)", "out_mask_diff", 100, decimals=2),
         Col("test DSC (%)", "dsc", 100, decimals=2),
-        Col("DSC change (pts)", "dsc_change_pts", decimals=2),
+        Col("DSC change, variant − eager fp32 (pts)", "dsc_change_pts", decimals=2),
         Col("test images", "n_images", decimals=0),
         Col("threads", "threads", decimals=0),
         Col("load avg (1 min)", "load_avg_1min", decimals=2),
