@@ -216,6 +216,7 @@ def test_report_keeps_protocols_apart_and_fails_strict_on_unknown_files(
     res = tmp_path / "results"
     _runs(res, "malunet", "isic2017-256", {1: {"code_fingerprint": "f00d"}})
     _runs(res, "unet", "isic2017-256", {1: {"code_fingerprint": "f00d"}})
+    _runs(res, "egeunet", "isic2017-256", {1: {"commit": "1111111a"}, 2: {"commit": "2222222b"}})
     _runs(res, "malunet", "isic2017-mini", {1: {}}, t_max=50)
     (tmp_path / "README.md").write_text(f"# x\n{headline.BEGIN}\n{headline.END}\n")
     (res / "stray.csv").write_text("a\n1\n")
@@ -229,9 +230,15 @@ def test_report_keeps_protocols_apart_and_fails_strict_on_unknown_files(
     smoke = pd.read_csv(res / "tables" / "accuracy-smoke.csv").dropna(subset=["dataset"])
     assert set(head["dataset"]) == {"isic2017-256"} and set(smoke["dataset"]) == {"isic2017-mini"}
     assert not any(c.startswith("paper") for c in smoke.columns)  # no paper beside smoke
-    assert set(head["code"].dropna()) == {"fingerprint f00d"}
+    codes = head.set_index("model")["code"]
+    assert codes["malunet"] == codes["unet"] == "fingerprint f00d"
+    assert codes["egeunet"].startswith("unrecorded (mixed")
     for col in ("Acc pooled (%)", "Sen pooled (%)", "Spe pooled (%)", "images Dice < 0.8 (%)"):
         assert col in head.columns
+    cmp = pd.read_csv(res / "tables" / "comparisons.csv").set_index(["model A", "model B"])
+    assert (
+        "egeunet's seeds ran different commits or hosts" in cmp.loc[("egeunet", "malunet"), "note"]
+    )
     text = (res / "README.md").read_text()
     assert "## Accuracy: headline protocol" in text and "## Paper vs measured: malunet" in text
     assert "robustness to colour and contrast change" in text or "external" not in text

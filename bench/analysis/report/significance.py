@@ -105,6 +105,12 @@ def report_comparisons(
                 "; ".join(x for x in (str(n), "precisions differ") if x)
                 for n in df.loc[differ, "note"]
             ]
+            df["note"] = [
+                "; ".join(x for x in (str(n), _mixed_code(a, ca), _mixed_code(b, cb)) if x)
+                for n, a, ca, b, cb in zip(
+                    df["note"], df["model_a"], df["code_a"], df["model_b"], df["code_b"]
+                )
+            ]
             parts.append(df)
     if parts:
         out = finalize_comparisons(pd.concat(parts, ignore_index=True), alpha)
@@ -113,6 +119,14 @@ def report_comparisons(
         out = pd.DataFrame(columns=COMPARISON_COLUMNS)
     res.cache[("comparisons", alpha, n_resamples)] = (out, skipped)
     return out, skipped
+
+
+def _mixed_code(model: str, code: Any) -> str:
+    """A note when a side's seeds ran different commits or hosts (code unrecorded)."""
+    text = str(code or "")
+    if "mixed" not in text:
+        return ""
+    return f"{model}'s seeds ran different commits or hosts (code fingerprint unrecorded)"
 
 
 def significance_column(comparisons: pd.DataFrame) -> pd.DataFrame:

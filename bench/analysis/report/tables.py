@@ -224,7 +224,7 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
         Col("precision", "precision", note="precision_note"),
         Col("differs in", "setting"),
         Col("seeds", "n_seeds", decimals=0),
-        Col("seed list", "seeds", csv_only=True),
+        Col("seed list", "seeds"),
         Col("experiment folder", "experiment", csv_only=True),
         Col("experiment hash", "experiment_hash", csv_only=True),
         *_metric_cols(),
