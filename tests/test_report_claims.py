@@ -146,7 +146,14 @@ def test_schedule_note_says_under_trained(tmp_path: Path) -> None:
 def test_protocols_and_paper_vs_measured(tmp_path: Path) -> None:
     _runs(tmp_path, "malunet", "isic2017-256", {1: {}, 2: {}}, image_size=256)
     _runs(tmp_path, "malunet", "isic2017-mini", {1: {}})
+    for man in (tmp_path / "runs" / "isic2017-256").rglob("manifest.json"):
+        m = json.loads(man.read_text())
+        m["dataset"].update(duplicate_leaks=[], split_counts={"test": 20, "train": 40})
+        man.write_text(json.dumps(m))
     runs = with_run_info(find_runs(tmp_path))
+    (line,) = protocols.protocol_lines(runs, smoke=False)
+    assert line.startswith("- `isic2017-256`: train 40 / test 20; 2 finished run(s)")
+    assert "no duplicate-image group crosses their splits" in line
     acc = accuracy_summary(runs)
     head, smoke = protocols.split_protocols(acc)
     assert set(head["dataset"]) == {"isic2017-256"} and set(smoke["dataset"]) == {"isic2017-mini"}
@@ -157,6 +164,8 @@ def test_protocols_and_paper_vs_measured(tmp_path: Path) -> None:
     assert mal.loc["DSC", "paper"] == 88.13
     row = acc[acc["dataset"] == "isic2017-256"].iloc[0]
     assert mal.loc["DSC", "difference"] == pytest.approx(row["dsc_mean"] - 88.13)
+    assert mal.loc["DSC", "difference_text"] == f"{row['dsc_mean'] - 88.13:+.2f}"
+    assert "recompressed" in mal.loc["DSC", "note"]  # the dataset's own caveat
     assert mal.loc["Sen", "measured_mean"] == pytest.approx(80.0)  # fixture sen 0.8
     assert "val split" in mal.loc["DSC", "note"]  # selection differs from the authors'
     # EGE-UNet has no run: the paper's figures with "not measured yet"

@@ -20,7 +20,8 @@ metrics; this module adds, per run, what a reader needs to judge the row built f
   ``best_epoch`` and ``picked_last_epoch`` (the model selection chose the last epoch:
   the run may still have been improving).
 - ``dice_below_08``: the share of test images with per-image Dice below 0.8
-  (``per_image.csv``); ``split_counts``: images per split (``manifest.json``).
+  (``per_image.csv``); ``split_counts``: images per split and ``duplicate_leaks``: the
+  duplicate-image groups that cross it (``manifest.json``; NaN when not recorded).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ INFO_COLUMNS = [
     "picked_last_epoch",
     "dice_below_08",
     "split_counts",
+    "duplicate_leaks",
 ]
 
 
@@ -152,7 +154,14 @@ def run_info(run_dir: str | Path, config: dict[str, Any] | None, epochs: int) ->
         "picked_last_epoch": bool(best is not None and int(best) == int(epochs)),
         "dice_below_08": _poor_share(run_dir),
         "split_counts": _split_text(man),
+        "duplicate_leaks": _leaks(man),
     }
+
+
+def _leaks(manifest: dict[str, Any]) -> float:
+    """Duplicate-image groups that cross the run's split (manifest; NaN: not recorded)."""
+    leaks = (manifest.get("dataset") or {}).get("duplicate_leaks")
+    return float(len(leaks)) if isinstance(leaks, list) else math.nan
 
 
 def _split_text(manifest: dict[str, Any]) -> str:

@@ -43,6 +43,8 @@ KNOWN: tuple[tuple[str, str], ...] = (
     ("runs/*/*/*/seed*/per_image_original.csv", "segbench train --original-resolution"),
     ("runs/*/*/*/seed*/log.csv", "segbench train"),
     ("runs/*/*/*/seed*/*.pt", "segbench train (checkpoint, not committed)"),
+    ("runs/*/*/*/seed*/checkpoints/*", "segbench train (checkpoints, not committed)"),
+    ("runs/*/*/*/seed*/events.out.tfevents.*", "segbench train (TensorBoard log)"),
     ("runs/*/*/*/seed*/eval/*/metrics.json", "segbench evaluate --run"),
     ("runs/*/*/*/seed*/eval/*/per_image.csv", "segbench evaluate --run"),
     ("weights/*", "trained weights loadable by name (issue 23)"),

@@ -34,6 +34,13 @@ PAPER_METRIC_ORDER = (
 )
 
 
+#: what a dataset's own preparation changes against the papers' data (its ATTRIBUTION.md)
+DATA_CAVEATS = {
+    "isic2017-256": "images resized to 256 px and recompressed before they reached segbench "
+    "(see the dataset's ATTRIBUTION.md)",
+}
+
+
 def is_smoke(dataset: Any) -> bool:
     """A smoke-test protocol: a ``*-mini`` dataset (a small subset for loader and
     end-to-end checks, never comparable with a paper)."""
@@ -47,6 +54,13 @@ def split_protocols(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         return rows, rows.iloc[0:0]
     smoke = rows["dataset"].map(lambda d: isinstance(d, str) and is_smoke(d))
     return rows[~smoke].reset_index(drop=True), rows[smoke].reset_index(drop=True)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _reported(model: str) -> dict[str, Any]:
@@ -75,7 +89,10 @@ def _caveats(runs: pd.DataFrame) -> str:
         )
     sizes = sorted({int(c["image_size"]) for c in cfgs if c.get("image_size")})
     if sizes:
-        out.append(f"{'/'.join(map(str, sizes))} px inputs resized and recompressed before use")
+        out.append(f"trained and scored at {'/'.join(map(str, sizes))} px")
+    for dataset in sorted(set(runs.get("dataset", []))):
+        if dataset in DATA_CAVEATS:
+            out.append(DATA_CAVEATS[dataset])
     splits = sorted(
         {str(c.get("split_file") or f"seeded split {c.get('split_seed')}") for c in cfgs}
     )
@@ -132,6 +149,11 @@ def paper_vs_measured(acc: pd.DataFrame, runs: pd.DataFrame) -> dict[str, pd.Dat
                         "measured_mean": mean,
                         "measured_std": sd,
                         "difference": (mean - float(p)) if p is not None else math.nan,
+                        "difference_text": (
+                            f"{mean - float(p):+.2f}"
+                            if p is not None and math.isfinite(_num(mean))
+                            else "–"
+                        ),
                         "note": caveat
                         if p is not None
                         else "not reported in model_info().reported",
@@ -207,6 +229,16 @@ def protocol_lines(runs: pd.DataFrame, smoke: bool) -> list[str]:
             else f"{'/'.join(map(str, n_test))} test images (split sizes not recorded)"
         )
         line = f"- `{dataset}`: {where}; {len(g)} finished run(s)"
+        leaks = pd.to_numeric(g.get("duplicate_leaks", pd.Series(dtype=float)), errors="coerce")
+        if leaks.notna().any():
+            bad = int((leaks > 0).sum())
+            line += (
+                f"; {bad} of them trained on a split that duplicate images cross (see its manifest)"
+                if bad
+                else "; no duplicate-image group crosses their splits (recorded in each manifest)"
+            )
+            if leaks.isna().any():
+                line += f" ({int(leaks.isna().sum())} run(s) predate that record)"
         sched = schedule_note(g)
         lines.append(line + (f"; {sched}" if sched else ""))
     return lines

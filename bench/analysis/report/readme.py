@@ -11,7 +11,7 @@ from typing import Any
 from bench.analysis.report.claims import OVERHEAD_FRACTION
 from bench.analysis.report.figures import speed_input_label
 from bench.analysis.report.load import ReportOutput, Results
-from bench.analysis.report.protocols import SEED_MODELS, protocol_lines
+from bench.analysis.report.protocols import SEED_MODELS, is_smoke, protocol_lines
 from bench.analysis.report.significance import ALPHA, report_comparisons
 from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY, experiment_differences
@@ -248,8 +248,7 @@ def _accuracy_note(res: Results, smoke: bool = False) -> str:
     else:
         head = (
             "**Headline protocol**: the full data the papers used (for ISIC 2017 the "
-            "2,150 Part 1 train + validation pairs, split 7:3 with duplicate images kept "
-            "on one side).\n\n"
+            "Part 1 train + validation pool the papers split 7:3).\n\n"
         )
     note = (
         head
@@ -278,7 +277,8 @@ def _accuracy_note(res: Results, smoke: bool = False) -> str:
             "the fingerprint, 'unrecorded' with the commits and hosts they came from."
         )
     )
-    diffs = experiment_differences(res.runs) if not res.runs.empty else []
+    mine = res.runs[res.runs["dataset"].map(is_smoke) == smoke] if not res.runs.empty else res.runs
+    diffs = experiment_differences(mine) if not mine.empty else []
     if diffs:
         note += "\n\nExperiments that differ:\n\n" + "\n".join(f"- {d}" for d in diffs)
     return note
@@ -319,8 +319,8 @@ def _no_headline(res: Results) -> list[str]:
     return [
         "## Accuracy: headline protocol",
         "",
-        "No finished run on the headline protocol (e.g. `isic2017-256`: the 2,150 ISIC "
-        "2017 pairs split 7:3) is under runs/ yet; the accuracy measured so far is the "
+        "No finished run on the headline protocol (e.g. `isic2017-256`: the ISIC 2017 "
+        "Part 1 pool the papers split 7:3) is under runs/ yet; the accuracy measured so far is the "
         "smoke protocol's below, which is not comparable with the papers.",
         "",
     ]
