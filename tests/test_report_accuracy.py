@@ -109,12 +109,14 @@ def test_baselines_and_external_validation_tables(tmp_path: Path) -> None:
     assert pd.isna(acc.loc["baseline: disc", "seeds"])  # deterministic: no seeds
     ext = (tmp_path / "tables" / "external.md").read_text()
     # malunet seeds 0/1: 80 -> 70 and 84 -> 78 on PH2 (all images)
-    assert "ph2-all: DSC % (drop from in-domain, pp)" in ext
+    assert "ph2-all: DSC % (ph2-all − in-domain, pp)" in ext
     assert "74.00 ± 5.66 (-8.00 ± 2.83)" in ext
     csv = pd.read_csv(tmp_path / "tables" / "external.csv")
     assert csv["ph2-all drop mean (pp)"].tolist() == pytest.approx([-8.0])
     assert "robustness to colour and contrast change" in readme
-    assert "## Evaluation on other data" in readme and "## Provenance of the accuracy rows" in readme
+    assert (
+        "## Evaluation on other data" in readme and "## Provenance of the accuracy rows" in readme
+    )
     # the baselines' provenance, with the dirty-tree flag of the disc baseline's commit
     line = next(x for x in readme.splitlines() if x.startswith("- **baseline: disc**"))
     assert "segbench baselines --data" in line and "dirty tree" in line

@@ -274,7 +274,7 @@ def _external_cols(targets: Sequence[str]) -> list[Col]:
     ]
     for t in targets:
         cols += [
-            Col(f"{t}: DSC % (drop from in-domain, pp)", f"{t}:text"),
+            Col(f"{t}: DSC % ({t} − in-domain, pp)", f"{t}:text"),
             Col(f"{t} DSC mean (%)", f"{t}:dsc_mean", csv_only=True),
             Col(f"{t} DSC std (%)", f"{t}:dsc_std", csv_only=True),
             Col(f"{t} drop mean (pp)", f"{t}:drop_mean", csv_only=True),
