@@ -303,7 +303,9 @@ def _comparisons_note(res: Results) -> str:
         "per-image test (Wilcoxon signed-rank, paired bootstrap CI over images) of one "
         "training run per model: it says how the runs differ on these images, not that "
         "the models do; it is never claimed and not adjusted. Each side pools only seeds "
-        "of one code fingerprint ('code' in the accuracy tables)."
+        "of one code fingerprint ('code' in the accuracy tables); runs older than the "
+        "fingerprint are pooled as 'unrecorded', and the note says when their seeds ran "
+        "different commits or hosts, which then adds to their spread."
     )
     if skipped:
         note += "\n\nNot compared (no usable per-image scores):\n\n" + "\n".join(
