@@ -89,8 +89,10 @@ def _runs(root: Path, model: str, dataset: str, seeds: dict[int, dict[str, Any]]
 
 def test_seeds_pool_only_within_one_fingerprint(tmp_path: Path) -> None:
     _runs(tmp_path, "malunet", "isic2017-256", {
-        1: {"code_fingerprint": "aaaa", "best_epoch": 3},
-        2: {"code_fingerprint": "aaaa", "best_epoch": 2},
+        1: {"code_fingerprint": "aaaa", "best_epoch": 3, "train_time_total_s": 3600,
+            "time_to_99pct_best_s": 1800},
+        2: {"code_fingerprint": "aaaa", "best_epoch": 2, "train_time_total_s": 7200,
+            "time_to_99pct_best_s": 3600},
         3: {"code_fingerprint": "bbbb", "best_epoch": 3},
     })  # fmt: skip
     # runs older than the fingerprint, from two commits: pooled, and the row says so
@@ -102,6 +104,10 @@ def test_seeds_pool_only_within_one_fingerprint(tmp_path: Path) -> None:
     assert acc.loc[("malunet", "bbbb"), "n_seeds"] == 1
     assert acc.loc[("malunet", "aaaa"), "code"] == "fingerprint aaaa"
     assert acc.loc[("malunet", "aaaa"), "last_epoch_picked_text"] == "1 of 2"
+    # training time across resumes, from metrics.json; time to 99% of the best beside it
+    assert acc.loc[("malunet", "aaaa"), "train_time_text"] == (
+        "1.50 h/seed ± 0.71, 99% of best after 0.75 h"
+    )
     ege = acc.loc[("egeunet", UNRECORDED)]
     assert ege["n_seeds"] == 2 and "mixed" in ege["code"]
     assert "1111111" in ege["code"] and "2222222" in ege["code"]

@@ -264,6 +264,8 @@ def _add_run_info(row: dict[str, Any], g: pd.DataFrame) -> None:
         )
     t99 = pd.to_numeric(g["time_to_99_s"], errors="coerce") / 3600
     row["time_to_99_h_mean"] = float(t99.mean()) if t99.notna().any() else math.nan
+    if t99.notna().any() and "train_time_text" in row:
+        row["train_time_text"] += f", 99% of best after {t99.mean():.2f} h"
     t_max = sorted({int(t) for t in pd.to_numeric(g["t_max"], errors="coerce").dropna()})
     row["t_max"] = ", ".join(map(str, t_max))
     lr_end = pd.to_numeric(g["lr_end_fraction"], errors="coerce")
