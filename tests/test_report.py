@@ -139,6 +139,9 @@ def test_render_markdown_and_csv(fixture_results: load.Results) -> None:
     assert "isic2017-mini DSC pooled (%) std" in csv.columns
     assert "82.00 ± 2.83" in md  # mean ± std over the two malunet seeds
     assert "isic2017-mini experiment" in csv.columns and "fair-e2" in md
+    # every accuracy row states its epochs and code (fixture runs predate the fingerprint)
+    assert set(csv["isic2017-mini epochs"].dropna()) == {2}
+    assert "unrecorded: commit" in md
     assert "| 88.13" in md
     _, eff = tables.render(s, tables._efficiency_cols("Fixture CPU"))
     malunet = next(line for line in eff.splitlines() if line.startswith("| malunet"))

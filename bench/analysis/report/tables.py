@@ -207,7 +207,10 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
             Col(f"{ds} experiment", f"{ds}:experiment"),
             Col(f"{ds} precision", f"{ds}:precision", note=f"{ds}:precision_note"),
             Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
+            Col(f"{ds} epochs", f"{ds}:epochs", decimals=0),
             *_metric_cols(f"{ds} ", f"{ds}:"),
+            Col(f"{ds} training time", f"{ds}:train_time_text"),
+            Col(f"{ds} code", f"{ds}:code"),
         ]
     return [*cols, *_paper_cols(paper_keys)]
 
