@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +108,10 @@ def test_hd95_undefined_count_from_metrics_or_per_image(tmp_path: Path) -> None:
     assert run_index.find_runs(tmp_path)["hd95_n_undefined"].tolist() == [3]
 
 
-# ------------------------------------------------------------ hierarchical bootstrap
+# ------------------------------------------------------------ crossed bootstrap
 
 
-def test_hierarchical_bootstrap_matches_the_exact_seed_distribution() -> None:
+def test_crossed_bootstrap_matches_the_exact_seed_distribution() -> None:
     """Images identical within each seed: only the seed draw matters, and its
     distribution can be enumerated (3 seeds each: 27 x 27 equally likely draws)."""
     a = np.repeat([[0.80], [0.84], [0.90]], 30, axis=1)
@@ -118,21 +119,21 @@ def test_hierarchical_bootstrap_matches_the_exact_seed_distribution() -> None:
     ma = [np.mean(d) for d in itertools.product(a[:, 0], repeat=3)]
     mb = [np.mean(d) for d in itertools.product(b[:, 0], repeat=3)]
     exact = np.sort(np.subtract.outer(ma, mb).ravel())
-    lo, hi = stats.hierarchical_bootstrap_ci(a, b, n_resamples=40000, seed=3)
+    lo, hi = stats.crossed_bootstrap_ci(a, b, n_resamples=40000, seed=3)
     assert lo == pytest.approx(np.quantile(exact, 0.025), abs=0.004)
     assert hi == pytest.approx(np.quantile(exact, 0.975), abs=0.004)
     # seeded: the same numbers again
-    assert stats.hierarchical_bootstrap_ci(a, b, n_resamples=40000, seed=3) == (lo, hi)
+    assert stats.crossed_bootstrap_ci(a, b, n_resamples=40000, seed=3) == (lo, hi)
 
 
-def test_hierarchical_bootstrap_degenerate_and_image_level() -> None:
+def test_crossed_bootstrap_degenerate_and_image_level() -> None:
     # every seed alike: only the images vary, and A = B + 0.05 on every image
     rng = np.random.default_rng(5)
     img = rng.uniform(0.5, 0.9, 40)
     a, b = np.tile(img + 0.05, (3, 1)), np.tile(img, (3, 1))
-    assert stats.hierarchical_bootstrap_ci(a, b, n_resamples=500) == pytest.approx((0.05, 0.05))
+    assert stats.crossed_bootstrap_ci(a, b, n_resamples=500) == pytest.approx((0.05, 0.05))
     with pytest.raises(ValueError, match="same images"):
-        stats.hierarchical_bootstrap_ci(a, b[:, :10])
+        stats.crossed_bootstrap_ci(a, b[:, :10])
 
 
 # ----------------------------------------------------------------------- claims
@@ -188,14 +189,44 @@ def test_disagreeing_test_and_ci_show_both_and_claim_nothing() -> None:
         }
     )
     out = stats.finalize_comparisons(df, alpha=0.05)
-    assert out["p_holm"].tolist() == pytest.approx([0.002, 0.2, 3e-9])
+    # Holm over the two tests over seeds only; the per-image row is not adjusted
+    assert out["p_holm"].tolist()[:2] == pytest.approx([0.002, 0.2])
+    assert math.isnan(out.loc[2, "p_holm"]) and out["holm_family"].tolist() == [2, 2, 0]
     assert out["significant"].tolist() == [False, False, False]
     assert "test and CI disagree" in out.loc[0, "note"] and "includes 0" in out.loc[0, "note"]
-    assert "excludes 0" in out.loc[1, "note"] and "Holm p 0.2 >= 0.05" in out.loc[1, "note"]
+    assert "excludes 0" in out.loc[1, "note"]
+    assert "p 0.2, Holm p 0.2 (over 2 tests) >= 0.05" in out.loc[1, "note"]
     # the CI in the note is in the report's units (pp of Dice), as in its CI column
     assert "CI [-1.00, +2.00] pp includes 0" in out.loc[0, "note"]
     assert "CI [+1.00, +3.00] pp excludes 0" in out.loc[1, "note"]
     assert out.loc[2, "claim"] == "none: one training run, per-image test"
+
+
+def test_holm_family_is_the_claimed_tests_only() -> None:
+    """30 never-claimed per-image rows must not inflate the over-seed tests' Holm p."""
+    lv = [stats.LEVEL_SEEDS] * 2 + [stats.FEW_SEEDS] * 30
+    df = pd.DataFrame(
+        {"level": lv, "p_value": [0.01, 0.02] + [0.5] * 30, "ci_low": 0.01, "ci_high": 0.02}
+    )
+    out = stats.finalize_comparisons(df)
+    assert out["p_holm"].tolist()[:2] == pytest.approx([0.02, 0.02])
+    assert out["significant"].tolist()[:2] == [True, True]
+    assert out["p_value"].tolist()[:2] == [0.01, 0.02]  # the unadjusted p stays beside it
+
+
+def test_welch_interval_is_the_seed_level_ci_and_the_bootstrap_is_shown_beside() -> None:
+    """At 3 seeds the crossed bootstrap is narrower than the Welch t interval; the row's
+    CI is the Welch one (scipy's), the bootstrap goes to boot_low / boot_high."""
+    rng = np.random.default_rng(7)
+    img = rng.uniform(0.6, 0.95, 60)
+    a = np.stack([img + s + rng.normal(0, 0.01, 60) for s in (0.00, 0.012, -0.008)])
+    b = np.stack([img + s + rng.normal(0, 0.01, 60) for s in (0.010, 0.025, 0.020)])
+    r = stats.seed_level_comparison(a, b, n_resamples=4000)
+    ci = sps.ttest_ind(a.mean(1), b.mean(1), equal_var=False).confidence_interval()
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert r["ci_low"] < r["mean_diff"] < r["ci_high"]
+    assert r["boot_high"] - r["boot_low"] < r["ci_high"] - r["ci_low"]
+    assert r["mean_diff"] == pytest.approx(a.mean() - b.mean())  # A - B, not B - A
 
 
 def test_compare_cli_prints_the_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,17 +6,21 @@ says nothing about the next seed. So each comparison says at which level it was 
 
 * **over seeds** (both models have >= :data:`MIN_SEEDS` finished seeds): a Welch t-test
   on the per-seed means (:func:`scipy.stats.ttest_ind`, ``equal_var=False``; the seed is
-  the unit of replication) and a hierarchical bootstrap confidence interval of the mean
-  difference that resamples seeds within each model and images (paired across the two
-  models) (:func:`hierarchical_bootstrap_ci`). A difference is *significant* only when
-  the Holm-adjusted p-value is below alpha **and** the interval excludes 0; where the two
-  disagree, both are shown and nothing is claimed.
+  the unit of replication) and the Welch t interval of the difference of the seed means
+  (:func:`welch_ci`), which is honest at 3 seeds (wide). A crossed bootstrap over seeds
+  and images (:func:`crossed_bootstrap_ci`; "crossed": every seed of both models scored
+  the same images) is shown beside it (``boot_low`` / ``boot_high``) but decides nothing:
+  below :data:`MIN_SEEDS_BOOTSTRAP` seeds its intervals are too narrow. A difference is
+  *significant* only when the Holm-adjusted p-value is below alpha **and** the Welch
+  interval excludes 0; where the two disagree, both are shown and nothing is claimed.
 * **per image** (fewer seeds): the per-image scores (averaged over the seeds there are)
   get a Wilcoxon signed-rank test and a paired BCa bootstrap interval over images
   (:func:`paired_comparison`). Such a row is labelled "one training run, per-image test"
   (or "fewer than 3 seeds, per-image test") and is never called significant.
 
-Holm's correction runs across every comparison of a table (:func:`holm`). Only runs of
+Holm's correction (:func:`holm`) runs across the rows that can be claimed, the tests
+over seeds, and only those: per-image rows keep their unadjusted p (``p_holm`` NaN), since
+they are never claimed. ``holm_family`` gives the family's size. Only runs of
 one experiment per model are compared (one configuration except the seed, one
 precision; see :data:`bench.analysis.runs.EXPERIMENT_KEY`), chosen by
 :func:`bench.analysis.runs.choose_experiment` (recipe, epochs) and, where a model has
@@ -24,7 +28,7 @@ several experiments there, ``precision`` (default: fp32 when present).
 :func:`pairwise_comparisons` writes
 ``results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}``.
 
-``mean_diff = mean(A - B)``: positive means A scores higher (better for Dice / IoU,
+``mean_diff = mean(A) - mean(B)``, printed as "A - B": positive means A scores higher (better for Dice / IoU,
 worse for HD95).
 
 CLI: ``segbench compare A B [--dataset D] [--recipe R] [--epochs E] [--precision P]
@@ -39,15 +43,19 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench.analysis.paired import (  # noqa: F401  (holm, ...: re-exported, part of this API)
+    MIN_SEEDS_BOOTSTRAP,
     _check_same_images,
-    hierarchical_bootstrap_ci,
+    crossed_bootstrap_ci,
     holm,
     paired_comparison,
     seed_level_comparison,
+    welch_ci,
 )
+from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import (
     EXPERIMENT_KEY,
     _command,
@@ -74,7 +82,25 @@ PAIRWISE_COLUMNS = [
 ]
 
 #: columns after :data:`PAIRWISE_COLUMNS`: how each row was tested, and what it claims
-LEVEL_COLUMNS = ["level", "n_seeds_a", "n_seeds_b", "test", "ci_method", "claim", "note"]
+LEVEL_COLUMNS = [
+    "level",
+    "n_seeds_a",
+    "n_seeds_b",
+    "test",
+    "ci_method",
+    "boot_low",
+    "boot_high",
+    "holm_family",
+    "claim",
+    "note",
+]
+
+#: the rule that decides a claim; recorded in every stats file, so a file written under
+#: an older rule is recognised as stale (the report lists it, see report.inventory)
+STATS_RULE = (
+    "v2: Welch t-test and Welch t interval over per-seed means (>= 3 seeds per model), "
+    "Holm over those tests only; crossed bootstrap shown, not used"
+)
 
 #: seeds per model needed for a test over seeds (below it: per-image test, no claim)
 MIN_SEEDS = 3
@@ -84,7 +110,11 @@ ONE_RUN = "one training run, per-image test"
 FEW_SEEDS = f"fewer than {MIN_SEEDS} seeds, per-image test"
 
 _TEST_SEEDS = "Welch t-test over per-seed means"
-_CI_SEEDS = "hierarchical bootstrap over seeds and images (percentile)"
+_CI_SEEDS = "Welch t interval over per-seed means"
+_BOOT_SEEDS = (
+    "crossed bootstrap over seeds and images (percentile; too narrow below "
+    f"{MIN_SEEDS_BOOTSTRAP} seeds, shown only)"
+)
 _TEST_IMAGES = "Wilcoxon signed-rank over images (per-image scores averaged over seeds)"
 _CI_IMAGES = "paired bootstrap over images (BCa)"
 
@@ -137,7 +167,26 @@ def select_runs(
             "choose one with recipe/epochs/precision (--recipe, --epochs, --precision), or "
             "move the runs of the others out of the results folder"
         )
+    _check_one_fingerprint(rows, model, dataset)
     return rows
+
+
+def _check_one_fingerprint(rows: pd.DataFrame, model: str, dataset: str) -> None:
+    """Seeds are pooled only within one training-code fingerprint: ValueError naming
+    the seeds of each when the runs recorded several (runs older than the fingerprint,
+    "unrecorded", pool with each other only)."""
+    info = with_run_info(rows)
+    fps = sorted(set(info["fingerprint"]))
+    if len(fps) > 1:
+        parts = [
+            f"{fp}: seed(s) {', '.join(map(str, sorted(info.loc[info['fingerprint'] == fp, 'seed'])))}"
+            for fp in fps
+        ]
+        raise ValueError(
+            f"model {model!r} on dataset {dataset!r}: the seeds come from {len(fps)} code "
+            f"fingerprints ({'; '.join(parts)}); seeds are pooled only within one. Choose "
+            "one with --seed, or move the others' runs out of the results folder"
+        )
 
 
 def per_image_matrix(runs: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -217,6 +266,7 @@ def compare_pair(
         )
         r.update(level=LEVEL_SEEDS, test=_TEST_SEEDS, ci_method=_CI_SEEDS)
         return r
+    # the per-image rows have no bootstrap over seeds: their CI is the one over images
     sa, sb = a.mean(axis=0), b.mean(axis=0)
     sa.name, sb.name = "A", "B"
     r = dict(paired_comparison(sa, sb, confidence=confidence, n_resamples=n_resamples, seed=seed))
@@ -231,21 +281,32 @@ def compare_pair(
 
 
 def finalize_comparisons(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Holm across every row of ``df``, then what each row may claim.
+    """Holm across the rows tested over seeds (the claimable family), then what each
+    row may claim.
 
-    ``significant`` is True only for rows tested over seeds whose Holm-adjusted p-value
-    is below ``alpha`` and whose CI excludes 0. ``claim`` says so in words: "significant",
-    "not significant", or, for per-image rows, "none: <level>" (never "significant").
-    ``note`` shows both numbers where the test and the CI disagree.
+    ``p_holm`` is the Holm-adjusted p over the rows with ``level`` "over seeds" only;
+    per-image rows are never claimed and keep NaN there (their ``p_value`` stays, as
+    description). ``holm_family`` is the family's size. ``significant`` is True only
+    for rows tested over seeds whose Holm-adjusted p-value is below ``alpha`` and whose
+    CI excludes 0. ``claim`` says so in words: "significant", "not significant", or,
+    for per-image rows, "none: <level>" (never "significant"). ``note`` shows both
+    numbers where the test and the CI disagree.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     df = df.copy()
     if df.empty:
-        for col in ("p_holm", "significant", "claim", "note"):
+        for col in ("p_holm", "holm_family", "significant", "claim", "note"):
             df[col] = pd.Series(dtype=object)
         return df
-    df["p_holm"] = holm(pd.to_numeric(df["p_value"], errors="coerce").to_numpy())
+    claimable = (df["level"] == LEVEL_SEEDS).to_numpy()
+    p_raw = pd.to_numeric(df["p_value"], errors="coerce").to_numpy(dtype=float)
+    adjusted = holm(p_raw[claimable])
+    p_holm = np.full(len(df), np.nan)
+    p_holm[claimable] = adjusted
+    df["p_holm"] = p_holm
+    family = int(np.isfinite(adjusted).sum())
+    df["holm_family"] = [family if c else 0 for c in claimable]
     claims, notes, sig = [], [], []
     for _, r in df.iterrows():
         lo, hi, p = float(r["ci_low"]), float(r["ci_high"]), float(r["p_holm"])
@@ -263,8 +324,10 @@ def finalize_comparisons(df: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
                 # in the units of the report's CI column: Dice/IoU in pp, HD95 in px
                 k, unit = (1.0, " px") if r.get("metric") == "hd95" else (100.0, " pp")
                 ci = f"CI [{k * lo:+.2f}, {k * hi:+.2f}]{unit}"
+                p_un = float(r["p_value"])
                 why = (
-                    f"test: Holm p {p:.3g} {'<' if tested else '>='} {alpha:g}; "
+                    f"test: p {p_un:.3g}, Holm p {p:.3g} (over {family} tests) "
+                    f"{'<' if tested else '>='} {alpha:g}; "
                     f"{ci} {'excludes' if excludes else 'includes'} 0"
                 )
                 if not math.isfinite(p):
@@ -323,7 +386,7 @@ def compare_models(
             )
         rows.append(row)
     df = pd.DataFrame(rows, columns=[*PAIRWISE_COLUMNS, *LEVEL_COLUMNS])
-    df = df.drop(columns=["p_holm", "significant", "claim"])
+    df = df.drop(columns=["p_holm", "holm_family", "significant", "claim"])
     return finalize_comparisons(df, alpha) if finalize else df
 
 
@@ -426,6 +489,7 @@ def pairwise_comparisons(
             csv_path.with_name(csv_path.stem + ".json"),
             {
                 "command": _command(),
+                "rule": STATS_RULE,
                 "dataset": dataset,
                 "recipe": recipe,
                 "epochs": epochs,
@@ -439,10 +503,12 @@ def pairwise_comparisons(
                     "rng_seed": rng_seed,
                     "min_seeds_for_a_test_over_seeds": MIN_SEEDS,
                     "test_over_seeds": _TEST_SEEDS + " (scipy.stats.ttest_ind, equal_var=False)",
-                    "ci_over_seeds": _CI_SEEDS,
+                    "ci_over_seeds": _CI_SEEDS + " (scipy ttest_ind confidence_interval)",
+                    "bootstrap_over_seeds": _BOOT_SEEDS,
                     "test_per_image": _TEST_IMAGES + " (scipy.stats.wilcoxon, zero_method=wilcox)",
                     "ci_per_image": _CI_IMAGES + " (scipy.stats.bootstrap)",
-                    "correction": "Holm across all pairs of this table",
+                    "correction": "Holm across the rows of this table tested over seeds "
+                    "(per-image rows are never claimed and not adjusted)",
                     "significant": "tested over seeds, Holm p < alpha and CI excludes 0",
                 },
                 "environment": environment(),

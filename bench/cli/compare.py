@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis.runs import find_runs
-from bench.analysis.stats import MIN_SEEDS, pairwise_comparisons, pairwise_path
+from bench.analysis.stats import (
+    LEVEL_SEEDS,
+    MIN_SEEDS,
+    MIN_SEEDS_BOOTSTRAP,
+    pairwise_comparisons,
+    pairwise_path,
+)
 from bench.cli.common import add_results
 
 
@@ -66,22 +72,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     seeds = f"seed {args.seed}" if args.seed is not None else "all seeds"
+    family = int((df["level"] == LEVEL_SEEDS).sum())
     recipe, epochs = str(df["recipe"].iloc[0]), int(df["epochs"].iloc[0])
     print(
         f"{dataset}, recipe {recipe}, {epochs} epochs: per-image {args.metric}, {seeds}; "
-        f"diff = A - B; both models with >= {MIN_SEEDS} seeds: Welch t-test over seeds and a "
-        "hierarchical bootstrap CI (seeds and images), else a Wilcoxon test and a paired "
+        f"diff = A - B; both models with >= {MIN_SEEDS} seeds: Welch t-test and Welch t "
+        "interval over per-seed means (a crossed bootstrap over seeds and images beside it, "
+        f"too narrow below {MIN_SEEDS_BOOTSTRAP} seeds), else a Wilcoxon test and a paired "
         f"bootstrap CI over images (never called significant); {100 * args.confidence:g}% CI, "
-        f"{args.resamples} resamples, Holm across {len(df)} pair(s), alpha {args.alpha}"
+        f"{args.resamples} resamples, Holm across the {family} test(s) over seeds, "
+        f"alpha {args.alpha}"
     )
-    shown = df.copy()
-    for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
+    shown = df.rename(columns={"mean_diff": "A - B"})
+    for col in ("mean_a", "mean_b", "A - B", "ci_low", "ci_high"):
         shown[col] = shown[col].map(lambda v: f"{v:.4f}")
     for col in ("p_value", "p_holm"):
-        shown[col] = shown[col].map(lambda v: f"{v:.3g}")
+        shown[col] = shown[col].map(lambda v: f"{v:.3g}" if v == v else "–")
     shown = shown[
         ["model_a", "model_b", "precision_a", "precision_b", "seeds_a", "seeds_b", "n"]
-        + ["mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "p_value", "p_holm", "claim"]
+        + ["mean_a", "mean_b", "A - B", "ci_low", "ci_high", "p_value", "p_holm", "claim"]
     ]
     print(shown.to_string(index=False))
     for _, r in df[df["note"].astype(str) != ""].iterrows():
@@ -96,10 +105,10 @@ def register(subparsers: Any) -> None:
         "compare",
         help="paired statistics between models on the same test images",
         description="Compare models on the same test images, at the level the seeds allow: "
-        f"with >= {MIN_SEEDS} seeds per model a Welch t-test over seeds and a hierarchical "
-        "bootstrap CI (seeds and images), else a Wilcoxon signed-rank test and a paired "
+        f"with >= {MIN_SEEDS} seeds per model a Welch t-test and Welch t interval over "
+        "per-seed means, else a Wilcoxon signed-rank test and a paired "
         "bootstrap CI over images, labelled as a per-image test and never called "
-        "significant. Holm correction across pairs. Reads results/runs/; with --all "
+        "significant. Differences are A - B. Holm correction across the tests over seeds. Reads results/runs/; with --all "
         "writes results/stats/<dataset>_<recipe>-e<epochs>_pairwise.{csv,json}. Only runs of "
         "one experiment (recipe, epochs) are compared: by default the one with the most "
         "epochs that all the models have.",

@@ -19,16 +19,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
             cmd += ["--results", str(args.results)]
         if args.report_dir is not None:
             cmd += ["--report-dir", str(args.report_dir)]
+        readme = args.readme
+        if readme is None:  # the project README beside the results folder, if it has markers
+            readme = Path(args.results).resolve().parent / "README.md"
         rep = write_report(
-            args.results, args.report_dir, command=shlex.join(cmd), progress=not args.quiet
+            args.results,
+            args.report_dir,
+            command=shlex.join(cmd),
+            progress=not args.quiet,
+            project_readme=readme,
         )
     except ReportInputError as err:
         print(f"segbench report: {err}", file=sys.stderr)
         return 2
+    if rep.unknown:
+        print(
+            f"segbench report: WARNING: {len(rep.unknown)} file(s) under {args.results} that no "
+            "segbench command writes or that are stale (listed in README.md, 'Files no "
+            "command writes'); delete or regenerate them:\n"
+            + "\n".join(f"  {u}" for u in rep.unknown),
+            file=sys.stderr,
+        )
+        if args.strict:
+            return 1
     if not args.quiet:
         print(rep.markdown.get("efficiency", ""))
         print(
             f"\nwrote {len(rep.tables)} table files, {len(rep.plots)} plot files and {rep.readme}"
+            + (
+                f"; updated the generated block of {rep.project_readme}"
+                if rep.project_readme
+                else ""
+            )
         )
     return 0
 
@@ -57,4 +79,18 @@ def register(subparsers: Any) -> None:
         help="write tables/, plots/ and README.md there instead of into --results",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or table print-out")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="project README whose generated block (between the segbench report markers) "
+        "is rewritten (default: README.md beside --results; left alone without markers)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a file under --results is one no segbench command writes, or is "
+        "stale (e.g. a stats file written under an older comparison rule); default: warn",
+    )
     p.set_defaults(func=_cmd_report)

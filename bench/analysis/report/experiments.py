@@ -6,9 +6,9 @@ dataset, not of two models: each model's main experiment (the one the plots show
 :func:`bench.analysis.report.summaries.main_experiments`) against every other experiment of
 that model there, on per-image Dice of the same test images. The level of the test follows
 the seeds, exactly as for models (:func:`bench.analysis.stats.compare_pair`): with >= 3
-seeds on both sides a test over seeds and a hierarchical bootstrap CI; with fewer, a
+seeds on both sides a Welch t-test and Welch t interval over seed means; with fewer, a
 per-image test that is never called significant. Holm corrects across the rows of this
-table (a family of its own, apart from the model comparisons).
+table tested over seeds (a family of its own, apart from the model comparisons).
 """
 
 from __future__ import annotations

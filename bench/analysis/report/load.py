@@ -65,6 +65,7 @@ _COMPLEXITY_ALIASES: dict[str, list[str]] = {
     "other_flops": ["other_flops", "segbench_other_flops"],
     "thop_macs": ["thop_macs", "macs_thop", "thop"],
     "fvcore_macs": ["fvcore_macs", "fvcore_flops", "flops_fvcore", "fvcore"],
+    "params_thop": ["params_thop", "thop_params"],
     "activation_bytes": ["activation_bytes"],
 }
 
@@ -435,6 +436,9 @@ class ReportOutput:
     figures: list[tuple[str, Path, str]] = field(default_factory=list)  # (group, png, caption)
     # dataset -> which experiment (recipe, epochs, seeds) each measured point shows
     point_sources: dict[str, list[str]] = field(default_factory=dict)
+    # files under results/ that no command writes (bench.analysis.report.inventory)
+    unknown: list[str] = field(default_factory=list)
+    project_readme: Path | None = None  # the project README whose generated block was updated
 
     def add_figure(self, group: str, paths: list[Path], caption: str) -> None:
         self.plots += paths

@@ -8,11 +8,14 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from bench.analysis.report.claims import OVERHEAD_FRACTION
 from bench.analysis.report.figures import speed_input_label
 from bench.analysis.report.load import ReportOutput, Results
+from bench.analysis.report.protocols import SEED_MODELS, is_smoke, protocol_lines
 from bench.analysis.report.significance import ALPHA, report_comparisons
+from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY, experiment_differences
-from bench.analysis.stats import MIN_SEEDS
+from bench.analysis.stats import MIN_SEEDS, MIN_SEEDS_BOOTSTRAP
 
 
 def _env_lines(env: dict[str, Any]) -> list[str]:
@@ -84,8 +87,15 @@ _EFFICIENCY_NOTE = (
     "memory: CUDA max allocated on a GPU; on a CPU the model's own increase of the "
     "process's peak RSS (RSS delta) where the speed file records it, else the whole "
     "process's RSS, which includes the interpreter and libraries (labelled so). Roofline: achieved fraction of the "
-    "device's roofline bound at batch 1. Every configuration is in the speed tables "
-    "below."
+    "device's roofline bound at batch 1; 'limiter' names what limits eager PyTorch at "
+    "batch 1 from the numbers: compute- or memory-bound when the model reaches at least "
+    f"{100 * OVERHEAD_FRACTION:.0f}% of that bound, overhead-bound (per-operator dispatch "
+    "and small kernels) when it stays below that share of both bounds. A train-step value "
+    "marked 'time-capped' stopped at the speed run's time cap after fewer iterations than "
+    "asked, 'noisy' had a wide spread: read them as approximate. Where thop saw fewer "
+    "parameters than the model has (modules it has no rule for), the papers'-convention "
+    "column says how many it counted: its MACs miss their work. Every configuration is in "
+    "the speed tables below."
 )
 
 _EXPERIMENTS_NOTE = (
@@ -93,14 +103,20 @@ _EXPERIMENTS_NOTE = (
     "experiments on the same dataset (B: another precision, loss, lr, ...; 'B differs "
     "in' lists every setting that changes), on per-image Dice of the same test images. "
     f"Tested like the model comparisons: with >= {MIN_SEEDS} seeds on both sides over "
-    "seeds (Welch t-test on per-seed means, hierarchical bootstrap CI), claimed only "
-    "when the Holm-adjusted p (across the rows of this table) is below "
-    f"{ALPHA:g} and the CI excludes 0; with fewer seeds a per-image test that is never "
-    "claimed. 'not significant' means the difference is within what the seeds and "
+    "seeds (Welch t-test and Welch t interval on per-seed means), claimed only "
+    "when the Holm-adjusted p (across the rows of this table tested over seeds) is below "
+    f"{ALPHA:g} and the interval excludes 0; with fewer seeds a per-image test that is never "
+    "claimed and not adjusted. Differences are A − B. 'not significant' means the difference is within what the seeds and "
     "images allow to resolve, not that it is zero."
 )
 
 _EXTERNAL_NOTE = (
+    "The derived sets (`segbench data derive --shift`: the same test images with a "
+    "photometric change) measure robustness to colour and contrast change, not "
+    "generalisation to another dataset: on a held-out real external dermoscopy set, "
+    "lraspp trained on the mini set lost 2.5 DSC points and MALUNet 2.05, where the "
+    "derived sets had predicted 0.2-0.4 (measured in an earlier session and quoted in "
+    "issue 23; those evaluation files are not under results/). "
     "Rows: models trained on one dataset (the experiment, n seeds); columns: another "
     "dataset (and split) they were scored on with `segbench evaluate --run`. Each cell: "
     "pooled DSC (%) mean ± std over the seeds scored there, and in parentheses the drop "
@@ -220,24 +236,49 @@ def _inputs(res: Results) -> list[str]:
     return lines
 
 
-def _accuracy_note(res: Results) -> str:
+def _accuracy_note(res: Results, smoke: bool = False) -> str:
+    runs = with_run_info(res.runs)
+    lines = protocol_lines(runs, smoke)
+    if smoke:
+        head = (
+            "**Smoke protocol**: a small subset that checks training end to end. Its "
+            "numbers are not comparable with the papers' tables or with the headline "
+            "protocol, and never share a table or a plot axis with them.\n\n"
+        )
+    else:
+        head = (
+            "**Headline protocol**: the full data the papers used (for ISIC 2017 the "
+            "Part 1 train + validation pool the papers split 7:3).\n\n"
+        )
     note = (
-        "One row per experiment: the same configuration except the training seed, trained "
-        "in the same precision (the precision a run really used; a CPU bf16 run that fell "
-        "back to fp32 says so). Runs that differ in anything else (lr, epochs, recipe, "
-        "input size, precision) are never averaged together; 'differs in' names what "
-        "tells experiments of one model, recipe and epoch count apart. "
-        "Measured: mean ± std over seeds (std shown from 2 seeds on; 'seeds' is n); DSC and "
-        "mIoU pooled over all test pixels (the papers' convention), Dice per image averaged "
-        "over images, HD95 in pixels at the evaluation resolution, averaged over the images "
-        "where it is defined, with the number of images where it is undefined (empty "
-        "prediction or empty mask) summed over seeds. 'baseline' rows are trivial "
-        "predictors scored on the same test split (`segbench baselines`): the floor. "
-        "'paper' columns are the papers' printed figures on their own (full) test splits, "
-        "not measured here. The significance column lists only differences tested over "
-        "seeds (see 'Model comparisons')."
+        head
+        + ("\n".join(lines) + "\n\n" if lines else "")
+        + (
+            "One row per experiment: the same configuration except the training seed, trained "
+            "in the same precision (the precision a run really used; a CPU bf16 run that fell "
+            "back to fp32 says so). Runs that differ in anything else (lr, epochs, recipe, "
+            "input size, precision) are never averaged together; 'differs in' names what "
+            "tells experiments of one model, recipe and epoch count apart. "
+            "Measured: mean ± std over seeds (std shown from 2 seeds on; 'seeds' is n); DSC and "
+            "mIoU pooled over all test pixels (the papers' convention), Dice per image averaged "
+            "over images, HD95 in pixels at the evaluation resolution, averaged over the images "
+            "where it is defined, with the number of images where it is undefined (empty "
+            "prediction or empty mask) summed over seeds. 'baseline' rows are trivial "
+            "predictors scored on the same test split (`segbench baselines`): the floor. "
+            "'paper' columns are the papers' printed figures on their own (full) test splits, "
+            "not measured here. The significance column lists only differences tested over "
+            "seeds (see 'Model comparisons'). Also per row: pooled accuracy, sensitivity and "
+            "specificity (the papers' other metrics); the share of test images with per-image "
+            "Dice below 0.8; training time per seed (training + validation summed over every "
+            "epoch, across resumes; from log.csv for runs older than that record); T_max and "
+            "the learning rate after the last epoch as a multiple of its peak; how many seeds "
+            "selected their last epoch; and 'code': the training-code fingerprint the seeds "
+            "share (seeds of different fingerprints are separate rows) or, for runs older than "
+            "the fingerprint, 'unrecorded' with the commits and hosts they came from."
+        )
     )
-    diffs = experiment_differences(res.runs) if not res.runs.empty else []
+    mine = res.runs[res.runs["dataset"].map(is_smoke) == smoke] if not res.runs.empty else res.runs
+    diffs = experiment_differences(mine) if not mine.empty else []
     if diffs:
         note += "\n\nExperiments that differ:\n\n" + "\n".join(f"- {d}" for d in diffs)
     return note
@@ -248,20 +289,77 @@ def _comparisons_note(res: Results) -> str:
     note = (
         "Each model's main experiment (the one in the plots) against every other model's "
         "on the same dataset, recipe and epochs, on per-image Dice of the test images. "
-        f"With >= {MIN_SEEDS} seeds per model the difference is tested over seeds: a "
-        "Welch t-test on the per-seed means and a 95% hierarchical bootstrap CI "
-        "(resampling seeds, and images paired across the two models). A difference is "
-        "claimed only when the Holm-adjusted p-value (across every row of this table) is "
-        f"below {ALPHA:g} and the CI excludes 0; where the two disagree the note shows "
-        f"both. With fewer seeds the row is a per-image test (Wilcoxon signed-rank, paired "
-        "bootstrap CI over images) of one training run per model: it says how the runs "
-        "differ on these images, not that the models do, and it is never claimed."
+        "Every difference is A − B (positive: A scores higher). "
+        f"With >= {MIN_SEEDS} seeds per model the difference is tested over seeds, the "
+        "seed being the unit of replication: a Welch t-test on the per-seed means and the "
+        "95% Welch t interval of the difference of seed means, which is wide at 3 seeds, "
+        "as 3 seeds allow. A crossed bootstrap (images shared by every seed and model, "
+        "seeds resampled per model) is in the CSV only: with fewer than "
+        f"{MIN_SEEDS_BOOTSTRAP} seeds it resamples too few seed sets and gives intervals "
+        "that are too narrow. A difference is claimed only when the Holm-adjusted p "
+        "(Holm over the rows tested over seeds, the only ones that can be claimed) is "
+        f"below {ALPHA:g} and the interval excludes 0; the unadjusted p stands beside it, "
+        "and where the two disagree the note shows both. With fewer seeds the row is a "
+        "per-image test (Wilcoxon signed-rank, paired bootstrap CI over images) of one "
+        "training run per model: it says how the runs differ on these images, not that "
+        "the models do; it is never claimed and not adjusted. Each side pools only seeds "
+        "of one code fingerprint ('code' in the accuracy tables); runs older than the "
+        "fingerprint are pooled as 'unrecorded', and the note says when their seeds ran "
+        "different commits or hosts, which then adds to their spread."
     )
     if skipped:
         note += "\n\nNot compared (no usable per-image scores):\n\n" + "\n".join(
             f"- {s}" for s in skipped
         )
     return note
+
+
+def _no_headline(res: Results) -> list[str]:
+    """The headline section when no headline-protocol run is committed yet: say so."""
+    if res.runs.empty:
+        return []
+    return [
+        "## Accuracy: headline protocol",
+        "",
+        "No finished run on the headline protocol (e.g. `isic2017-256`: the ISIC 2017 "
+        "Part 1 pool the papers split 7:3) is under runs/ yet; the accuracy measured so far is the "
+        "smoke protocol's below, which is not comparable with the papers.",
+        "",
+    ]
+
+
+def _paper_sections(report: ReportOutput) -> list[str]:
+    """One "paper vs measured" table per seed model (protocols.paper_vs_measured)."""
+    lines: list[str] = []
+    for model in SEED_MODELS:
+        name = f"paper-vs-measured-{model}"
+        lines += _section(
+            report,
+            f"Paper vs measured: {model}",
+            name,
+            "The paper's five metrics as printed (`model_info(name).reported`) beside the "
+            "same metrics measured here on the headline protocol, pooled over all test "
+            "pixels as the authors compute them; mean ± std over seeds. The caveats "
+            "column names what still separates the two (data preparation, split, model "
+            "selection).",
+        )
+    return lines
+
+
+def _unknown_section(report: ReportOutput) -> list[str]:
+    """Files under results/ that no command writes, or stale ones: listed, not hidden."""
+    if not report.unknown:
+        return []
+    return [
+        "## Files no command writes",
+        "",
+        "**Warning**: these files under the results folder are not written by any "
+        "segbench command, or were written under an older rule; nothing here read them. "
+        "Delete or regenerate them.",
+        "",
+        *(f"- `{u.split(': ', 1)[0]}`: {u.split(': ', 1)[1]}" for u in report.unknown),
+        "",
+    ]
 
 
 def _plots(report: ReportOutput, out: Path) -> list[str]:
@@ -326,7 +424,17 @@ def _readme(
         *_benchmark_stages(res.benchmark),
         *_inputs(res),
         *_section(report, "Efficiency", "efficiency", _EFFICIENCY_NOTE),
-        *_section(report, "Accuracy", "accuracy", _accuracy_note(res)),
+        *(
+            _section(report, "Accuracy: headline protocol", "accuracy", _accuracy_note(res))
+            or _no_headline(res)
+        ),
+        *_paper_sections(report),
+        *_section(
+            report,
+            "Accuracy: smoke protocol (not comparable with the papers)",
+            "accuracy-smoke",
+            _accuracy_note(res, smoke=True),
+        ),
         *_section(report, "Model comparisons", "comparisons", _comparisons_note(res)),
         *_section(
             report,
@@ -334,9 +442,15 @@ def _readme(
             "experiments",
             _EXPERIMENTS_NOTE,
         ),  # fmt: skip
-        *_section(report, "External validation", "external", _EXTERNAL_NOTE),
+        *_section(
+            report,
+            "Evaluation on other data (derived sets: robustness to colour and contrast change)",
+            "external",
+            _EXTERNAL_NOTE,
+        ),
         *_section(report, "Deployment precision: int8 and bf16", "deployment", _DEPLOYMENT_NOTE),
         *_provenance_section(res),
+        *_unknown_section(report),
         *_plots(report, out),
     ]
     for slug in res.devices:

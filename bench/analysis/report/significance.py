@@ -4,8 +4,10 @@ The report does not trust a stored ``stats/*.csv`` (it may have been written und
 older rule, or for other runs): it compares the runs it shows with
 :func:`bench.analysis.stats.compare_models`, so a difference is called significant only
 when it was tested over seeds (>= 3 per model) with a Holm-adjusted p-value below
-alpha and a confidence interval that excludes 0. Comparisons run within one dataset and
-one protocol (recipe, epochs); Holm corrects across every comparison the report shows.
+alpha and a Welch t interval over seed means that excludes 0. Comparisons run within
+one dataset and one protocol (recipe, epochs), each side within one code fingerprint;
+Holm corrects across the comparisons tested over seeds that the report shows (the
+per-image rows are never claimed and are not adjusted). Every difference is A - B.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 
 from bench.analysis.report.load import Results
 from bench.analysis.report.summaries import accuracy_summary, main_experiments
+from bench.analysis.runinfo import POOL_KEY, with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
 
@@ -42,14 +45,19 @@ COMPARISON_COLUMNS = [
     "mean_diff",
     "ci_low",
     "ci_high",
+    "boot_low",
+    "boot_high",
     "level",
     "test",
     "ci_method",
     "p_value",
     "p_holm",
+    "holm_family",
     "significant",
     "claim",
     "note",
+    "code_a",
+    "code_b",
 ]
 
 
@@ -72,7 +80,7 @@ def report_comparisons(
         for (dataset, recipe, epochs), fam in acc.groupby(["dataset", "recipe", "epochs"]):
             if len(fam) < 2:
                 continue
-            scores, precision = {}, {}
+            scores, precision, code = {}, {}, {}
             for _, row in fam.iterrows():
                 try:
                     scores[row["model"]] = per_image_matrix(
@@ -82,18 +90,26 @@ def report_comparisons(
                     skipped.append(f"{row['model']} ({dataset}, {row['experiment']}): {err}")
                     continue
                 precision[row["model"]] = row["precision"]
+                code[row["model"]] = row.get("code", "")
             if len(scores) < 2:
                 continue
             df = compare_models(scores, n_resamples=n_resamples, finalize=False)
             df["dataset"], df["recipe"], df["epochs"] = dataset, recipe, int(epochs)
             df["precision_a"] = df["model_a"].map(precision)
             df["precision_b"] = df["model_b"].map(precision)
+            df["code_a"], df["code_b"] = df["model_a"].map(code), df["model_b"].map(code)
             differ = df["precision_a"] != df["precision_b"]
             # an all-empty note column comes back as float NaN: text, and no "nan" in it
             df["note"] = df["note"].astype(object).where(df["note"].notna(), "")
             df.loc[differ, "note"] = [
                 "; ".join(x for x in (str(n), "precisions differ") if x)
                 for n in df.loc[differ, "note"]
+            ]
+            df["note"] = [
+                "; ".join(x for x in (str(n), _mixed_code(a, ca), _mixed_code(b, cb)) if x)
+                for n, a, ca, b, cb in zip(
+                    df["note"], df["model_a"], df["code_a"], df["model_b"], df["code_b"]
+                )
             ]
             parts.append(df)
     if parts:
@@ -103,6 +119,14 @@ def report_comparisons(
         out = pd.DataFrame(columns=COMPARISON_COLUMNS)
     res.cache[("comparisons", alpha, n_resamples)] = (out, skipped)
     return out, skipped
+
+
+def _mixed_code(model: str, code: Any) -> str:
+    """A note when a side's seeds ran different commits or hosts (code unrecorded)."""
+    text = str(code or "")
+    if "mixed" not in text:
+        return ""
+    return f"{model}'s seeds ran different commits or hosts (code fingerprint unrecorded)"
 
 
 def significance_column(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -132,9 +156,13 @@ def significance_column(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_of_experiment(runs: pd.DataFrame, row: pd.Series) -> pd.DataFrame:
-    """The runs of one experiment: those equal to ``row`` on every EXPERIMENT_KEY field."""
+    """The runs of one accuracy row: those equal to ``row`` on every EXPERIMENT_KEY field
+    and, when the row has one, on its code fingerprint (seeds never pool across it)."""
+    key = list(EXPERIMENT_KEY)
+    if "fingerprint" in row.index:
+        runs, key = with_run_info(runs), POOL_KEY
     keep = pd.Series(True, index=runs.index)
-    for k in EXPERIMENT_KEY:
+    for k in key:
         keep &= runs[k].astype(str) == str(row[k])
     return runs[keep]
 
@@ -147,7 +175,7 @@ def seeds_label(name: str, precision: Any, n: Any) -> str:
 def in_points(comparisons: pd.DataFrame) -> pd.DataFrame:
     """Dice fractions to percent, differences and CI bounds to points, plus the CI text."""
     df = comparisons.copy()
-    for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high"):
+    for col in ("mean_a", "mean_b", "mean_diff", "ci_low", "ci_high", "boot_low", "boot_high"):
         df[col] = pd.to_numeric(df.get(col, math.nan), errors="coerce") * 100
     df["ci"] = [
         f"[{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) and math.isfinite(hi) else "–"

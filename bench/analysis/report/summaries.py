@@ -9,7 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.report.claims import limiter_text, thop_note, train_step_note
 from bench.analysis.report.load import _CHANNELS_LAST, _FP32, _OK_STATUS, Results
+from bench.analysis.runinfo import POOL_KEY, code_text, with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY, experiment_settings
 from bench.engine.metric_table import METRICS
 
@@ -23,6 +25,10 @@ def complexity_summary(res: Results) -> pd.DataFrame:
     if res.complexity.empty:
         return pd.DataFrame(columns=["model"])
     out = res.complexity.copy()
+    if "params_thop" in out:  # thop's MACs (the papers' convention) miss what it skipped
+        out["thop_note"] = [
+            thop_note(t, s) for t, s in zip(out["params_total"], out["params_thop"])
+        ]
     if "status" in out:
         out["macs_lower_bound"] = out["status"].astype(str).str.strip().str.lower() == "incomplete"
     return out
@@ -100,6 +106,7 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             ):
                 if key in r:
                     row[key] = r[key]
+            row["limiter"] = limiter_text(r)
             # Memory at batch 1: the device's peak (CUDA max allocated) where measured; on a
             # CPU the model's own increase of the process RSS (rss_delta_mb) when the speed
             # file has it, else the whole process's RSS, which includes the interpreter.
@@ -120,6 +127,7 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             out[model]["train_img_s"] = float(best["throughput_img_s"])
             out[model]["train_batch"] = int(best["batch_size"])
+            out[model]["train_note"] = train_step_note(best)
     _best_backend(df, input_size, out)
     # Configurations that were skipped or failed, so the table can say why a cell is empty.
     if "status" in df:
@@ -175,9 +183,17 @@ def _best_backend(df: pd.DataFrame, input_size: int | None, out: dict[str, dict]
 
 
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per experiment (:data:`bench.analysis.runs.EXPERIMENT_KEY`: the same
-    configuration except the seed, one precision): metrics averaged over seeds, in
-    percent (HD95 in px).
+    """One row per experiment and code fingerprint (:data:`bench.analysis.runinfo.POOL_KEY`:
+    the same configuration except the seed, one precision, one training-code
+    fingerprint): metrics averaged over seeds, in percent (HD95 in px).
+
+    Seeds are never pooled across recorded fingerprints; runs older than the fingerprint
+    (``unrecorded``) are pooled, and ``code`` names their commits and hosts (a mix says
+    so). Per row also: ``hosts``, ``train_time_h_mean`` / ``_std`` (hours per seed,
+    across resumes), ``time_to_99_h_mean``, ``t_max``, ``lr_end_fraction`` (lr after the
+    last epoch over the peak), ``last_epoch_picked`` (seeds whose selected checkpoint is
+    the last epoch), ``dice_below_08_mean`` / ``_std`` (percent of test images with
+    per-image Dice < 0.8).
 
     ``*_mean`` / ``*_std`` are the mean and sample standard deviation over seeds (std
     is NaN with one seed); ``dice_img_std`` is the per-image spread averaged over seeds.
@@ -188,15 +204,17 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
     images with an undefined HD95 (empty prediction or mask) and all test images, summed
     over seeds (NaN when a run did not record it).
     """
-    cols = [*EXPERIMENT_KEY, "setting", "n_seeds"]
+    cols = [*POOL_KEY, "setting", "n_seeds"]
     if runs.empty:
         return pd.DataFrame(columns=cols)
+    runs = with_run_info(runs)
     settings = experiment_settings(runs)
     rows = []
-    for key, g in runs.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
-        row: dict[str, Any] = dict(zip(EXPERIMENT_KEY, key))
+    for key, g in runs.groupby(POOL_KEY, sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(POOL_KEY, key))
+        _add_run_info(row, g)
         row["epochs"] = int(row["epochs"])
-        row["setting"] = settings.get(key, "")
+        row["setting"] = settings.get(key[: len(EXPERIMENT_KEY)], "")
         row["n_seeds"] = len(g)
         row["seeds"] = ",".join(str(s) for s in sorted(g["seed"].astype(int)))
         asked = sorted({str(a) for a in g["amp_requested"].dropna()} - {row["precision"]})
@@ -228,6 +246,35 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
         row["image_size"] = ", ".join(map(str, sizes)) if sizes else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _add_run_info(row: dict[str, Any], g: pd.DataFrame) -> None:
+    """A row's provenance and cost columns from its runs (see :func:`accuracy_summary`)."""
+    row["code"] = code_text(g)
+    row["hosts"] = "; ".join(sorted(set(g["hosts"].astype(str))))
+    hours = pd.to_numeric(g["train_time_s"], errors="coerce") / 3600
+    row["train_time_h_mean"] = float(hours.mean()) if hours.notna().any() else math.nan
+    row["train_time_h_std"] = float(hours.std(ddof=1)) if hours.notna().sum() > 1 else math.nan
+    if hours.notna().any():
+        src = sorted(set(g.loc[hours.notna(), "train_time_source"]))
+        row["train_time_text"] = (
+            f"{hours.mean():.2f} h/seed"
+            + (f" ± {hours.std(ddof=1):.2f}" if hours.notna().sum() > 1 else "")
+            + (" (from log.csv)" if src == ["log.csv"] else "")
+        )
+    t99 = pd.to_numeric(g["time_to_99_s"], errors="coerce") / 3600
+    row["time_to_99_h_mean"] = float(t99.mean()) if t99.notna().any() else math.nan
+    if t99.notna().any() and "train_time_text" in row:
+        row["train_time_text"] += f", 99% of best after {t99.mean():.2f} h"
+    t_max = sorted({int(t) for t in pd.to_numeric(g["t_max"], errors="coerce").dropna()})
+    row["t_max"] = ", ".join(map(str, t_max))
+    lr_end = pd.to_numeric(g["lr_end_fraction"], errors="coerce")
+    row["lr_end_fraction"] = float(lr_end.mean()) if lr_end.notna().any() else math.nan
+    row["last_epoch_picked"] = int(g["picked_last_epoch"].astype(bool).sum())
+    row["last_epoch_picked_text"] = f"{row['last_epoch_picked']} of {len(g)}"
+    poor = pd.to_numeric(g["dice_below_08"], errors="coerce") * 100
+    row["dice_below_08_mean"] = float(poor.mean()) if poor.notna().any() else math.nan
+    row["dice_below_08_std"] = float(poor.std(ddof=1)) if poor.notna().sum() > 1 else math.nan
 
 
 def _precision_rank(p: Any) -> int:
@@ -266,8 +313,8 @@ def accuracy_table(
     by_model = summary[["model", *extra]]
     measured = acc.merge(by_model, on="model", how="left")
     if "significant_over_seeds" in summary and not measured.empty:
-        main = main_experiments(acc)[[*EXPERIMENT_KEY]].assign(_main=True)
-        measured = measured.merge(main, on=EXPERIMENT_KEY, how="left")
+        main = main_experiments(acc)[[*POOL_KEY]].assign(_main=True)
+        measured = measured.merge(main, on=POOL_KEY, how="left")
         sig = summary.set_index("model")["significant_over_seeds"]
         measured["significant_over_seeds"] = [
             sig.get(m) if flag is True else math.nan

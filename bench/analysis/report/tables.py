@@ -105,20 +105,45 @@ def _efficiency_cols(device_label: str | None) -> list[Col]:
         Col("params total (M)", "params_total", 1e-6, 3),
         Col("params unique (M)", "params_unique", 1e-6, 3),
         Col("MACs segbench (G)", "macs", 1e-9, 3, lower_bound="macs_lower_bound"),
-        Col("GFLOPs papers' convention (thop MACs, G)", "thop_macs", 1e-9, 3),
+        Col("GFLOPs papers' convention (thop MACs, G)", "thop_macs", 1e-9, 3, note="thop_note"),
         Col("paper params (M)", "paper_params_m", 1, 3),
         Col("paper GFLOPs", "paper_gflops", 1, 3),
         Col(f"latency bs1{dev} (ms, median)", "latency_ms", flag="noisy"),
         Col(f"throughput{dev} (img/s, best batch)", "throughput_img_s"),
         Col("best batch", "best_batch", decimals=0),
-        Col(f"train step{dev} (img/s)", "train_img_s"),
+        Col(f"train step{dev} (img/s)", "train_img_s", note="train_note"),
         Col("peak mem bs1 (MB)", "peak_mem_mb"),
         Col("CPU peak mem bs1, model's RSS increase (MB)", "rss_delta_mb"),
         Col("CPU process RSS bs1, incl. interpreter (MB)", "process_rss_mb"),
         Col("roofline bs1 (%)", "roofline_fraction", 100),
+        Col("limiter bs1 (eager)", "limiter"),
+        Col("thop note", "thop_note", csv_only=True),
+        Col("train step note", "train_note", csv_only=True),
         Col("best fp32 backend bs1", "best_backend"),
         Col(f"best backend latency bs1{dev} (ms)", "best_latency_ms"),
         Col("speedup over eager", "speedup_vs_eager", decimals=2),
+    ]
+
+
+#: the papers' five metrics (MALUNet / EGE-UNet tables): always in the accuracy tables
+PAPER_METRICS = ("miou", "dsc", "acc", "spe", "sen")
+
+
+def _run_info_cols() -> list[Col]:
+    """What an accuracy row rests on (bench.analysis.runinfo): poor-image share, training
+    cost and schedule, code fingerprint and hosts."""
+    return [
+        Col("images Dice < 0.8 (%)", "dice_below_08_mean", decimals=1, std="dice_below_08_std"),
+        Col("training time", "train_time_text"),
+        Col("training time (h/seed)", "train_time_h_mean", csv_only=True),
+        Col("training time std (h)", "train_time_h_std", csv_only=True),
+        Col("time to 99% of best (h)", "time_to_99_h_mean", csv_only=True),
+        Col("T_max", "t_max"),
+        Col("lr at end (x peak)", "lr_end_fraction", decimals=2),
+        Col("last epoch picked", "last_epoch_picked_text"),
+        Col("code", "code"),
+        Col("hosts", "hosts", csv_only=True),
+        Col("fingerprint", "fingerprint", csv_only=True),
     ]
 
 
@@ -127,7 +152,7 @@ def _metric_cols(header_prefix: str = "", key_prefix: str = "") -> list[Col]:
     HD95 with the count of images where it is undefined beside it."""
     cols = []
     for m in METRICS:
-        if not m.in_report:
+        if not (m.in_report or m.key in PAPER_METRICS):
             continue
         hd95 = m.key == "hd95_mean"
         cols.append(
@@ -182,7 +207,10 @@ def _accuracy_cols(datasets: Sequence[str], paper_keys: Sequence[str]) -> list[C
             Col(f"{ds} experiment", f"{ds}:experiment"),
             Col(f"{ds} precision", f"{ds}:precision", note=f"{ds}:precision_note"),
             Col(f"{ds} seeds", f"{ds}:n_seeds", decimals=0),
+            Col(f"{ds} epochs", f"{ds}:epochs", decimals=0),
             *_metric_cols(f"{ds} ", f"{ds}:"),
+            Col(f"{ds} training time", f"{ds}:train_time_text"),
+            Col(f"{ds} code", f"{ds}:code"),
         ]
     return [*cols, *_paper_cols(paper_keys)]
 
@@ -199,10 +227,11 @@ def _experiment_cols(paper_keys: Sequence[str]) -> list[Col]:
         Col("precision", "precision", note="precision_note"),
         Col("differs in", "setting"),
         Col("seeds", "n_seeds", decimals=0),
-        Col("seed list", "seeds", csv_only=True),
+        Col("seed list", "seeds"),
         Col("experiment folder", "experiment", csv_only=True),
         Col("experiment hash", "experiment_hash", csv_only=True),
         *_metric_cols(),
+        *_run_info_cols(),
     ]
     return [*cols, *_paper_cols(paper_keys, note=True)]
 
@@ -248,7 +277,7 @@ def _external_cols(targets: Sequence[str]) -> list[Col]:
     ]
     for t in targets:
         cols += [
-            Col(f"{t}: DSC % (drop from in-domain, pp)", f"{t}:text"),
+            Col(f"{t}: DSC % ({t} − in-domain, pp)", f"{t}:text"),
             Col(f"{t} DSC mean (%)", f"{t}:dsc_mean", csv_only=True),
             Col(f"{t} DSC std (%)", f"{t}:dsc_std", csv_only=True),
             Col(f"{t} drop mean (pp)", f"{t}:drop_mean", csv_only=True),
@@ -265,12 +294,15 @@ def _test_cols() -> list[Col]:
         Col("Dice/img A (%)", "mean_a", decimals=2),
         Col("Dice/img B (%)", "mean_b", decimals=2),
         Col("A − B (pp)", "mean_diff", decimals=2),
-        Col("95% CI (pp)", "ci"),
+        Col("95% CI of A − B (pp)", "ci"),
         Col("CI low (pp)", "ci_low", csv_only=True),
         Col("CI high (pp)", "ci_high", csv_only=True),
+        Col("crossed bootstrap low (pp, shown only)", "boot_low", csv_only=True),
+        Col("crossed bootstrap high (pp, shown only)", "boot_high", csv_only=True),
         Col("tested", "level"),
-        Col("p", "p_value"),
-        Col("p Holm", "p_holm"),
+        Col("p (unadjusted)", "p_value"),
+        Col("p Holm (tests over seeds)", "p_holm"),
+        Col("Holm family (tests)", "holm_family", decimals=0, csv_only=True),
         Col("claim", "claim"),
         Col("note", "note"),
         Col("test", "test", csv_only=True),
@@ -300,6 +332,8 @@ def _comparison_cols() -> list[Col]:
         *_test_cols(),
         Col("model A", "model_a", csv_only=True),
         Col("model B", "model_b", csv_only=True),
+        Col("code A", "code_a", csv_only=True),
+        Col("code B", "code_b", csv_only=True),
     ]
 
 
@@ -315,11 +349,30 @@ def _deployment_cols() -> list[Col]:
         Col("max rel. logit diff", "out_rel_max_diff"),
         Col("mask pixels differing (%)", "out_mask_diff", 100, decimals=2),
         Col("test DSC (%)", "dsc", 100, decimals=2),
-        Col("DSC change (pts)", "dsc_change_pts", decimals=2),
+        Col("DSC change, variant − eager fp32 (pts)", "dsc_change_pts", decimals=2),
         Col("test images", "n_images", decimals=0),
         Col("threads", "threads", decimals=0),
         Col("load avg (1 min)", "load_avg_1min", decimals=2),
         Col("commit", "git_commit", csv_only=True),
         Col("command", "command", csv_only=True),
         Col("reason", "reason"),
+    ]
+
+
+def _paper_vs_measured_cols() -> list[Col]:
+    """Columns of a seed model's paper-vs-measured table (protocols.paper_vs_measured)."""
+    return [
+        Col("metric (pooled over test pixels)", "metric"),
+        Col("paper (%)", "paper", decimals=2),
+        Col("paper's dataset", "paper_dataset"),
+        Col("measured (%)", "measured_mean", decimals=2, std="measured_std"),
+        Col("measured − paper (pp)", "difference_text"),
+        Col("measured − paper (pp, number)", "difference", csv_only=True),
+        Col("measured on", "dataset"),
+        Col("experiment", "experiment"),
+        Col("precision", "precision"),
+        Col("seeds", "n_seeds", decimals=0),
+        Col("code", "code"),
+        Col("caveats", "note"),
+        Col("model", "model", csv_only=True),
     ]

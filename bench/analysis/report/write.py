@@ -11,7 +11,9 @@ import pandas as pd
 
 from bench.analysis.report.experiments import experiment_comparisons, experiment_table
 from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
+from bench.analysis.report.headline import headline_block, update_readme
 from bench.analysis.report.hosts import check_hosts, deploy_host
+from bench.analysis.report.inventory import unknown_files
 from bench.analysis.report.load import (
     RESULTS_DIR,
     ReportInputError,
@@ -20,10 +22,12 @@ from bench.analysis.report.load import (
     load_results,
 )
 from bench.analysis.report.plots import _model_colours
+from bench.analysis.report.protocols import is_smoke, paper_vs_measured, split_protocols
 from bench.analysis.report.readme import _meta_runs, _readme
 from bench.analysis.report.significance import comparison_table, report_comparisons
 from bench.analysis.report.summaries import (
     _paper_datasets,
+    accuracy_summary,
     accuracy_table,
     baseline_rows,
     external_table,
@@ -38,9 +42,11 @@ from bench.analysis.report.tables import (
     _experiment_cmp_cols,
     _experiment_cols,
     _external_cols,
+    _paper_vs_measured_cols,
     _speed_cols,
     render,
 )
+from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import RUN_METRICS_GLOB
 from bench.core.io import write_csv, write_text
 from bench.core.progress import progress_bar
@@ -80,8 +86,11 @@ def write_report(
     out_dir: str | Path | None = None,
     command: str | None = None,
     progress: bool = True,
+    project_readme: str | Path | None = None,
 ) -> ReportOutput:
-    """Read ``results_dir`` and write tables, plots and README.md under ``out_dir``."""
+    """Read ``results_dir`` and write tables, plots and README.md under ``out_dir``; with
+    ``project_readme``, also the generated block of that README (between the markers of
+    :mod:`bench.analysis.report.headline`; a README without them is left alone)."""
 
     from bench.core.env import environment
 
@@ -105,19 +114,22 @@ def write_report(
         out,
         "summary",
         summary,
-        _efficiency_cols(dev_label) + _accuracy_cols(*_datasets(summary))[1:],
+        _efficiency_cols(dev_label) + _accuracy_cols(*_summary_datasets(summary))[1:],
         report,
     )
     _write_table(out, "efficiency", summary, _efficiency_cols(dev_label), report)
     datasets, paper_keys = _datasets(summary)
     if datasets or paper_keys:
-        _write_table(
-            out,
-            "accuracy",
-            accuracy_table(res, summary, baseline_rows(res)),
-            _experiment_cols(paper_keys),
-            report,
-        )
+        # the headline protocol and the smoke protocol never share a table
+        headline, smoke = split_protocols(accuracy_table(res, summary, baseline_rows(res)))
+        if not headline.empty:
+            _write_table(out, "accuracy", headline, _experiment_cols(paper_keys), report)
+        if not smoke.empty:
+            # no paper columns beside smoke numbers: they are not comparable
+            _write_table(out, "accuracy-smoke", smoke, _experiment_cols([]), report)
+    acc_rows = accuracy_summary(res.runs)
+    for model, pvm in paper_vs_measured(acc_rows, with_run_info(res.runs)).items():
+        _write_table(out, f"paper-vs-measured-{model}", pvm, _paper_vs_measured_cols(), report)
     comparisons, _ = report_comparisons(res)
     if not comparisons.empty:
         _write_table(out, "comparisons", comparison_table(comparisons), _comparison_cols(), report)
@@ -160,6 +172,11 @@ def write_report(
     steps.update()
 
     _remove_stale(out, report)
+    report.unknown = unknown_files(
+        results_dir,
+        [*report.tables, *report.plots],
+        check_report_folders=out.resolve() == Path(results_dir).resolve(),
+    )
     env_dev = "cuda" if (res.primary_device or "").startswith("cuda") else "cpu"
     try:
         env = environment(env_dev)
@@ -177,6 +194,13 @@ def write_report(
             "\n## Inputs left out or damaged\n\n" + "\n".join(f"- {p}" for p in res.problems) + "\n"
         )
     report.readme = write_text(out / "README.md", text)
+    if project_readme is not None:
+        acc_rows = accuracy_table(res, summary, baseline_rows(res))
+        block = headline_block(res, summary, acc_rows, comparisons)
+        try:
+            report.project_readme = update_readme(project_readme, block)
+        except ValueError as err:
+            raise ReportInputError(str(err)) from err
     steps.update()
     steps.close()
     return report
@@ -197,6 +221,8 @@ _OWN_OUTPUTS = {
         "summary.*",
         "efficiency.*",
         "accuracy.*",
+        "accuracy-smoke.*",
+        "paper-vs-measured-*",
         "comparisons.*",
         "external.*",
         "experiments.*",
@@ -214,6 +240,13 @@ def _remove_stale(out: Path, report: ReportOutput) -> None:
             for path in (out / folder).glob(pattern):
                 if path.resolve() not in written:
                     path.unlink()
+
+
+def _summary_datasets(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The per-model summary's datasets: the headline protocol's, or the smoke protocol's
+    when nothing else is measured (never both in one table)."""
+    measured, paper = _datasets(summary)
+    return [d for d in measured if not is_smoke(d)] or measured, paper
 
 
 def _datasets(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
