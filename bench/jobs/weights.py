@@ -96,6 +96,10 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
             "code_fingerprint": metrics.get("code_fingerprint"),
             "dataset_fingerprint": (manifest.get("dataset") or {}).get("fingerprint"),
             "split_hash": (manifest.get("dataset") or {}).get("split_hash"),
+            # how the run scored its test split: to reproduce its numbers to the last
+            # pixel, evaluate in the same memory format and thread count
+            "channels_last": manifest.get("channels_last"),
+            "threads": config.get("threads"),
             "test": {k: metrics["test"][k] for k in ("dsc", "miou", "acc", "sen", "spe")},
             "params": sum(t.numel() for t in ckpt["model"].values()),
         },
