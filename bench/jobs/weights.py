@@ -8,6 +8,7 @@ adds an entry to ``results/weights/index.json`` (see :mod:`models.weights`), so 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -66,10 +67,14 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     rel = f"{model}/{name}.pt"
     dest = root / rel
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # saved through a buffer: torch.save names the archive after the file it writes, so
+    # saving to a temp name would give the same weights another sha256 on every publish
+    buf = io.BytesIO()
+    torch.save(ckpt["model"], buf)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(ckpt["model"], tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
