@@ -138,3 +138,22 @@ def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir
     want = pd.read_csv(run / "per_image.csv").set_index("image_id")["dice"]
     got = res.per_image.set_index("image_id")["dice"]
     np.testing.assert_allclose(got.to_numpy(), want.loc[got.index].to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_evaluate_and_export_accept_weights_by_name(run, wdir, tmp_path, capsys):
+    from bench.cli import main
+
+    entry = publish_run(run, name="w")
+    cfg = json.loads((run / "config.json").read_text())
+    out = tmp_path / "ev"
+    args = ["evaluate", "--model", "unet", "--weights", "w", "--data", cfg["data"]]
+    assert main([*args, "--results", str(out), "--no-hd95", "--quiet"]) == 0
+    rec = json.loads((out / "metrics.json").read_text())
+    want = json.loads((run / "metrics.json").read_text())["test"]["dsc"]
+    assert rec["metrics"]["dsc"] == pytest.approx(want, abs=1e-6)
+    assert main(["evaluate", "--model", "unet", "--weights", "nope", "--data", cfg["data"]]) == 2
+    assert "known for unet: w" in capsys.readouterr().err
+    exp = tmp_path / "ex"
+    assert main(["export", "--models", "unet", "--weights", "w", "--results", str(exp),
+                 "--input-size", "32"]) == 0  # fmt: skip
+    assert f"weights unet:w (sha256 {entry['sha256'][:12]})" in capsys.readouterr().out

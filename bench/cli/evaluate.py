@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", help="checkpoint file (.pt/.pth)")
     p.add_argument(
+        "--weights",
+        metavar="NAME",
+        help="committed trained weights of --model (segbench weights list), checked by "
+        "sha256; their input size, scaling and threshold unless given",
+    )
+    p.add_argument(
         "--baseline",
         choices=BASELINES,
         help="score a trivial predictor instead of a model: all (every pixel lesion), disc "
@@ -158,8 +164,24 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         kwargs = yaml.safe_load(args.model_kwargs) or {}
         if not isinstance(kwargs, dict):
             raise ValueError(f"--model-kwargs {args.model_kwargs!r}: expected a mapping")
+    if args.weights:
+        # committed weights by name: their file (sha256-checked) and the settings they
+        # were trained with, unless given
+        from models.weights import get_weights, load_state_dict
+
+        if not args.model or args.checkpoint or args.run:
+            raise ValueError("--weights NAME goes with --model, not with --checkpoint or --run")
+        entry = get_weights(args.model, args.weights)
+        load_state_dict(entry)
+        args.checkpoint = str(entry.path)
+        kwargs = entry.model_kwargs if kwargs is None else kwargs
+        args.input_size = args.input_size or entry.image_size
+        args.scaling = args.scaling or entry.input_scaling
+        args.threshold = args.threshold if args.threshold is not None else entry.threshold
     if not (args.run or args.checkpoint or args.baseline):
-        raise ValueError("give --run RUN_DIR, --checkpoint FILE (with --model) or --baseline")
+        raise ValueError(
+            "give --run RUN_DIR, --checkpoint FILE or --weights NAME (with --model) or --baseline"
+        )
     given = {
         "model": args.model,
         "model_kwargs": kwargs,

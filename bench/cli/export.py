@@ -67,8 +67,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from bench.jobs.export import run_export, run_precision, weights_from
 
     out = Path(args.results) / "deploy"
-    weights = weights_from(args.checkpoint, args.run, args.input_size)
     spec = None if args.models in (None, "all") else args.models
+    if args.weights:
+        from bench.jobs.export import named_weights
+
+        given = expand_models(spec) if spec else []
+        if len(given) != 1:
+            raise ValueError("--weights NAME needs exactly one model in --models")
+        weights = named_weights(given[0], args.weights)
+    else:
+        weights = weights_from(args.checkpoint, args.run, args.input_size)
     if weights.model is not None:  # a run fixes the model
         names = expand_models(spec) if spec else [weights.model]
         if names != [weights.model]:
@@ -139,6 +147,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (onnx)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="weights file for the one model given")
+    src.add_argument(
+        "--weights",
+        default=None,
+        metavar="NAME",
+        help="committed trained weights of the one model given (segbench weights list), "
+        "checked by sha256, with their input size, scaling and threshold",
+    )
     src.add_argument(
         "--run",
         default=None,

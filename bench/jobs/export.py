@@ -107,12 +107,45 @@ def weights_from(
     return Weights(
         label=f"run {_run_name(run)} (best.pt, config {cfg.get('config_hash', '?')})",
         checkpoint=ckpt,
-        model_kwargs=dict(cfg.get("model_kwargs") or {}),
+        # the kwargs the model was really built with: the recipe's per-model entry (e.g.
+        # the paper recipe's untied MALUNet) under the run's own model_kwargs
+        model_kwargs={
+            **(cfg.get("per_model_kwargs") or {}).get(cfg["model"], {}),
+            **(cfg.get("model_kwargs") or {}),
+        },
         input_size=int(cfg.get("image_size", input_size)),
         scaling=str(cfg.get("input_scaling", "minmax255")),
         threshold=float(cfg.get("threshold", 0.5)),
         split=split,
         model=str(cfg["model"]),
+    )
+
+
+def named_weights(model: str, name: str) -> Weights:
+    """The :class:`Weights` of committed weights ``model:name`` (``segbench weights list``),
+    checked by sha256; the split settings of the run that trained them where its folder
+    is present."""
+    from models.weights import get_weights, load_state_dict
+
+    entry = get_weights(model, name)
+    load_state_dict(entry)  # refuses a missing or changed file before any work
+    split: dict[str, Any] = {}
+    cfg_path = Path(__file__).resolve().parents[2] / entry.meta.get("run", "") / "config.json"
+    if entry.meta.get("run") and cfg_path.is_file():
+        from bench.core.io import read_json
+
+        cfg = read_json(cfg_path)
+        keys = ("split_seed", "val_fraction", "test_fraction", "split_mode")
+        split = {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    return Weights(
+        label=f"weights {model}:{name} (sha256 {entry.sha256[:12]})",
+        checkpoint=entry.path,
+        model_kwargs=dict(entry.model_kwargs),
+        input_size=entry.image_size,
+        scaling=entry.input_scaling,
+        threshold=entry.threshold,
+        split=split,
+        model=model,
     )
 
 
