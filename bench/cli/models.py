@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from bench.cli.common import add_import
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
@@ -57,4 +59,5 @@ def register(subparsers: Any) -> None:
         help="wildcard pattern(s), comma-separated (e.g. 'smp_*,malunet')",
     )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    add_import(p)
     p.set_defaults(func=_cmd_models)
