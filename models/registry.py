@@ -41,6 +41,7 @@ __all__ = [
     "list_models",
     "model_info",
     "register_model",
+    "unregister_model",
 ]
 
 
@@ -426,6 +427,13 @@ def create_model(
         model = ModuleAdapter(model, in_channels=in_channels, input_spec=spec, output=output)
     model.segbench_info = entry.info
     return model
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a temporary registration: ``bench.api`` for an
+    unregistered instance, tests). Unknown names raise :class:`UnknownModelError`."""
+    _entry(name)
+    del _REGISTRY[name]
 
 
 def model_source(name: str) -> str:
