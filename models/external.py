@@ -134,7 +134,8 @@ def load_external_models() -> None:
         raise
 
 
-def _is_path(spec: str) -> bool:
+def is_path(spec: str) -> bool:
+    """Whether an ``--import`` value is a file path (else a module name)."""
     return spec.endswith(".py") or "/" in spec or os.sep in spec
 
 
@@ -163,7 +164,7 @@ def _import_file(path: Path, where: str) -> ModuleType:
 
 def _import_one(spec: str, where: str) -> str:
     """Import one ``--import`` value; returns its canonical form (absolute path or name)."""
-    if _is_path(spec):
+    if is_path(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise ModelImportError(f"{where} {spec}: no such file")
@@ -174,7 +175,7 @@ def _import_one(spec: str, where: str) -> str:
         return canonical
     with _attributed_to(source):
         try:
-            if _is_path(spec):
+            if is_path(spec):
                 _import_file(Path(canonical), where)
             else:
                 # Like `python -m`: a module beside the current directory is found.
