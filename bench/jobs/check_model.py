@@ -268,8 +268,8 @@ def _checks(onnx: bool) -> list[_Check]:
             "training smoke: 2 steps on synthetic data",
             True,
             _train_smoke,
-            "every parameter must take part in the loss (remove unused layers) and the loss "
-            "must stay finite",
+            "the model must train: logits of the masks' size, every parameter in the loss "
+            "(remove unused layers), a finite loss",
         ),
         (
             "metadata",
