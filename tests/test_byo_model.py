@@ -288,6 +288,26 @@ def test_the_installed_example_goes_from_check_model_to_a_report_row(
     assert sources == {"malunet": "", "tinyseg": "segbench-byo-model 0.1.0"}
     (metrics,) = results.glob("runs/*/tinyseg/*/seed*/metrics.json")
     rec = json.loads(metrics.read_text())
-    assert rec["model_source"] == "segbench-byo-model 0.1.0" and 0 <= rec["dsc"] <= 1
+    assert rec["model_source"] == "segbench-byo-model 0.1.0" and rec["status"] == "finished"
+    assert 0 <= rec["test"]["dsc"] <= 1
     tables = "\n".join(p.read_text() for p in (results / "tables").glob("*.md"))
-    assert "tinyseg" in tables
+    assert "tinyseg (external)" in tables  # a labelled row
+    readme = (results / "README.md").read_text()
+    assert "external model `tinyseg`: from segbench-byo-model 0.1.0" in readme
+
+
+def test_the_report_labels_an_external_model_and_names_its_source(tmp_path: Path) -> None:
+    from bench.analysis.report.external import source_lines
+    from bench.analysis.report.load import load_results
+
+    (tmp_path / "complexity").mkdir()
+    (tmp_path / "complexity" / "complexity.csv").write_text(
+        "model,source,input_shape,params_total,macs,status\n"
+        "malunet,,1x3x256x256,177943,83000000,ok\n"
+        "tinyseg,segbench-byo-model 0.1.0,1x3x256x256,5505,160000000,ok\n"
+    )
+    res = load_results(tmp_path)
+    assert list(res.complexity["model"]) == ["malunet", "tinyseg (external)"]
+    assert source_lines(res) == [
+        "- external model `tinyseg`: from segbench-byo-model 0.1.0 (not shipped with segbench)"
+    ]
