@@ -34,6 +34,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 "paper params (M)": rep.get("params_m", ""),
                 "paper GFLOPs": rep.get("gflops", ""),
                 "input H, W": f"x{info.input_multiple}, >= {info.min_input}",
+                "source": info.source or "segbench",
             }
         )
     df = pd.DataFrame(rows)
