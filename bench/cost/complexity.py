@@ -124,7 +124,7 @@ def complexity_row(
     row: dict[str, Any] = {"model": name, "input_shape": shape_label(input_shape)}
     try:
         info = model_info(name)
-        row["source"] = info.source
+        row["source"] = getattr(info, "source", "")  # "" = shipped with segbench
         row["reported_gflops"] = info.reported.get("gflops", nan)
         row["reported_params_m"] = info.reported.get("params_m", nan)
         model = create_model(name, in_channels=input_shape[1])
