@@ -272,7 +272,7 @@ def check_metadata(name: str) -> None:
     info = model_info(name)
     assert info.name == name
     assert info.full_name and info.paper and info.citation, f"{name}: incomplete metadata"
-    assert 1900 < info.year < 2100, f"{name}: year {info.year}"
+    assert info.year is not None and 1900 < info.year < 2100, f"{name}: year {info.year}"
     assert isinstance(info.reported, PaperFigures), f"{name}: reported is not PaperFigures"
     # The mapping view the harness reads round-trips through the schema.
     assert PaperFigures.from_mapping(dict(info.reported)) == info.reported
