@@ -227,19 +227,29 @@ def evaluate(
 ) -> EvalRecord:
     """Score a run folder (``run_dir=``) or a model with its current weights (an instance,
     or a registry name with random weights) on ``data`` / ``split``; ``settings`` are the
-    CLI's (``image_size``, ``input_scaling``, ``threshold``...)."""
+    CLI's (``image_size``, ``input_scaling``, ``threshold``...). A run of an instance that
+    is not registered needs that instance again (``evaluate(MyNet(), run_dir=...)``): the
+    run's checkpoint is loaded into a copy of it."""
     import torch
 
+    from bench.core.io import read_json
     from bench.engine.run_eval import evaluate_model
 
+    register = {k: kwargs.pop(k) for k in ("input_spec", "output") if k in kwargs}
     if run_dir is not None:
-        res = evaluate_model(
-            run_dir=run_dir, data=data, split=split, out=out, device=device, **kwargs
-        )
+        if isinstance(model, nn.Module):
+            name = name or str(read_json(Path(run_dir) / "config.json").get("model"))
+        with (
+            as_registered(model, name, **register)
+            if isinstance(model, nn.Module)
+            else contextlib.nullcontext()
+        ):
+            res = evaluate_model(
+                run_dir=run_dir, data=data, split=split, out=out, device=device, **kwargs
+            )
         return EvalRecord(res.record, res.result.per_image, res.out_dir)
     if model is None:
         raise ValueError("evaluate: give a model (name or nn.Module) or run_dir=")
-    register = {k: kwargs.pop(k) for k in ("input_spec", "output") if k in kwargs}
     from models import create_model
 
     with (

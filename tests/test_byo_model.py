@@ -125,6 +125,14 @@ def test_import_of_a_loose_file_registers_with_its_source(scratch: None, tmp_pat
     assert model_info("loose_net").source == f"file {path.resolve()}"
     assert os.environ[ext.IMPORT_ENV] == str(path.resolve())  # child processes import it too
     import_models([str(path)])  # a second import of the same file is a no-op, not a clash
+    # a child process (sweep cell, torchrun or speed worker) registers it from the variable
+    code = "from models import model_info; print(model_info('loose_net').source)"
+    proc = subprocess.run(
+        [PY, "-c", code], env={**_env(), ext.IMPORT_ENV: os.environ[ext.IMPORT_ENV]},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"file {path.resolve()}"
     with pytest.raises(ModelImportError, match=r"--import .*nope\.py: no such file"):
         import_models([str(tmp_path / "nope.py")])
 
@@ -311,3 +319,28 @@ def test_the_report_labels_an_external_model_and_names_its_source(tmp_path: Path
     assert source_lines(res) == [
         "- external model `tinyseg`: from segbench-byo-model 0.1.0 (not shipped with segbench)"
     ]
+
+
+@pytest.mark.slow
+def test_api_trains_and_evaluates_an_unregistered_instance(tmp_path: Path) -> None:
+    from bench import api
+    from bench.data.synthetic import make_synthetic
+
+    data = make_synthetic(tmp_path / "synth", n=16, size=(32, 32), seed=0)
+    before = list_models()
+    kwargs = {"epochs": 1, "image_size": 32, "batch_size": 4, "threads": 1, "device": "cpu"}
+    run = api.train(DictNet(), data, name="dictnet", output="out", results=tmp_path, **kwargs)
+    assert run.run_dir.parent.parent.name == "dictnet" and run.metrics["status"] == "finished"
+    assert run.metrics["model_source"] == f"instance of {__name__}.DictNet"
+    assert len(run.per_image) > 0
+    # the run's own model is not registered any more: the instance comes along again
+    ev = api.evaluate(
+        DictNet(), run_dir=run.run_dir, output="out", device="cpu", compute_hd95=False
+    )
+    assert ev.record["metrics"]["dsc"] == pytest.approx(run.metrics["test"]["dsc"], abs=1e-6)
+    fresh = api.evaluate(
+        DictNet(), data, name="dictnet", output="out", split="test", device="cpu",
+        settings={"image_size": 32}, compute_hd95=False,
+    )  # fmt: skip
+    assert len(fresh.per_image) == len(run.per_image)
+    assert list_models() == before
