@@ -214,15 +214,24 @@ def test_a_user_models_package_does_not_change_what_segbench_lists(tmp_path: Pat
     (user / "models" / "__init__.py").write_text(
         "def list_models(*a, **k):\n    return ['users_own_model']\n"
     )
-    assert cli.main(["models", "egeunet,malunet"]) == 0
+    assert cli.main(["models", "egeunet"]) == 0
     expected = capsys.readouterr().out
     # `python -c` puts the current directory, the user's repository, first on sys.path
-    code = "import sys; from bench.cli import main; sys.exit(main(['models', 'egeunet,malunet']))"
+    code = "import sys; from bench.cli import main; sys.exit(main(['models', 'egeunet']))"
     proc = subprocess.run(
         [PY, "-c", code], cwd=user, env=_env(), capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == expected and "users_own_model" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_bench_api_pins_segbench_models_and_refuses_a_user_models_imported_first(
+    tmp_path: Path,
+) -> None:
+    user = tmp_path / "repo"
+    (user / "models").mkdir(parents=True)
+    (user / "models" / "__init__.py").write_text("USERS = True\n")
     # the notebook case: bench.api pins segbench's package before anything imports it
     code = "import bench.api, models; print(models.__file__); print(models.list_models('egeunet'))"
     proc = subprocess.run(
@@ -230,6 +239,13 @@ def test_a_user_models_package_does_not_change_what_segbench_lists(tmp_path: Pat
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(ROOT / "models" / "__init__.py"), "['egeunet']"]
+    # the other order is refused, naming both packages, never silently used
+    proc = subprocess.run(
+        [PY, "-c", "import models, bench.api"], cwd=user, env=_env(), capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert f"is '{user / 'models' / '__init__.py'}', not segbench's" in proc.stderr
 
 
 # --- the example package, installed for real, through its entry point -------------------------
