@@ -386,7 +386,9 @@ def _entry(name: str) -> _Entry:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}"
+            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}. "
+            "A model of your own: --import MODULE|FILE.py, or install its package (entry "
+            "point group segbench.models)"
         ) from None
 
 
