@@ -36,10 +36,10 @@ __all__ = [
     "PaperScores",
     "UnknownModelError",
     "check_input_size",
-    "model_source",
     "create_model",
     "list_models",
     "model_info",
+    "model_source",
     "register_model",
     "unregister_model",
 ]
