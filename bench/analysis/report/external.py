@@ -41,6 +41,11 @@ def model_sources(res: Any) -> dict[str, str]:
         for name, src in zip(cx["model"].astype(str), cx["source"]):
             if isinstance(src, str) and src.strip():
                 sources[name] = src.strip()
+    for df in res.speed.values():
+        if "source" in df and "model" in df:
+            for name, src in zip(df["model"].astype(str), df["source"]):
+                if isinstance(src, str) and src.strip():
+                    sources.setdefault(name, src.strip())
     if "path" in res.runs and "model" in res.runs:
         for name, path in zip(res.runs["model"].astype(str), res.runs["path"]):
             try:
