@@ -2,9 +2,16 @@
 
 No global mutable state beyond the name -> entry table that decorators fill at
 import time (the torchvision / timm pattern). Registration validates everything it
-stores: the architecture must be a :class:`~models.base.SegmentationModel` subclass
-declaring its ``input_spec``, and the papers' figures must fit :class:`PaperFigures`,
-so a misspelt key fails at import instead of vanishing from the tables.
+stores: the architecture is a :class:`~models.base.SegmentationModel` subclass
+declaring its ``input_spec`` (or a plain ``nn.Module`` registered with ``input_spec=``
+and wrapped in :class:`~models.adapter.ModuleAdapter`), and the papers' figures must fit
+:class:`PaperFigures`, so a misspelt key fails at import instead of vanishing from the
+tables.
+
+Models from outside segbench (see :mod:`models.external`) register through the same
+decorator; their :attr:`ModelInfo.source` names where they came from (a module, a file
+or an installed distribution with its version) and a name taken twice is an error that
+names both sources.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from models.adapter import ModuleAdapter, OutputSelector
 from models.base import InputSizeError, InputSpec, SegmentationModel, check_input_size
 
 __all__ = [
@@ -31,7 +39,9 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "model_source",
     "register_model",
+    "unregister_model",
 ]
 
 
@@ -201,16 +211,20 @@ class ModelInfo:
     """
 
     name: str
-    full_name: str
-    paper: str
-    year: int
-    citation: str  # citation key, e.g. "ruan2022malunet"
     input_spec: InputSpec
+    full_name: str = ""
+    paper: str = ""
+    year: int | None = None
+    citation: str = ""  # citation key, e.g. "ruan2022malunet"
     reference: str = ""  # full bibliographic reference
     family: str = "segbench"
     reported: PaperFigures = field(default_factory=PaperFigures)
     loss_weights: tuple[float, tuple[float, ...]] = (1.0, ())
     notes: str = ""
+    # Where the model comes from: "" for the models segbench ships; otherwise the
+    # distribution and version ("byo-model 0.1.0"), the module or the file that registered
+    # it. Tables label such a model as external and list this in their provenance.
+    source: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_spec, InputSpec):
@@ -238,64 +252,127 @@ class ModelInfo:
     def has_aux(self) -> bool:
         return len(self.loss_weights[1]) > 0
 
+    @property
+    def external(self) -> bool:
+        """True for a model registered from outside segbench (``source`` is set)."""
+        return bool(self.source)
+
 
 @dataclass(frozen=True)
 class _Entry:
     builder: Callable[..., nn.Module]
-    architecture: type[SegmentationModel]
+    architecture: type[nn.Module]
     info: ModelInfo
+    origin: str  # the module that registered it (messages)
+    adapter: tuple[InputSpec, OutputSelector] | None = None  # plain nn.Module: how to wrap it
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
+# The source (distribution + version, module, file) that registrations are attributed to
+# while an external module loads; set by models.external around its imports.
+_LOADING_SOURCE: list[str] = []
+
 
 def _architecture_of(
-    key: str, fn: Callable[..., nn.Module], architecture: type[SegmentationModel] | None
-) -> type[SegmentationModel]:
+    key: str, fn: Callable[..., nn.Module], architecture: type[nn.Module] | None
+) -> type[nn.Module]:
     arch = architecture
     if arch is None and isinstance(fn, type):
         arch = fn
-    if not (isinstance(arch, type) and issubclass(arch, SegmentationModel)):
+    if arch is None:
+        return nn.Module  # a builder of a plain module: the type is checked when it is built
+    if not (isinstance(arch, type) and issubclass(arch, nn.Module)):
         raise TypeError(
-            f"model {key!r}: register a SegmentationModel subclass, or pass "
-            f"architecture=<the SegmentationModel subclass the builder returns> "
-            f"(got {arch!r})"
-        )
-    if not isinstance(getattr(arch, "input_spec", None), InputSpec):
-        raise TypeError(
-            f"model {key!r}: {arch.__name__} declares no input_spec; add the class attribute "
-            "input_spec = InputSpec(multiple=..., min_size=...)"
+            f"model {key!r}: register an nn.Module subclass (ideally a SegmentationModel), or "
+            f"pass architecture=<the class the builder returns> (got {arch!r})"
         )
     return arch
+
+
+def _spec_of(key: str, arch: type[nn.Module], input_spec: Any) -> InputSpec | None:
+    """The input constraint: the SegmentationModel's class attribute, or given at registration
+    for a plain nn.Module (``None`` then means: not declared, an error)."""
+    if issubclass(arch, SegmentationModel):
+        if input_spec is not None:
+            raise TypeError(
+                f"model {key!r}: {arch.__name__} is a SegmentationModel; its input constraint "
+                "is declared once, as the class attribute input_spec, not in register_model"
+            )
+        if not isinstance(getattr(arch, "input_spec", None), InputSpec):
+            raise TypeError(
+                f"model {key!r}: {arch.__name__} declares no input_spec; add the class attribute "
+                "input_spec = InputSpec(multiple=..., min_size=...)"
+            )
+        return None
+    if input_spec is None:
+        raise TypeError(
+            f"model {key!r}: a plain nn.Module needs its input constraint at registration: "
+            "register_model(..., input_spec=InputSpec(multiple=16, min_size=16)) (multiple = "
+            "2 ** number of down-samplings; InputSpec(1, 1) for any size); a builder of a "
+            "SegmentationModel passes architecture=<that class> instead"
+        )
+    if isinstance(input_spec, Mapping):
+        input_spec = InputSpec(**input_spec)
+    if not isinstance(input_spec, InputSpec):
+        raise TypeError(f"model {key!r}: input_spec must be an InputSpec, got {input_spec!r}")
+    return input_spec
+
+
+def _describe(entry: _Entry) -> str:
+    return entry.info.source or f"segbench ({entry.origin})"
 
 
 def register_model(
     name: str | None = None,
     *,
-    architecture: type[SegmentationModel] | None = None,
+    architecture: type[nn.Module] | None = None,
+    input_spec: InputSpec | Mapping[str, int] | None = None,
+    output: OutputSelector = None,
     **meta: Any,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a builder ``fn(num_classes=1, in_channels=3, **kwargs) -> model``.
 
     ``fn`` is a :class:`~models.base.SegmentationModel` subclass, or a function returning
-    an instance of ``architecture`` (such a subclass). The input constraint is read from
-    that class's ``input_spec``; ``meta`` fills :class:`ModelInfo` (``reported`` as
-    :class:`PaperFigures` or its mapping form). Everything is validated before the name
-    is taken, so a failed registration leaves the registry unchanged.
+    an instance of ``architecture`` (such a subclass); the input constraint is then read
+    from that class's ``input_spec``. A plain ``nn.Module`` (class or builder) is accepted
+    too, with its constraint given here as ``input_spec=InputSpec(...)``; ``create_model``
+    then wraps it in :class:`~models.adapter.ModuleAdapter`, which checks each input and
+    picks the logits out of a dict or tuple output (``output="logits"``, ``output=0`` or a
+    function; see :func:`models.adapter.select_logits`). ``meta`` fills
+    :class:`ModelInfo` (``reported`` as :class:`PaperFigures` or its mapping form).
+    Everything is validated before the name is taken, so a failed registration leaves the
+    registry unchanged; a name registered twice raises, naming both sources.
     """
-    for legacy in ("input_multiple", "min_input", "input_spec"):
+    for legacy in ("input_multiple", "min_input"):
         if legacy in meta:
             raise TypeError(
                 f"register_model: {legacy}= is not accepted; the input constraint is declared "
-                "once, as input_spec on the architecture class"
+                "once, as input_spec on the architecture class (or input_spec= for a plain "
+                "nn.Module)"
             )
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
+        origin = getattr(fn, "__module__", "?")
+        source = meta.get("source") or (_LOADING_SOURCE[-1] if _LOADING_SOURCE else "")
+        if not source and not (origin == "models" or origin.startswith("models.")):
+            source = f"module {origin}"
         if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is registered twice")
+            raise ValueError(
+                f"model {key!r} is registered twice: from {source or f'segbench ({origin})'} "
+                f"and from {_describe(_REGISTRY[key])}; register one of them under another name"
+            )
         arch = _architecture_of(key, fn, architecture)
-        _REGISTRY[key] = _Entry(fn, arch, ModelInfo(name=key, input_spec=arch.input_spec, **meta))
+        spec = _spec_of(key, arch, input_spec)
+        if spec is None and output is not None:
+            raise TypeError(
+                f"model {key!r}: output= is for plain nn.Modules; a SegmentationModel's "
+                "forward returns its logits itself"
+            )
+        info = ModelInfo(name=key, input_spec=spec or arch.input_spec, **{**meta, "source": source})
+        entry = _Entry(fn, arch, info, origin, None if spec is None else (spec, output))
+        _REGISTRY[key] = entry
         return fn
 
     return deco
@@ -309,7 +386,9 @@ def _entry(name: str) -> _Entry:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}"
+            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))}. "
+            "A model of your own: --import MODULE|FILE.py, or install its package (entry "
+            "point group segbench.models)"
         ) from None
 
 
@@ -327,7 +406,9 @@ def create_model(
     with).
 
     The model carries its metadata as ``model.segbench_info``; a builder that returns
-    anything but its declared architecture fails here, not later in a harness.
+    anything but its declared architecture fails here, not later in a harness. A plain
+    ``nn.Module`` comes back wrapped in :class:`~models.adapter.ModuleAdapter` (its
+    parameters under ``net.``), so every harness sees one interface.
     """
     if weights is not None:
         from models.weights import build_with_weights
@@ -336,14 +417,30 @@ def create_model(
             name, weights, num_classes=num_classes, in_channels=in_channels, **kwargs
         )
     entry = _entry(name)
+    # The one call of the builder: every builder argument passes here.
     model = entry.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if not isinstance(model, entry.architecture):
         raise TypeError(
             f"model {name!r}: the builder returned {type(model).__name__}, not the "
             f"registered architecture {entry.architecture.__name__}"
         )
+    if entry.adapter is not None:
+        spec, output = entry.adapter
+        model = ModuleAdapter(model, in_channels=in_channels, input_spec=spec, output=output)
     model.segbench_info = entry.info
     return model
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a temporary registration: ``bench.api`` for an
+    unregistered instance, tests). Unknown names raise :class:`UnknownModelError`."""
+    _entry(name)
+    del _REGISTRY[name]
+
+
+def model_source(name: str) -> str:
+    """Where ``name`` comes from: ``""`` for a model segbench ships, else its source."""
+    return model_info(name).source
 
 
 def model_info(name: str) -> ModelInfo:
@@ -362,5 +459,9 @@ def list_models(pattern: str | list[str] | None = None) -> list[str]:
 
 
 def _ensure_loaded() -> None:
-    # Importing the package registers every architecture module.
+    # Importing the package registers every architecture module; then the models of
+    # installed distributions (entry points) and of SEGBENCH_IMPORT (see models.external).
     import models  # noqa: F401
+    from models import external
+
+    external.load_external_models()

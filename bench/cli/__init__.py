@@ -38,6 +38,7 @@ COMMANDS = {
     "compare": "bench.cli.compare",
     "gpu-check": "bench.cli.gpu_check",
     "weights": "bench.cli.weights",
+    "check-model": "bench.cli.check_model",
 }
 
 
@@ -98,6 +99,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segbench``; returns the exit code (2 for bad input or no command)."""
+    from bench.cli.common import run_imports
+    from bench.core.packages import pin_models_package
+
+    pin_models_package()  # a user's own `models` package on sys.path must not replace ours
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
@@ -108,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     log.debug("segbench %s: %s", __version__, vars(args))
     try:
+        run_imports(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:  # a training run saved its position first
         import signal

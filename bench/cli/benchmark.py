@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.cli.common import add_import
 from bench.core import exitcodes
 from bench.core.names import expand_models
 from bench.jobs.benchmark import RESULTS_DIR, run_benchmark
@@ -44,6 +45,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 def _command_line(args: argparse.Namespace) -> str:
     """The canonical command that reproduces these arguments (quoted in results/README.md)."""
     parts = ["segbench", "benchmark"]
+    for spec in getattr(args, "imports", None) or []:
+        parts += ["--import", spec]
     if args.models:
         parts += ["--models", args.models]
     if args.device != "auto":
@@ -225,4 +228,5 @@ def register(subparsers: Any) -> None:
         "another configuration (overwritten)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    add_import(p)
     p.set_defaults(func=_cmd_benchmark)

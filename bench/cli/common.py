@@ -4,6 +4,8 @@
 * ``--results``: the results folder a command writes into (:func:`add_results`);
 * ``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (checked by
   :func:`bench.core.device.resolve_device` when the command runs);
+* ``--import MODULE|FILE.py`` (repeatable): models from the user's own code
+  (:func:`add_import`; :func:`bench.cli.main` imports them before the command runs);
 * comma-separated lists, positive integers and fixed choices as argparse types.
 """
 
@@ -103,3 +105,32 @@ def choice(options: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return check
+
+
+def add_import(p: argparse.ArgumentParser) -> None:
+    """Add ``--import`` (repeatable): modules or ``*.py`` files whose ``@register_model``
+    calls add models for this run. :func:`bench.cli.main` imports them (see
+    :func:`run_imports`) before the command runs, so every name lookup sees them."""
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE|FILE.py",
+        help="import a module or a path/to/file.py whose @register_model calls add models "
+        "(repeatable; child processes import it too)",
+    )
+
+
+def run_imports(args: argparse.Namespace) -> list[str]:
+    """Import the ``--import`` values of a parsed command line (none: nothing happens).
+
+    They are exported to ``SEGBENCH_IMPORT``, so the command's child processes (sweep
+    cells, torchrun workers, speed's isolated workers) register the same models.
+    """
+    imports = getattr(args, "imports", None)
+    if not imports:
+        return []
+    from models import import_models
+
+    return import_models(imports, export=True)

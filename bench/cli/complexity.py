@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cli.common import add_input_size, add_results
+from bench.cli.common import add_import, add_input_size, add_results
 from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.env import command_line
@@ -174,4 +174,5 @@ def register(subparsers: Any) -> None:
     )
     add_results(p, help="results folder; files go to RESULTS/complexity")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_import(p)
     p.set_defaults(func=_cmd)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.cli.common import add_input_size, add_results
+from bench.cli.common import add_import, add_input_size, add_results
 from bench.data.splits import SPLIT_MODES
 from bench.engine.evaluate import BASELINES, EVAL_SPLITS
 from bench.engine.metrics import HD95_CONVENTIONS
@@ -131,6 +131,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_results(p, None, help="write metrics.json and per_image.csv into this folder")
     p.add_argument("--no-hd95", action="store_true", help="skip HD95 (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_import(p)
     p.set_defaults(func=_cmd_evaluate)
 
 

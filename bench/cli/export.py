@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.cli.common import add_input_size, add_results, choice, csv_list, positive_int
+from bench.cli.common import add_import, add_input_size, add_results, choice, csv_list, positive_int
 from bench.deploy.export import EXPORTERS
 
 EXIT_PARTIAL = 3
@@ -211,4 +211,5 @@ def register(subparsers: Any) -> None:
         "scoring would take longer than this, e.g. emulated bf16 (default: 10 minutes)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_import(p)
     p.set_defaults(func=_cmd_export)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from bench.cli.common import add_import
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     import pandas as pd
@@ -32,6 +34,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
                 "paper params (M)": rep.get("params_m", ""),
                 "paper GFLOPs": rep.get("gflops", ""),
                 "input H, W": f"x{info.input_multiple}, >= {info.min_input}",
+                "source": info.source or "segbench",
             }
         )
     df = pd.DataFrame(rows)
@@ -57,4 +60,5 @@ def register(subparsers: Any) -> None:
         help="wildcard pattern(s), comma-separated (e.g. 'smp_*,malunet')",
     )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    add_import(p)
     p.set_defaults(func=_cmd_models)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from bench.cli.common import add_input_size, add_results, choice, csv_list, positive_int
+from bench.cli.common import add_import, add_input_size, add_results, choice, csv_list, positive_int
 from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.names import expand_models
@@ -297,4 +297,5 @@ def register(subparsers: Any) -> None:
         help="instead of the sweep, compare this timer with torch.utils.benchmark."
         "Timer at batch 1 (inference) and print the difference",
     )
+    add_import(p)
     p.set_defaults(func=_cmd_speed)

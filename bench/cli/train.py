@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from bench.cli.common import add_input_size, add_results
+from bench.cli.common import add_import, add_input_size, add_results
 from bench.core import exitcodes
 from bench.core.lock import LockBusy
 from bench.engine import distributed as bdist
@@ -94,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override any recipe field, e.g. --set lr=5e-4 --set val_every=5",
     )
+    add_import(p)
     p.set_defaults(func=_cmd_train)
 
 

@@ -24,6 +24,8 @@ from bench.cost.flops import analyze
 # Column -> meaning and unit, written into complexity.json so the CSV explains itself.
 COLUMNS: dict[str, str] = {
     "model": "registry name",
+    "source": "where the model comes from: empty for segbench's own models, else the "
+    "distribution and version, module or file that registered it (an external model)",
     "input_shape": "input N x C x H x W",
     "params_total": "parameters, sum of numel (papers' convention)",
     "params_unique": "parameters, shared storage counted once",
@@ -122,6 +124,7 @@ def complexity_row(
     row: dict[str, Any] = {"model": name, "input_shape": shape_label(input_shape)}
     try:
         info = model_info(name)
+        row["source"] = getattr(info, "source", "")  # "" = shipped with segbench
         row["reported_gflops"] = info.reported.get("gflops", nan)
         row["reported_params_m"] = info.reported.get("params_m", nan)
         model = create_model(name, in_channels=input_shape[1])

@@ -146,6 +146,9 @@ def start_manifest(tr: Any) -> dict[str, Any]:
         },
         "model": {
             "name": cfg.model,
+            # "" for segbench's own models; else the distribution + version, module or
+            # file that registered it (an external model, labelled so in reports)
+            "source": tr.info.source,
             "kwargs": tr.model_kwargs,
             # parameters sharing one storage (MALUNet's tied IEA memory); [] = untied
             "tied_parameters": tr.tied,
@@ -165,6 +168,7 @@ def final_metrics(tr: Any, res: Any, wall: float) -> dict[str, Any]:
     cost = training_cost(tr.history, tr.sel_split)
     out: dict[str, Any] = {
         "model": cfg.model,
+        "model_source": tr.info.source,  # "" = shipped with segbench
         "dataset": cfg.dataset_name,
         "seed": cfg.seed,
         "recipe": cfg.recipe,

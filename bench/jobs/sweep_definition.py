@@ -5,6 +5,8 @@ A sweep is a YAML file (see ``bench/jobs/sweeps/example.yaml``)::
     name: isic2017-main          # names the log folder (default: the file's stem)
     recipe: fair                 # engine recipe (bench.engine.config.TrainConfig.from_recipe)
     models: [malunet, egeunet, unet]   # names or wildcard patterns of the registry
+    import: [my_models.py]       # optional: modules or .py files (relative to this file)
+                                 # whose @register_model adds models (as --import)
     datasets:
       - {name: isic2017, root: ../data/isic2017}   # root relative to this file
     seeds: [0, 1, 2]
@@ -86,6 +88,7 @@ from typing import Any
 from bench.core.names import expand_models
 
 _TOP_KEYS = {
+    "import",
     "name",
     "recipe",
     "models",
@@ -229,6 +232,7 @@ class SweepConfig:
     input_sizes: tuple[int | None, ...] = (None,)
     overrides: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
+    imports: tuple[str, ...] = ()  # what `import:` imported (absolute paths, module names)
 
     def cells(self) -> list[Cell]:
         """Every cell, dataset-major then model, size, seed (the order of the job array)."""
@@ -301,6 +305,24 @@ def _expand_models(entries: Any, where: str) -> tuple[str, ...]:
     except UnknownModelError as err:
         raise SweepError(f"{where}: {err}") from None
     except ValueError as err:
+        raise SweepError(str(err)) from None
+
+
+def _imports(value: Any, where: str, base: Path) -> tuple[str, ...]:
+    """Import the ``import:`` entries (a path relative to the sweep file, or a module) and
+    export them to ``SEGBENCH_IMPORT``, so the cells' worker processes import them too."""
+    from models import import_models
+    from models.external import is_path
+
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v.strip() for v in items):
+        raise SweepError(f"{where}: expected a module name, a .py path or a list of them")
+    specs = [str((base / v).resolve()) if is_path(v) else v for v in items]
+    try:
+        return tuple(import_models(specs, where=where, export=True))
+    except ValueError as err:  # ModelImportError, a name clash
         raise SweepError(str(err)) from None
 
 
@@ -386,6 +408,7 @@ def sweep_from_dict(raw: dict[str, Any], source: Path | None = None) -> SweepCon
     recipe = raw.get("recipe", "fair")
     if not isinstance(recipe, str) or not recipe:
         raise SweepError(f"{where}: recipe: expected a recipe name, got {recipe!r}")
+    imports = _imports(raw.get("import"), f"{where}: import", base)  # before models: names
     cfg = SweepConfig(
         name=name,
         path=source,
@@ -396,6 +419,7 @@ def sweep_from_dict(raw: dict[str, Any], source: Path | None = None) -> SweepCon
         input_sizes=(None,) if sizes is None else _int_list(sizes, f"{where}: input_sizes", 1),
         overrides=dict(overrides),
         slurm=dict(slurm),
+        imports=imports,
     )
     # Building every cell's TrainConfig checks the recipe and the overrides now, not
     # hours later on a compute node.

@@ -37,6 +37,9 @@ EXTRA_COLUMNS = [
     "per_image_vs_b1", "batch_scaling",
     # fp32 size of the model's parameters: an RSS delta below it was not measured
     "weights_mb",
+    # where the model comes from: "" for segbench's own, else its distribution + version,
+    # module or file (an external model, labelled so in the report)
+    "source",
 ]  # fmt: skip
 
 

@@ -286,7 +286,11 @@ def run_speed(
                          enabled=progress)
         )  # fmt: skip
         for name in models:
-            rows += _run_model(name, infos[name], dev, common, plan, peaks, bar, call_for)
+            source = getattr(infos[name], "source", "")  # "" = shipped with segbench
+            rows += [
+                {**row, "source": source}
+                for row in _run_model(name, infos[name], dev, common, plan, peaks, bar, call_for)
+            ]
         env = environment(dev)  # inside the thread setting, so torch_threads is the one used
     df = _frame(rows)
     if out_dir is not None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.report.external import label_external_models
 from bench.analysis.runs import EXPERIMENT_KEY, find_runs, unfinished_runs
 from bench.core.io import read_json
 
@@ -175,7 +176,7 @@ def _normalise_complexity(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             f"{path}: needs a parameter count and a MAC count column (e.g. params_total, macs); "
             f"found {', '.join(map(str, df.columns))}"
         )
-    for col in ("input_shape", "input_size", "height", "width", "status", "error"):
+    for col in ("input_shape", "input_size", "height", "width", "status", "error", "source"):
         if col in df.columns:
             out[col] = df[col]
     # Should the file hold several input sizes per model, the tables use the 256x256
@@ -424,6 +425,7 @@ def load_results(root: str | Path = RESULTS_DIR) -> Results:
             res.files.extend(Path(p) for p in frame["path"])
     for line in res.problems:  # on stderr as well as in Results.problems
         log.warning("%s", line)
+    label_external_models(res)  # models from the user's code: "<name> (external)"
     return res
 
 

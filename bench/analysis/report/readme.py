@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis.report.claims import OVERHEAD_FRACTION
+from bench.analysis.report.external import source_lines
 from bench.analysis.report.figures import speed_input_label
 from bench.analysis.report.load import ReportOutput, Results
 from bench.analysis.report.protocols import SEED_MODELS, is_smoke, protocol_lines
@@ -207,6 +208,7 @@ def _inputs(res: Results) -> list[str]:
     lines = ["Inputs:", ""]
     if res.complexity_meta or not res.complexity.empty:
         lines.append(f"- `complexity/complexity.csv`: {_provenance(res.complexity_meta)}")
+    lines += source_lines(res)  # where each external model comes from
     for slug in res.devices:
         lines.append(
             f"- `speed/speed-{slug}.csv` ({res.device_name(slug)}): "
