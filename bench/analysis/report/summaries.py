@@ -115,8 +115,10 @@ def speed_summary(df: pd.DataFrame, input_size: int | None = 256) -> pd.DataFram
                 delta = pd.to_numeric(pd.Series([r.get("rss_delta_mb")]), errors="coerce")
                 if delta.notna().iloc[0]:
                     row["rss_delta_mb"] = float(delta.iloc[0])
-                else:
+                elif pd.isna(r.get("weights_mb")):
                     row["process_rss_mb"] = r.get("rss_mb")
+                # else: the speed stage blanked a delta below the weights' size (not
+                # measured); the process RSS would look like the model's and is left out
         if "throughput_img_s" in g and g["throughput_img_s"].notna().any():
             best = g.loc[pd.to_numeric(g["throughput_img_s"], errors="coerce").idxmax()]
             row["throughput_img_s"] = float(best["throughput_img_s"])

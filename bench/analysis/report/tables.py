@@ -255,9 +255,14 @@ def _speed_cols() -> list[Col]:
         Col("peak mem (MB)", "peak_mem_mb"),
         Col("RSS (MB)", "rss_mb"),
         Col("RSS delta (MB)", "rss_delta_mb"),
+        # a delta below the weights' size cannot be right: the speed stage blanks it
+        Col("weights (MB)", "weights_mb"),
         Col("achieved GFLOP/s", "achieved_gflops"),
         Col("roofline (%)", "roofline_fraction", 100),
         Col("precision", "precision_detail"),
+        # per-image time at this batch / at batch 1, flagged above 1.10 (issue 24 item 13)
+        Col("per image vs bs1", "per_image_vs_b1", decimals=2),
+        Col("batch scaling", "batch_scaling"),
         Col("status", "status"),
         Col("reason", "reason"),
     ]
@@ -341,6 +346,7 @@ def _deployment_cols() -> list[Col]:
     """Columns of the reduced-precision table (``deploy/precision.csv``)."""
     return [
         Col("model", "model"),
+        Col("host", "cpu"),
         Col("weights", "weights"),
         Col("variant", "variant"),
         Col("status", "status"),
@@ -356,6 +362,7 @@ def _deployment_cols() -> list[Col]:
         Col("commit", "git_commit", csv_only=True),
         Col("command", "command", csv_only=True),
         Col("reason", "reason"),
+        Col("notes", "notes"),
     ]
 
 
