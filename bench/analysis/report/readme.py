@@ -451,6 +451,7 @@ def _readme(
             _EXTERNAL_NOTE,
         ),
         *_section(report, "Deployment precision: int8 and bf16", "deployment", _DEPLOYMENT_NOTE),
+        *_best_variant_lines(res, "deployment" in report.markdown),
         *_provenance_section(res),
         *_unknown_section(report),
         *_plots(report, out),
@@ -463,6 +464,28 @@ def _readme(
             "Every configuration measured (one row each); skipped ones give a reason.",
         )
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _best_variant_lines(res: Results, shown: bool) -> list[str]:
+    """Under the deployment table: the fastest scored variant per model and its DSC cost
+    (bench.analysis.report.deployment.best_variants)."""
+    from bench.analysis.report.deployment import best_variants
+
+    if not shown or res.deploy is None or res.deploy.empty:
+        return []
+    best = best_variants(res.deploy)
+    if best.empty:
+        return []
+    lines = [
+        "Fastest scored variant per model (its speedup over eager fp32, and its accuracy):",
+        "",
+    ]
+    for _, r in best.iterrows():
+        lines.append(
+            f"- {r['model']}: {r['best_variant']}, {r['latency_ms']:.1f} ms "
+            f"({r['speedup_vs_eager_fp32']:.2f}x eager fp32); {r['accuracy']}"
+        )
+    return [*lines, ""]
 
 
 def _short_commit(commit: str) -> str:
