@@ -45,7 +45,11 @@ from bench.jobs import sweep_definition, sweep_planning
 # to 60 s early: with 1 minute a short job fails as "timed-out" by chance.
 TIME = 3
 TINY = {"epochs": 1, "image_size": 64, "batch_size": 4, "threads": 1}
-LONG = {**TINY, "epochs": 15}
+# Long enough that a cell cannot finish between its first checkpoint and the moment
+# scancel / requeue takes effect (KillWait 2 s after SIGTERM, which submitit ignores): an
+# epoch of TINY takes about 0.2 s on an idle 2-core machine, so 15 epochs (3 s) raced the
+# kill there and the requeued job found a finished run (seen in CI on the idle machine).
+LONG = {**TINY, "epochs": 100}
 
 pytestmark = pytest.mark.timeout(300)  # a hang fails the test instead of the CI job
 
