@@ -284,7 +284,7 @@ def test_scancel_reports_the_cell_cancelled_and_a_rerun_resumes_it(
 
     assert code == 3  # PARTIAL: the cancelled cell counts as not done
     table = _table(results, "cancel")
-    label = "syn/malunet/fair-e15/seed0"
+    label = f"syn/malunet/fair-e{LONG['epochs']}/seed0"
     assert table["status"].tolist() == ["cancelled", "done"], (
         "the cancelled cell finished before Slurm killed it: make LONG longer"
         if table["status"][0] == "done"
