@@ -122,19 +122,20 @@ def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir
         model = model.to(memory_format=torch.channels_last)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.get("threads") or threads)
-    request_threads_back = threads
     n = 16
-    res = evaluate_arrays(
-        model,
-        data.images("test")[:n],
-        data.masks("test")[:n],
-        data.ids("test")[:n],
-        batch_size=cfg["batch_size"],
-        scaling=entry.input_scaling,
-        threshold=entry.threshold,
-        compute_hd95=False,
-    )
-    torch.set_num_threads(request_threads_back)
+    try:
+        res = evaluate_arrays(
+            model,
+            data.images("test")[:n],
+            data.masks("test")[:n],
+            data.ids("test")[:n],
+            batch_size=cfg["batch_size"],
+            scaling=entry.input_scaling,
+            threshold=entry.threshold,
+            compute_hd95=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
     want = pd.read_csv(run / "per_image.csv").set_index("image_id")["dice"]
     got = res.per_image.set_index("image_id")["dice"]
     np.testing.assert_allclose(got.to_numpy(), want.loc[got.index].to_numpy(), rtol=0, atol=1e-12)

@@ -86,7 +86,7 @@ class _StopRequest:
         self._prev = {}
 
 
-class _StopNow:
+class _StopNow(_StopRequest):
     """SIGINT / SIGTERM during the final test scoring: stop at once with a message (the
     training is complete and saved in ``last.pt``; scoring again is cheap, so nothing is
     saved mid-way). The same rule as :class:`_StopRequest` for SIGTERM under submitit."""
@@ -103,18 +103,6 @@ class _StopNow:
             flush=True,
         )
         raise TrainingStopped(signum, self.saved)
-
-    def __enter__(self) -> _StopNow:
-        if threading.current_thread() is threading.main_thread():
-            self._prev[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
-            if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-                self._prev[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, prev in self._prev.items():
-            signal.signal(signum, prev)
-        self._prev = {}
 
 
 class _AuxForward(nn.Module):

@@ -13,7 +13,6 @@ sides recorded (never an error for an old run).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Mapping
@@ -24,19 +23,11 @@ import numpy as np
 
 from bench.core.io import read_json
 from bench.engine.provenance import code_fingerprint, training_cost
+from models.weights import file_sha256
 
 
 class DatasetChanged(ValueError):
     """The dataset given now is not the one a run was trained on (content or split)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex), read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_identity(prepared: Any) -> dict[str, Any]:
