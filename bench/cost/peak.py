@@ -28,7 +28,7 @@ via ``threadpoolctl`` when it is installed (otherwise the row says the BLAS used
 default). Each figure is the best of ``reps`` timed runs after one warm-up (a peak is an
 upper bound). A backend that is absent or fails is a row with a reason, never the peak.
 The result records which backend (and probe) reached each ceiling; :func:`machine_peak`
-returns it as a :class:`bench.cost.roofline.Peak` whose ``source`` names the backend and
+returns it as a :class:`Peak` whose ``source`` names the backend and
 lists all figures.
 
 ``dtype="bf16"``: the candidates are the fp32 probes above (a bf16 row can never be held to
@@ -49,9 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.cost.roofline import Peak
-
 __all__ = [
+    "Peak",
     "BF16_GEMM_BACKENDS",
     "CONV_BACKENDS",
     "COPY_BACKENDS",
@@ -77,6 +76,25 @@ class Measurement:
     seconds: float
     status: str  # "ok", "skipped", "error"
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Peak:
+    """Peak compute (TFLOP/s) and memory bandwidth (GB/s) with where they came from.
+
+    Defined here, where the machine peak is measured, and used by
+    :mod:`bench.cost.roofline` (which imports this module, never the other way round).
+    """
+
+    tflops: float
+    gbps: float
+    source: str
+
+    def __post_init__(self) -> None:
+        if not (self.tflops > 0 and self.gbps > 0 and math.isfinite(self.tflops + self.gbps)):
+            raise ValueError(
+                f"peak must be positive and finite, got {self.tflops} TFLOP/s, {self.gbps} GB/s"
+            )
 
 
 @dataclass(frozen=True)

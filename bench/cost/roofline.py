@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from bench.cost.peak import Peak
+
 __all__ = [
     "KNOWN_DEVICES",
     "Peak",
@@ -137,21 +139,6 @@ KNOWN_DEVICES: list[tuple[str, str, dict[str, float], float, bool, str]] = [
      "derived: 2.6 GHz base x 32 FP32 FLOP/cycle per thread (x2 for AVX512-BF16); 12 x DDR5-4800"),
 ]
 # fmt: on
-
-
-@dataclass(frozen=True)
-class Peak:
-    """Peak compute (TFLOP/s) and memory bandwidth (GB/s) with where they came from."""
-
-    tflops: float
-    gbps: float
-    source: str
-
-    def __post_init__(self) -> None:
-        if not (self.tflops > 0 and self.gbps > 0 and math.isfinite(self.tflops + self.gbps)):
-            raise ValueError(
-                f"peak must be positive and finite, got {self.tflops} TFLOP/s, {self.gbps} GB/s"
-            )
 
 
 @dataclass(frozen=True)
