@@ -93,6 +93,25 @@ def test_seeded_split_of_a_folder_with_copies_does_not_leak(tmp_path):
     assert saved["duplicates"]["leaks"] == [] and len(saved["duplicates"]["groups"]) == 2
 
 
+def test_a_new_split_searches_for_duplicates_once(tmp_path, monkeypatch):
+    # the groups that shape the split are the ones its leak check uses: found once
+    from bench.data import duplicates
+
+    root = _with_copies(tmp_path / "d")
+    index = index_dataset(root)
+    calls = []
+    real = duplicates.find_duplicates
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].root)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(duplicates, "find_duplicates", counted)
+    _, meta = resolve_split(index, tmp_path / "split.json", 42, 0.3, 0.1, "seeded")
+    assert calls == [index.root]
+    assert meta["duplicates"]["leaks"] == [] and len(meta["duplicates"]["groups"]) == 2
+
+
 def test_a_leaking_split_file_is_warned_about_with_the_ids(tmp_path):
     root = _with_copies(tmp_path / "d")
     index = index_dataset(root)

@@ -19,6 +19,7 @@ import numpy as np
 from bench.core.io import write_json
 from bench.core.lock import DirLock
 from bench.data.decode import run_decode_jobs
+from bench.data.home import cache_home
 from bench.data.layouts import (
     SPLITS,
     Problem,
@@ -32,15 +33,6 @@ from bench.data.splits import resolve_split, split_source
 
 #: Bump when decoding / resizing changes: every cache built before is then rebuilt.
 PREPROC_VERSION = 2
-
-
-def cache_home() -> Path:
-    """Where segbench keeps caches and generated split files: ``$SEGBENCH_CACHE``, else
-    ``$XDG_CACHE_HOME/segbench``, else ``~/.cache/segbench``."""
-    env = os.environ.get("SEGBENCH_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segbench"
 
 
 def default_cache_root(root: Path | None = None) -> Path:

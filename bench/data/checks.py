@@ -96,8 +96,9 @@ def duplicate_report(
     made for this folder (if they exist), and every file in ``split_files``.
     """
     from bench.core.io import read_json
-    from bench.data.cache import cache_home, split_file_for
+    from bench.data.cache import split_file_for
     from bench.data.duplicates import NEAR_THRESHOLD, find_duplicates, straddling
+    from bench.data.home import cache_home
     from bench.data.splits import SPLIT_MODES
 
     thr = NEAR_THRESHOLD if threshold is None else threshold

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.core.io import read_json, write_json
+from bench.data.home import cache_home
 from bench.data.layouts import SPLITS, DataError, DatasetIndex
+
+if TYPE_CHECKING:
+    from bench.data.duplicates import DuplicateGroup
 
 #: How a split is made (``prepare_data(split_mode=...)``, ``TrainConfig.split_mode``):
 #: ``auto``: the layout's official split when it defines train and test, or when it holds
@@ -130,14 +134,30 @@ def split_duplicates(
     """The duplicate groups of ``index`` and those that ``split`` puts on more than one
     side: ``{"method", "threshold", "groups": [...], "leaks": [...]}`` (see
     :mod:`bench.data.duplicates`). Hashes are cached under the preprocessing cache."""
-    from bench.data.cache import cache_home
-    from bench.data.duplicates import NEAR_THRESHOLD, find_duplicates, straddling
+    groups, thr = _duplicate_groups(index, threshold, progress)
+    return _duplicate_record(groups, thr, split)
+
+
+def _duplicate_groups(
+    index: DatasetIndex, threshold: int | None = None, progress: bool = False
+) -> tuple[list[DuplicateGroup], int]:
+    """(the duplicate groups of every image of ``index``, the pHash threshold used)."""
+    from bench.data.duplicates import NEAR_THRESHOLD, find_duplicates
 
     thr = NEAR_THRESHOLD if threshold is None else threshold
     groups, _ = find_duplicates(index, threshold=thr, cache_root=cache_home(), progress=progress)
+    return groups, thr
+
+
+def _duplicate_record(
+    groups: Sequence[DuplicateGroup], threshold: int, split: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The record of :func:`split_duplicates` for groups already found."""
+    from bench.data.duplicates import straddling
+
     return {
         "method": DUPLICATE_METHOD,
-        "threshold": thr,
+        "threshold": threshold,
         "groups": [g.as_dict() for g in groups],
         "leaks": straddling(groups, split),
     }
@@ -225,9 +245,10 @@ def resolve_split(
         dups = split_duplicates(index, split)
         warn_leaks(str(split_file), dups["leaks"])
         return split, {**saved, "duplicates": dups}
-    # duplicate groups of the pool: a seeded split keeps each group on one side
-    dups = split_duplicates(index, {"pool": ids})
-    groups = [g["ids"] for g in dups["groups"]]
+    # duplicate groups of the pool: a seeded split keeps each group on one side; found
+    # once, then checked against the split made (only an official part can split one)
+    found, thr = _duplicate_groups(index)
+    groups = [list(g.ids) for g in found]
     if source == "official":
         if "val" in official or evaluation_only(index):
             split = {k: sorted(official.get(k, [])) for k in SPLITS}
@@ -247,7 +268,7 @@ def resolve_split(
                 f"the official test part, {len(excluded)} image(s))"
             )
         split = make_split(ids, seed, test_fraction, val_fraction, groups=groups)
-    dups = split_duplicates(index, split)
+    dups = _duplicate_record(found, thr, split)
     warn_leaks(f"{index.root} ({source} split)", dups["leaks"])
     meta = {
         "format": "segbench-split/1",
