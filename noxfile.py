@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests`, `nox -s benchmark`, `nox -s lint`, `nox -s perf`,
+"""Developer sessions: `nox -s tests`, `nox -s benchmark` (the `segbench benchmark` job),
+`nox -s lint`, `nox -s forward-timing` (forward-pass timings per commit, pytest-benchmark),
 `nox -s slurm`.
 
 All sessions share ONE virtual environment (`.nox/segbench`): torch alone is
@@ -102,15 +103,16 @@ def benchmark(session: nox.Session) -> None:
     session.run(str(BIN / "segbench"), "benchmark", *session.posargs, env=env, external=True)
 
 
-@nox.session(venv_backend="none")
-def perf(session: nox.Session) -> None:
-    """pytest-benchmark timings of each model's forward pass (saved for --benchmark-compare)."""
+@nox.session(venv_backend="none", name="forward-timing")
+def forward_timing(session: nox.Session) -> None:
+    """pytest-benchmark timings of each model's forward pass (forward_timing/), saved to
+    compare commits (--benchmark-compare); not the benchmark (`nox -s benchmark`)."""
     env = _env(session)
     session.run(
         str(BIN / "python"),
         "-m",
         "pytest",
-        "benchmarks",
+        "forward_timing",
         "-p",
         "no:cacheprovider",
         "-o",

@@ -1,6 +1,6 @@
 """Forward-pass time of each registered model at 1x3xSxS (fp32, eval, inference mode).
 
-See ``benchmarks/conftest.py`` for settings and for comparing saved runs.
+See ``forward_timing/conftest.py`` for settings and for comparing saved runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""pytest-benchmark suite: forward-pass timings of every registered model.
+"""Forward-pass timings of every registered model (pytest-benchmark), saved per commit to
+catch a speed regression of the model code.
 
-Run it with ``nox -s perf`` (``pytest benchmarks -o addopts= --benchmark-only
---benchmark-autosave``); it is not part of ``nox -s tests``. Each run is saved as
+Not the benchmark itself: ``segbench benchmark`` (``nox -s benchmark``, the ``bench``
+package) measures cost, speed and accuracy for the results; this folder only compares one
+forward pass between commits on one machine. Run it with ``nox -s forward-timing``
+(``pytest forward_timing -o addopts= --benchmark-only --benchmark-autosave``); it is not
+part of ``nox -s tests``. Each run is saved as
 JSON under ``.benchmarks/<machine>/NNNN_<commit>_<date>.json`` (git-ignored).
 
 Settings (environment variables, since nox passes pytest arguments through):
@@ -25,7 +29,7 @@ Comparing two runs:
 * compare the current run against a saved one while it runs, failing on a
   regression of the median by more than 10%::
 
-      nox -s perf -- --benchmark-compare=0001 --benchmark-compare-fail=median:10%
+      nox -s forward-timing -- --benchmark-compare=0001 --benchmark-compare-fail=median:10%
 
   (``--benchmark-compare`` without a value compares against the latest saved run.)
 
