@@ -14,7 +14,7 @@ from bench.core.env import command_line
 from bench.core.names import expand_models
 from bench.core.shapes import parse_sizes, shape_label
 from bench.cost.breakdown import breakdown_table, write_breakdown
-from bench.cost.complexity import COUNTED, _ops_label, display_table, notes, run_complexity
+from bench.cost.complexity import COUNTED, display_table, notes, ops_label, run_complexity
 from bench.cost.flops import analyze
 from bench.cost.golden import GOLDEN_SHAPE, update_golden
 from bench.cost.resolution import resolution_sweep, write_resolution_sweep
@@ -78,7 +78,7 @@ def _cmd(args: argparse.Namespace) -> int:
         )
         _print(breakdown_table(c, args.depth))
         if c.unsupported_ops:
-            print(f"ops without a rule: {_ops_label(c.unsupported_ops)}")
+            print(f"ops without a rule: {ops_label(c.unsupported_ops)}")
         print(f"wrote {write_breakdown(c, out, args.breakdown, shape, command)}")
 
     if sizes:

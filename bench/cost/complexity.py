@@ -100,7 +100,9 @@ def params_note(params_total: int, params_thop: float) -> str:
     )
 
 
-def _ops_label(ops: dict[str, int]) -> str:
+def ops_label(ops: dict[str, int]) -> str:
+    """Ops without a counting rule as one cell, ``"aten.sort:2; aten.topk:1"`` (op: calls):
+    the table's ``unsupported_ops`` column and ``segbench complexity``'s message."""
     return "; ".join(f"{k}:{v}" for k, v in ops.items())
 
 
@@ -140,7 +142,7 @@ def complexity_row(
         "other_flops": c.other_flops,
         "activation_bytes": c.activation_bytes,
         "module_output_bytes": c.module_output_bytes,
-        "unsupported_ops": _ops_label(c.unsupported_ops),
+        "unsupported_ops": ops_label(c.unsupported_ops),
         "status": "incomplete" if c.unsupported_ops else "ok",
         "reason": "",
     }
@@ -148,7 +150,7 @@ def complexity_row(
     if c.unsupported_ops:
         reasons.append(
             f"segbench has no rule for {len(c.unsupported_ops)} op(s) "
-            f"({_ops_label(c.unsupported_ops)}): MACs and other FLOPs are lower bounds"
+            f"({ops_label(c.unsupported_ops)}): MACs and other FLOPs are lower bounds"
         )
     if cross_check:
         checks = cross_checks(model, input_shape)
@@ -157,7 +159,7 @@ def complexity_row(
         row["thop_macs"] = checks["thop"].macs
         row["thop_minus_macs"] = checks["thop"].macs - c.macs
         row["fvcore_macs"] = checks["fvcore"].macs
-        row["fvcore_unsupported_ops"] = _ops_label(checks["fvcore"].unsupported)
+        row["fvcore_unsupported_ops"] = ops_label(checks["fvcore"].unsupported)
         row["torch_flop_counter_macs"] = checks["torch"].macs
         reasons += [ch.reason for ch in checks.values() if ch.reason]
     row["reason"] = "; ".join(reasons)
