@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench.analysis.pareto import pareto_front, pareto_order
-from bench.analysis.report import load, summaries, tables, write
+from bench.analysis.report import accuracy, load, summaries, tables, write
 
 FIXTURES = Path(__file__).parent / "data" / "report_fixtures"
 
@@ -106,7 +106,7 @@ def test_speed_summary_picks_baseline_variant(fixture_results: load.Results) -> 
 
 
 def test_accuracy_summary_over_seeds(fixture_results: load.Results) -> None:
-    acc = summaries.accuracy_summary(fixture_results.runs).set_index("model")
+    acc = accuracy.accuracy_summary(fixture_results.runs).set_index("model")
     assert acc.loc["malunet", "n_seeds"] == 2
     assert acc.loc["malunet", "dsc_mean"] == pytest.approx(82.0)
     assert acc.loc["malunet", "dsc_std"] == pytest.approx(np.std([80.0, 84.0], ddof=1))
@@ -296,12 +296,12 @@ def test_experiments_are_kept_apart(tmp_path: Path) -> None:
     _add_run(tmp_path, "malunet", 20, 0, 0.90)
     _add_run(tmp_path, "unet", 2, 0, 0.60)
     res = load.load_results(tmp_path)
-    acc = summaries.accuracy_summary(res.runs)
+    acc = accuracy.accuracy_summary(res.runs)
     rows = {(r.model, r.epochs): r.dsc_mean for r in acc.itertuples()}
     # one row per experiment; the 2- and 20-epoch malunet runs are not averaged
     assert rows == {("malunet", 2): pytest.approx(70.0), ("malunet", 20): pytest.approx(90.0),
                     ("unet", 2): pytest.approx(60.0)}  # fmt: skip
-    main = summaries.main_experiments(acc).set_index("model")
+    main = accuracy.main_experiments(acc).set_index("model")
     assert main.loc["malunet", "epochs"] == 20 and main.loc["unet", "epochs"] == 2
     s = summaries.summary_table(res).set_index("model")
     assert s.loc["malunet", "isic2017-mini:dsc_mean"] == pytest.approx(90.0)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from run_fixtures import image_ids, write_run
 
-from bench.analysis.report import load, plots, summaries, write
+from bench.analysis.report import accuracy, load, plots, summaries, write
 
 FIXTURES = Path(__file__).parent / "data" / "report_fixtures"
 
@@ -209,7 +209,7 @@ def test_accuracy_summary_main_experiment_prefers_fp32_on_ties(tmp_path: Path) -
     write_run(tmp_path, "malunet", 0, np.full(4, 0.8), ids, amp="bf16")
     write_run(tmp_path, "malunet", 0, np.full(4, 0.7), ids)
     res = load.load_results(tmp_path)
-    main = summaries.main_experiments(summaries.accuracy_summary(res.runs))
+    main = accuracy.main_experiments(accuracy.accuracy_summary(res.runs))
     assert main["precision"].tolist() == ["fp32"]
 
 

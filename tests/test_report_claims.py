@@ -15,7 +15,7 @@ from run_fixtures import image_ids, write_run
 
 from bench.analysis import stats
 from bench.analysis.report import claims, headline, inventory, protocols
-from bench.analysis.report.summaries import accuracy_summary
+from bench.analysis.report.accuracy import accuracy_summary
 from bench.analysis.runinfo import UNRECORDED, lr_end_fraction, with_run_info
 from bench.analysis.runs import find_runs
 from bench.cli import main
@@ -259,3 +259,4 @@ def test_report_keeps_protocols_apart_and_fails_strict_on_unknown_files(
     assert "robustness to colour and contrast change" in text or "external" not in text
     block = (tmp_path / "README.md").read_text()
     assert "**Smoke protocol** (`isic2017-mini`" in block and "under-trained" in block
+

@@ -228,8 +228,8 @@ def test_unreadable_metrics_file_is_named(finished_run, tmp_path):
 
 
 def test_other_experiment_does_not_block_and_stays_apart(finished_run):
+    from bench.analysis.report.accuracy import accuracy_summary
     from bench.analysis.report.load import load_results
-    from bench.analysis.report.summaries import accuracy_summary
     from bench.engine.rundir import experiment_name
 
     cfg, results, run = finished_run

@@ -15,6 +15,8 @@ import math
 
 import pandas as pd
 
+from bench.analysis.report.load import Results
+
 #: A variant losing more DSC than this (points) is not called the best.
 MAX_DSC_LOSS_PTS = 0.5
 
@@ -57,3 +59,23 @@ def best_variants(deploy: pd.DataFrame, max_dsc_loss_pts: float = MAX_DSC_LOSS_P
             }
         )
     return pd.DataFrame(rows, columns=cols)
+
+
+def best_variant_lines(res: Results, shown: bool) -> list[str]:
+    """Under the deployment table (when ``shown``): the fastest scored variant per model
+    and its DSC cost (:func:`best_variants`), as README lines."""
+    if not shown or res.deploy is None or res.deploy.empty:
+        return []
+    best = best_variants(res.deploy)
+    if best.empty:
+        return []
+    lines = [
+        "Fastest scored variant per model (its speedup over eager fp32, and its accuracy):",
+        "",
+    ]
+    for _, r in best.iterrows():
+        lines.append(
+            f"- {r['model']}: {r['best_variant']}, {r['latency_ms']:.1f} ms "
+            f"({r['speedup_vs_eager_fp32']:.2f}x eager fp32); {r['accuracy']}"
+        )
+    return [*lines, ""]

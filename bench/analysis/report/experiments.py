@@ -3,7 +3,7 @@
 A user asks "does training in bf16 (or with the authors' loss, or another lr) change
 accuracy beyond seed noise?". That is a comparison of two experiments of one model on one
 dataset, not of two models: each model's main experiment (the one the plots show, see
-:func:`bench.analysis.report.summaries.main_experiments`) against every other experiment of
+:func:`bench.analysis.report.accuracy.main_experiments`) against every other experiment of
 that model there, on per-image Dice of the same test images. The level of the test follows
 the seeds, exactly as for models (:func:`bench.analysis.stats.compare_pair`): with >= 3
 seeds on both sides a Welch t-test and Welch t interval over seed means; with fewer, a
@@ -19,9 +19,9 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.report.accuracy import accuracy_summary, main_experiments
 from bench.analysis.report.load import Results
 from bench.analysis.report.significance import in_points, runs_of_experiment, seeds_label
-from bench.analysis.report.summaries import accuracy_summary, main_experiments
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix
 from bench.engine.config import RUNTIME_FIELDS, with_later_defaults
 

@@ -10,12 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.analysis.report.accuracy import accuracy_summary, main_experiments
 from bench.analysis.report.load import ReportOutput, Results
 from bench.analysis.report.plots import Line, Point, plot_scatter
 from bench.analysis.report.summaries import (
-    accuracy_summary,
     backend_latencies,
-    main_experiments,
     paper_dataset,
     paper_summary,
     speed_summary,

@@ -106,7 +106,7 @@ def paper_vs_measured(acc: pd.DataFrame, runs: pd.DataFrame) -> dict[str, pd.Dat
     paper: model -> frame with metric, paper (%), measured (mean ± std over seeds, %),
     measured − paper (pp), dataset, experiment, precision, seeds, caveats.
 
-    ``acc`` is :func:`bench.analysis.report.summaries.accuracy_summary` output (one row
+    ``acc`` is :func:`bench.analysis.report.accuracy.accuracy_summary` output (one row
     per experiment and fingerprint), ``runs`` the runs behind it. A seed model with no
     headline row gets the paper's figures and "not measured yet". Models whose registry
     entry reports nothing are left out.

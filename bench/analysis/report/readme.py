@@ -3,79 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import shlex
 from pathlib import Path
 from typing import Any
 
 from bench.analysis.report.claims import OVERHEAD_FRACTION
+from bench.analysis.report.deployment import best_variant_lines
 from bench.analysis.report.external import source_lines
 from bench.analysis.report.figures import speed_input_label
 from bench.analysis.report.load import ReportOutput, Results
 from bench.analysis.report.protocols import SEED_MODELS, is_smoke, protocol_lines
+from bench.analysis.report.provenance import env_lines, provenance_line, provenance_section
 from bench.analysis.report.significance import ALPHA, report_comparisons
 from bench.analysis.runinfo import with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY, experiment_differences
 from bench.analysis.stats import MIN_SEEDS, MIN_SEEDS_BOOTSTRAP
-
-
-def _env_lines(env: dict[str, Any]) -> list[str]:
-    lines = []
-    if env.get("cpu"):
-        lines.append(
-            f"- CPU: {env['cpu']} ({env.get('cpu_count', '?')} logical cores, "
-            f"torch threads {env.get('torch_threads', '?')})"
-        )
-    if env.get("device") == "cuda":
-        lines.append(
-            f"- GPU: {env.get('device_name')} (CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')})"
-        )
-    if env.get("platform"):
-        lines.append(f"- platform: {env['platform']}")
-    if env.get("git_commit"):
-        lines.append(f"- git commit: `{env['git_commit']}`")
-    vers = env.get("versions") or {}
-    if vers:
-        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
-    return lines
-
-
-def _meta_runs(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs a result file records: ``{"runs": {run_id: meta}}`` or a single top level."""
-    runs = meta.get("runs")
-    if isinstance(runs, dict) and runs:
-        return [v for _, v in sorted(runs.items()) if isinstance(v, dict)]
-    return [meta] if meta else []
-
-
-def _provenance(meta: dict[str, Any]) -> str:
-    runs = _meta_runs(meta)
-    if not runs:
-        return "no provenance recorded"
-    cmds = []
-    for run in runs:
-        cmd = run.get("command") or run.get("argv")
-        if isinstance(cmd, list):
-            cmd = shlex.join(str(c) for c in cmd)
-        if cmd and cmd not in cmds:
-            cmds.append(str(cmd))
-    env = runs[-1].get("environment") or {}
-    parts = []
-    if cmds:
-        parts.append(
-            ("command " if len(cmds) == 1 else f"{len(cmds)} commands ")
-            + "; ".join(f"`{c}`" for c in cmds)
-        )
-    if env:
-        dev = env.get("device_name") or env.get("cpu")
-        parts.append(f"on {dev}")
-        if env.get("git_commit"):
-            parts.append(f"commit `{str(env['git_commit'])[:12]}`")
-        ver = (env.get("versions") or {}).get("torch")
-        if ver:
-            parts.append(f"torch {ver}")
-    return ", ".join(parts) if parts else "no provenance recorded"
-
 
 _EFFICIENCY_NOTE = (
     "MACs: segbench's dispatch-level count (multiply-accumulates of conv, linear, "
@@ -177,7 +118,7 @@ def _header(
             for d in res.devices
         ),
         f"- machine ({env_source}):",
-        *("  " + line for line in _env_lines(env)),
+        *("  " + line for line in env_lines(env)),
         "",
     ]
 
@@ -207,12 +148,12 @@ def _inputs(res: Results) -> list[str]:
     """Which result files the report read, with their provenance."""
     lines = ["Inputs:", ""]
     if res.complexity_meta or not res.complexity.empty:
-        lines.append(f"- `complexity/complexity.csv`: {_provenance(res.complexity_meta)}")
+        lines.append(f"- `complexity/complexity.csv`: {provenance_line(res.complexity_meta)}")
     lines += source_lines(res)  # where each external model comes from
     for slug in res.devices:
         lines.append(
             f"- `speed/speed-{slug}.csv` ({res.device_name(slug)}): "
-            f"{_provenance(res.speed_meta.get(slug, {}))}"
+            f"{provenance_line(res.speed_meta.get(slug, {}))}"
         )
     if not res.runs.empty:
         n = len(res.runs)
@@ -451,8 +392,8 @@ def _readme(
             _EXTERNAL_NOTE,
         ),
         *_section(report, "Deployment precision: int8 and bf16", "deployment", _DEPLOYMENT_NOTE),
-        *_best_variant_lines(res, "deployment" in report.markdown),
-        *_provenance_section(res),
+        *best_variant_lines(res, "deployment" in report.markdown),
+        *provenance_section(res),
         *_unknown_section(report),
         *_plots(report, out),
     ]
@@ -464,151 +405,3 @@ def _readme(
             "Every configuration measured (one row each); skipped ones give a reason.",
         )
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _best_variant_lines(res: Results, shown: bool) -> list[str]:
-    """Under the deployment table: the fastest scored variant per model and its DSC cost
-    (bench.analysis.report.deployment.best_variants)."""
-    from bench.analysis.report.deployment import best_variants
-
-    if not shown or res.deploy is None or res.deploy.empty:
-        return []
-    best = best_variants(res.deploy)
-    if best.empty:
-        return []
-    lines = [
-        "Fastest scored variant per model (its speedup over eager fp32, and its accuracy):",
-        "",
-    ]
-    for _, r in best.iterrows():
-        lines.append(
-            f"- {r['model']}: {r['best_variant']}, {r['latency_ms']:.1f} ms "
-            f"({r['speedup_vs_eager_fp32']:.2f}x eager fp32); {r['accuracy']}"
-        )
-    return [*lines, ""]
-
-
-def _short_commit(commit: str) -> str:
-    dirty = commit.endswith("-dirty")
-    return commit.removesuffix("-dirty")[:12] + (" (dirty tree)" if dirty else "")
-
-
-def reproduce_command(config: dict[str, Any] | None, seeds: list[int]) -> str | None:
-    """A ``segbench train`` command equivalent to a stored run config (None when the
-    recipe is not a built-in one or the config is missing): the recipe's fields that the
-    run changed become ``--set`` overrides."""
-    from bench.engine.config import RUNTIME_FIELDS, TrainConfig
-
-    if not config or not config.get("recipe"):
-        return None
-    try:
-        base = TrainConfig.from_recipe(str(config["recipe"])).to_dict()
-    except (ValueError, FileNotFoundError):
-        return None
-    parts = [
-        "segbench train",
-        f"--model {config.get('model')}",
-        f"--data {shlex.quote(str(config.get('data') or '<dataset root>'))}",
-    ]
-    if config.get("dataset"):
-        parts.append(f"--dataset {config['dataset']}")
-    parts += [f"--recipe {config['recipe']}", f"--epochs {config.get('epochs')}"]
-    if config.get("amp"):
-        parts.append(f"--amp {config['amp']}")
-    skip = set(RUNTIME_FIELDS) | {"model", "recipe", "epochs", "seed", "amp"}
-    for key in sorted(set(base) & set(config) - skip):
-        if json.dumps(base[key], sort_keys=True) != json.dumps(config[key], sort_keys=True):
-            v = config[key]
-            if isinstance(v, list):
-                text = ",".join(map(str, v))
-            elif isinstance(v, dict):
-                text = json.dumps(v, sort_keys=True)
-            elif v is None:
-                text = "none"
-            elif isinstance(v, bool):
-                text = str(v).lower()
-            else:
-                text = str(v)
-            parts.append(f"--set {shlex.quote(f'{key}={text}')}")
-    seed = f"--seed {seeds[0]}" if len(seeds) == 1 else "--seed K"
-    return " ".join([*parts, seed])
-
-
-def _provenance_section(res: Results) -> list[str]:
-    """For each accuracy row: command, commit, machine and versions of its runs; runs
-    made from a dirty tree (uncommitted changes) flagged."""
-    if res.runs.empty and res.baselines.empty:
-        return []
-    lines = [
-        "## Provenance of the accuracy rows",
-        "",
-        "Each experiment's runs: the command recorded in their manifest, an equivalent "
-        "`segbench train` command, the git commit, machine and versions from their "
-        "`metrics.json`. **dirty tree** marks runs made with uncommitted changes: their "
-        "code is not exactly the commit named.",
-        "",
-    ]
-    if not res.runs.empty:
-        for key, g in res.runs.groupby(EXPERIMENT_KEY, sort=True, dropna=False):
-            row = dict(zip(EXPERIMENT_KEY, key))
-            seeds = sorted(int(s) for s in g["seed"])
-            head = (
-                f"- **{row['model']}**, {row['dataset']}, `{row['experiment']}`, "
-                f"{row['precision']}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
-            )
-            if row["experiment_hash"]:
-                head += f", experiment `{row['experiment_hash']}`"
-            lines.append(head)
-            cmds = sorted({c for c in g["command"] if c})
-            lines.append(
-                "  - recorded command(s): "
-                + ("; ".join(f"`{c}`" for c in cmds) if cmds else "not recorded")
-            )
-            cfg = next((c for c in g["config"] if isinstance(c, dict)), None)
-            repro = reproduce_command(cfg, seeds)
-            if repro:
-                lines.append(
-                    f"  - equivalent: `{repro}`"
-                    + (f" for K in {', '.join(map(str, seeds))}" if len(seeds) > 1 else "")
-                )
-            commits = sorted({str(c) for c in g["git_commit"] if c})
-            lines.append(
-                "  - commit: "
-                + (
-                    ", ".join(f"`{_short_commit(c)}`" for c in commits)
-                    if commits
-                    else "not recorded"
-                )
-            )
-            envs = [e for e in g["environment"] if isinstance(e, dict)]
-            machines = sorted(
-                {
-                    f"{e.get('device_name') or e.get('cpu') or '?'} ({e.get('device', '?')})"
-                    for e in envs
-                }
-            )
-            versions = sorted(
-                {", ".join(f"{k} {v}" for k, v in (e.get("versions") or {}).items()) for e in envs}
-                - {""}
-            )
-            lines.append("  - machine: " + ("; ".join(machines) if machines else "not recorded"))
-            lines.append("  - versions: " + (" | ".join(versions) if versions else "not recorded"))
-            dirty = sorted(
-                int(s) for s, c in zip(g["seed"], g["git_commit"]) if str(c).endswith("-dirty")
-            )
-            if dirty:
-                lines.append(
-                    "  - **dirty tree**: seed(s) "
-                    + ", ".join(map(str, dirty))
-                    + " ran with uncommitted changes"
-                )
-    for _, b in res.baselines.iterrows() if not res.baselines.empty else []:
-        commit = str(b.get("git_commit") or "")
-        lines.append(
-            f"- **baseline: {b['kind']}**, {b['dataset']}: command "
-            + (f"`{b['command']}`" if b["command"] else "not recorded")
-            + (f", commit `{_short_commit(commit)}`" if commit else "")
-            + (" — **dirty tree**" if commit.endswith("-dirty") else "")
-        )
-    lines.append("")
-    return lines

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.analysis.report.accuracy import accuracy_summary, main_experiments
 from bench.analysis.report.load import Results
-from bench.analysis.report.summaries import accuracy_summary, main_experiments
 from bench.analysis.runinfo import POOL_KEY, with_run_info
 from bench.analysis.runs import EXPERIMENT_KEY
 from bench.analysis.stats import compare_models, finalize_comparisons, per_image_matrix

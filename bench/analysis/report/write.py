@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.analysis.report.accuracy import accuracy_summary
 from bench.analysis.report.experiments import experiment_comparisons, experiment_table
 from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
 from bench.analysis.report.headline import headline_block, update_readme
@@ -23,11 +24,11 @@ from bench.analysis.report.load import (
 )
 from bench.analysis.report.plots import _model_colours
 from bench.analysis.report.protocols import is_smoke, paper_vs_measured, split_protocols
-from bench.analysis.report.readme import _meta_runs, _readme
+from bench.analysis.report.provenance import meta_runs
+from bench.analysis.report.readme import _readme
 from bench.analysis.report.significance import comparison_table, report_comparisons
 from bench.analysis.report.summaries import (
     _paper_datasets,
-    accuracy_summary,
     accuracy_table,
     baseline_rows,
     external_table,
@@ -182,7 +183,7 @@ def write_report(
         env = environment(env_dev)
     except (RuntimeError, AssertionError):  # CUDA results read on a machine without CUDA
         env = environment("cpu")
-    speed_runs = _meta_runs(res.speed_meta.get(res.primary_device or "", {}))
+    speed_runs = meta_runs(res.speed_meta.get(res.primary_device or "", {}))
     speed_env = speed_runs[-1].get("environment") if speed_runs else None
     env_source = "the machine running this report"
     if isinstance(speed_env, dict):  # the machine that timed the models, not the reader
