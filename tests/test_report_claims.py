@@ -260,3 +260,30 @@ def test_report_keeps_protocols_apart_and_fails_strict_on_unknown_files(
     block = (tmp_path / "README.md").read_text()
     assert "**Smoke protocol** (`isic2017-mini`" in block and "under-trained" in block
 
+
+def test_paper_figures_stand_beside_the_headline_protocol_only(tmp_path: Path) -> None:
+    """Issue 27: the smoke protocol's Pareto figures and number tables printed "paper 88.13"
+    beside isic2017-mini scores; the papers' figures belong beside isic2017-256 only."""
+    from bench.analysis.report.write import write_report
+
+    both = tmp_path / "both"
+    seeds = {1: {}, 2: {}, 3: {}}
+    _runs(both, "malunet", "isic2017-256", {k: dict(v) for k, v in seeds.items()})
+    _runs(both, "malunet", "isic2017-mini", {k: dict(v) for k, v in seeds.items()}, t_max=50)
+    out = write_report(both, progress=False)
+    svg = {p.name: p.read_text() for p in out.plots if p.name.startswith("pareto-") and p.suffix == ".svg"}  # fmt: skip
+    head = [t for n, t in svg.items() if n.endswith("-isic2017-256.svg")]
+    smoke = [t for n, t in svg.items() if n.endswith("-isic2017-mini.svg")]
+    assert head and smoke
+    # matplotlib writes each text as a comment beside its glyphs: the table's cells are readable
+    assert all("paper 88.13" in t and "Reported by the papers" in t for t in head)
+    assert not any("paper 88.13" in t or "Reported by the papers" in t for t in smoke)
+    smoke_caps = [c for g, _, c in out.figures if g == "accuracy" and "isic2017-mini" in c]
+    assert smoke_caps and not any("Reported by the papers" in c for c in smoke_caps)
+
+    # only the smoke protocol measured: its scores head the summary, without paper columns
+    only = tmp_path / "only-smoke"
+    _runs(only, "malunet", "isic2017-mini", {k: dict(v) for k, v in seeds.items()}, t_max=50)
+    write_report(only, progress=False)
+    summary = (only / "tables" / "summary.md").read_text()
+    assert "isic2017-mini DSC pooled (%)" in summary and "paper DSC" not in summary

@@ -13,6 +13,7 @@ import pandas as pd
 from bench.analysis.report.accuracy import accuracy_summary, main_experiments
 from bench.analysis.report.load import ReportOutput, Results
 from bench.analysis.report.plots import Line, Point, plot_scatter
+from bench.analysis.report.protocols import is_smoke
 from bench.analysis.report.summaries import (
     backend_latencies,
     paper_dataset,
@@ -262,7 +263,9 @@ def _accuracy_plots(
     number = {m: i + 1 for i, m in enumerate(sorted(res.models))}
     axes = _cost_axes(res, backend_of)
     for dataset in measured_sets:
-        pkey = paper_dataset(dataset)
+        # the papers' figures stand beside the headline protocol only: a smoke protocol's
+        # subset and schedule are not the papers', so no reported panel and no "paper" column
+        pkey = None if is_smoke(dataset) else paper_dataset(dataset)
         rows = acc[acc["dataset"] == dataset]
         report.point_sources[dataset] = _point_sources(dataset, rows)
         lines = baseline_lines(res, dataset)

@@ -244,10 +244,15 @@ def _remove_stale(out: Path, report: ReportOutput) -> None:
 
 
 def _summary_datasets(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The per-model summary's datasets: the headline protocol's, or the smoke protocol's
-    when nothing else is measured (never both in one table)."""
+    """The per-model summary's (measured datasets, paper dataset keys): the headline
+    protocol's with the papers' figures, or, when nothing else is measured, the smoke
+    protocol's without them (never both protocols in one table, and no paper figure
+    beside a smoke score: its subset and schedule are not the papers')."""
     measured, paper = _datasets(summary)
-    return [d for d in measured if not is_smoke(d)] or measured, paper
+    headline = [d for d in measured if not is_smoke(d)]
+    if headline or not measured:
+        return headline, paper
+    return measured, []
 
 
 def _datasets(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
