@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from bench.core.measure import best_seconds as _best_seconds
+from bench.core.measure import pinned_threads as _torch_threads
 
 __all__ = [
     "Peak",
@@ -128,28 +130,6 @@ _DTYPES = ("fp32", "bf16")
 
 class _Skip(Exception):
     """A backend that cannot be measured here (not installed); the message says why."""
-
-
-def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
-    fn()  # warm-up: allocation, kernel/plan selection
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
