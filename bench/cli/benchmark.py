@@ -74,12 +74,12 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def _backends(text: str) -> list[str]:
-    from bench.speed.runtime import BACKENDS
+    from bench.deploy.backends import RUNTIMES
 
     items = [b.strip() for b in text.split(",") if b.strip()]
-    if not items or any(b not in BACKENDS for b in items):
+    if not items or any(b not in RUNTIMES for b in items):
         raise argparse.ArgumentTypeError(
-            f"--backend: comma-separated among {', '.join(BACKENDS)}, got {text!r}"
+            f"--backend: comma-separated among {', '.join(RUNTIMES)}, got {text!r}"
         )
     return items
 

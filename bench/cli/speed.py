@@ -14,12 +14,12 @@ from bench.core import exitcodes
 from bench.core.device import resolve_device
 from bench.core.names import expand_models
 from bench.cost.roofline import Peak, parse_peak
+from bench.deploy.backends import RUNTIMES
 from bench.deploy.export import EXPORTERS
 from bench.speed import steps
 from bench.speed.checks import check_against_torch_timer
 from bench.speed.files import format_table
 from bench.speed.run import run_speed
-from bench.speed.runtime import BACKENDS
 from bench.speed.variants import DTYPES, MODES
 
 
@@ -206,7 +206,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--backend",
         default=["torch"],
-        type=csv_list(choice(BACKENDS), "--backend"),
+        type=csv_list(choice(RUNTIMES), "--backend"),
         help="comma-separated: torch (eager, with the variants below), onnxruntime, openvino "
         "(the model exported to ONNX once; inference only; threads = torch threads; precision "
         "pinned; CUDA/TensorRT providers only on a GPU build)",

@@ -1,4 +1,12 @@
-"""Inference sessions on deployment runtimes behind one callable: ``run(np.ndarray) -> np.ndarray``.
+"""The runtime table: one :class:`Runtime` entry per way of running a model, and its sessions.
+
+:data:`RUNTIMES` holds eager PyTorch, onnxruntime and OpenVINO. Each entry declares why it
+cannot run a (precision, device) here (:meth:`Runtime.skip_reason`), what it is built from
+(the ``nn.Module`` itself or an exported ONNX file), how it opens a session (the timed step
+is ``Session.run(np.ndarray) -> np.ndarray``) and which installed library it is. Both
+``segbench speed`` (:mod:`bench.speed.run`) and ``segbench export --int8/--bf16``
+(:mod:`bench.jobs.precision`) read the table, so adding a runtime is a session function
+and one entry here.
 
 Every session pins what would otherwise be left to the library's defaults, because those
 defaults differ between libraries and machines and silently change what is measured:
@@ -34,22 +42,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.core.measure import thread_count
+
 __all__ = [
-    "BACKENDS",
     "PRECISIONS",
+    "RUNTIMES",
     "BackendUnavailable",
+    "Runtime",
     "Session",
     "SessionModule",
+    "get_runtime",
     "make_session",
     "onnxruntime_session",
     "openvino_session",
     "runtime_versions",
     "skip_reason",
+    "torch_session",
 ]
 
-#: Runtime backends served here (``torch`` itself is timed by the speed harness).
-BACKENDS = ("onnxruntime", "openvino")
+#: Precisions an ONNX-runtime session can be asked for (entries may declare fewer).
 PRECISIONS = ("fp32", "bf16")
+#: Every precision name a caller may ask a runtime about (``segbench speed --dtype``).
+ASKABLE_PRECISIONS = ("fp32", "bf16", "fp16")
 #: onnxruntime provider names by the short name used on the command line.
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -109,14 +123,6 @@ def _import(module: str, backend: str) -> Any:
         ) from None
 
 
-def _threads(threads: int | None) -> int:
-    if threads is None:
-        return torch.get_num_threads()
-    if int(threads) < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return int(threads)
-
-
 def _check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -128,7 +134,7 @@ def _usable(
     """Validate a session request before building it: the thread count it gets, or
     :class:`BackendUnavailable` with ``skip``'s reason (library or device absent)."""
     _check_precision(precision)
-    n = _threads(threads)
+    n = thread_count(threads)
     reason = skip(precision, device)
     if reason:
         raise BackendUnavailable(reason)
@@ -163,12 +169,12 @@ def _ort_skip(precision: str, device: str) -> str | None:
 
 
 def _ov_skip(precision: str, device: str) -> str | None:
+    if device != "cpu":
+        return f"openvino: only the CPU plugin is set up in segbench, not {device}"
     try:
         ov = _import("openvino", "openvino")
     except BackendUnavailable as err:
         return str(err)
-    if device != "cpu":
-        return f"openvino: only the CPU plugin is set up in segbench, got device {device!r}"
     try:
         caps = list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception as err:
@@ -179,19 +185,6 @@ def _ov_skip(precision: str, device: str) -> str | None:
             f"{', '.join(caps)}); a bf16 hint would silently run in f32"
         )
     return None
-
-
-def skip_reason(backend: str, precision: str = "fp32", device: str = "cpu") -> str | None:
-    """Why ``backend`` cannot run ``precision`` on ``device`` here, or None when it can.
-
-    ``device`` is ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime execution providers).
-    """
-    _check_precision(precision)
-    if backend == "onnxruntime":
-        return _ort_skip(precision, device)
-    if backend == "openvino":
-        return _ov_skip(precision, device)
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
 def onnxruntime_session(
@@ -309,29 +302,6 @@ def openvino_session(
     )
 
 
-def make_session(
-    backend: str,
-    onnx_path: str | Path,
-    *,
-    threads: int | None = None,
-    precision: str = "fp32",
-    device: str = "cpu",
-    input_shape: tuple[int, ...] | None = None,
-) -> Session:
-    """Dispatch to :func:`onnxruntime_session` / :func:`openvino_session` by name.
-
-    ``input_shape`` is the static input shape the session will see (OpenVINO compiles for
-    it; onnxruntime takes any shape the graph allows).
-    """
-    if backend == "onnxruntime":
-        return onnxruntime_session(onnx_path, threads=threads, precision=precision, device=device)
-    if backend == "openvino":
-        return openvino_session(
-            onnx_path, threads=threads, precision=precision, device=device, input_shape=input_shape
-        )
-    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-
-
 class SessionModule(torch.nn.Module):
     """A :class:`Session` behind the ``nn.Module`` call interface (CPU tensors in and out).
 
@@ -347,3 +317,168 @@ class SessionModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(np.ascontiguousarray(self.session.run(arr)))
+
+
+def _torch_skip(precision: str, device: str) -> str | None:
+    if device not in ("cpu", "cuda"):
+        return f"torch: no eager session on device {device!r} (cpu or cuda)"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "torch: no CUDA device is visible"
+    return None
+
+
+def torch_session(
+    model: torch.nn.Module,
+    *,
+    threads: int | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    input_shape: tuple[int, ...] | None = None,
+) -> Session:
+    """Eager PyTorch as a session: ``model`` in eval mode under ``inference_mode``, with
+    bf16/fp16 autocast for a reduced ``precision``; float32 logits out.
+
+    torch's thread count is process-wide, so the caller pins it
+    (:func:`bench.core.measure.pinned_threads`); the session records the count in effect.
+    """
+    from bench.core.device import autocast_context
+
+    reason = _torch_skip(precision, device)
+    if reason:
+        raise BackendUnavailable(reason)
+    thread_count(threads)  # a bad count is refused here as by the other sessions
+    model = model.to(device).eval()
+    amp = None if precision == "fp32" else precision
+
+    def run(x: np.ndarray) -> np.ndarray:
+        inp = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+        with torch.inference_mode(), autocast_context(device, amp):
+            return model(inp).float().cpu().numpy()
+
+    return Session(
+        backend="torch",
+        precision=precision,
+        device=device,
+        run=run,
+        versions={"torch": torch.__version__},
+        settings={"autocast": amp or "off", "torch_threads": torch.get_num_threads()},
+        handle=model,
+    )
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One way of running a model: everything a harness needs to time it.
+
+    ``takes`` says what :attr:`open` is built from: ``"module"`` (the ``nn.Module``
+    itself) or ``"onnx"`` (the path of the exported ONNX file; such a runtime also runs
+    int8-quantized graphs). ``open(source, *, threads, precision, device, input_shape)``
+    returns the :class:`Session` whose ``run`` is the timed step. ``skip(precision,
+    device)`` says why it cannot run here (library absent, device or precision not
+    offered), or None. ``dist`` is the distribution whose installed version names it.
+    ``eager_variants``: ``segbench speed`` also times its training step, channels_last
+    and ``torch.compile`` variants with its own step (:func:`bench.speed.steps.make_step`);
+    only eager PyTorch has them.
+    """
+
+    name: str
+    takes: str
+    open: Callable[..., Session]
+    skip: Callable[[str, str], str | None]
+    dist: str
+    precisions: tuple[str, ...] = PRECISIONS
+    eager_variants: bool = False
+
+    def skip_reason(self, precision: str = "fp32", device: str = "cpu") -> str | None:
+        """Why this runtime cannot run ``precision`` on ``device`` here, or None."""
+        if precision not in ASKABLE_PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(ASKABLE_PRECISIONS)}, got {precision!r}"
+            )
+        if precision not in self.precisions:
+            return (
+                f"{self.name}: {precision} is not set up in segbench "
+                f"({' and '.join(self.precisions)} only)"
+            )
+        return self.skip(precision, device)
+
+    def session(
+        self,
+        source: Any,
+        *,
+        threads: int | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+        input_shape: tuple[int, ...] | None = None,
+    ) -> Session:
+        """Open a session on ``source`` (a module or an ONNX path, see ``takes``);
+        :class:`BackendUnavailable` with the reason when it cannot run here."""
+        if precision in ASKABLE_PRECISIONS and precision not in self.precisions:
+            raise BackendUnavailable(self.skip_reason(precision, device))
+        return self.open(
+            source, threads=threads, precision=precision, device=device, input_shape=input_shape
+        )
+
+    def installed_version(self) -> str:
+        """The installed version of :attr:`dist` ("" when it is not installed)."""
+        return _version(self.dist) or ""
+
+
+def _onnxruntime_open(path: str | Path, *, input_shape: Any = None, **kw: Any) -> Session:
+    return onnxruntime_session(path, **kw)  # takes any shape the graph allows
+
+
+#: The runtime table, in the order rows and variants are listed. Adding a runtime: write
+#: its session function (and skip reason) above, then add its entry here.
+RUNTIMES: dict[str, Runtime] = {
+    "torch": Runtime(
+        "torch",
+        takes="module",
+        open=torch_session,
+        skip=_torch_skip,
+        dist="torch",
+        precisions=("fp32", "bf16", "fp16"),
+        eager_variants=True,
+    ),
+    "onnxruntime": Runtime(
+        "onnxruntime", takes="onnx", open=_onnxruntime_open, skip=_ort_skip, dist="onnxruntime"
+    ),
+    "openvino": Runtime(
+        "openvino", takes="onnx", open=openvino_session, skip=_ov_skip, dist="openvino"
+    ),
+}
+
+
+def get_runtime(name: str) -> Runtime:
+    """The :data:`RUNTIMES` entry ``name`` (ValueError naming the known ones otherwise)."""
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise ValueError(f"backend must be one of {', '.join(RUNTIMES)}, got {name!r}") from None
+
+
+def skip_reason(backend: str, precision: str = "fp32", device: str = "cpu") -> str | None:
+    """Why ``backend`` cannot run ``precision`` on ``device`` here, or None when it can.
+
+    ``device`` is ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime execution providers).
+    """
+    return get_runtime(backend).skip_reason(precision, device)
+
+
+def make_session(
+    backend: str,
+    source: Any,
+    *,
+    threads: int | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    input_shape: tuple[int, ...] | None = None,
+) -> Session:
+    """A session of runtime ``backend`` on ``source`` (:meth:`Runtime.session`).
+
+    ``input_shape`` is the static input shape the session will see (OpenVINO compiles for
+    it; onnxruntime takes any shape the graph allows).
+    """
+    return get_runtime(backend).session(
+        source, threads=threads, precision=precision, device=device, input_shape=input_shape
+    )

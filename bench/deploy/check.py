@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_TOLERANCE",
     "TOLERANCES",
     "Tolerance",
+    "agreement_columns",
     "check_onnx",
     "check_runner",
     "compare_outputs",
@@ -152,6 +153,28 @@ def compare_outputs(
         ),
     )
     return res
+
+
+def agreement_columns(
+    reference: np.ndarray | Sequence[np.ndarray],
+    output: np.ndarray | Sequence[np.ndarray],
+    tolerance: Tolerance | None = None,
+) -> dict[str, Any]:
+    """:func:`compare_outputs` as the agreement columns of a speed or precision row:
+    ``out_max_abs_diff``, ``out_rel_max_diff`` (over the largest |logit|),
+    ``out_mask_diff`` (fraction of thresholded mask pixels that differ).
+
+    With a ``tolerance``, also ``ok`` and ``check_reason`` (the caller pops them).
+    """
+    res = compare_outputs(reference, output, tolerance=tolerance)
+    out = {
+        "out_max_abs_diff": res["max_abs_diff"],
+        "out_rel_max_diff": res["rel_max_diff"],
+        "out_mask_diff": res["mask_diff_fraction"],
+    }
+    if tolerance is not None:
+        out.update(ok=res["ok"], check_reason=res["check_reason"])
+    return out
 
 
 def _as_list(x: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -106,14 +106,14 @@ def check_timing(dev: torch.device) -> str:
 
 def check_tf32(dev: torch.device) -> str:
     """Speed rows measure with TF32 off: an fp32 convolution then matches float64."""
-    from bench.speed.steps import TF32, _tf32
+    from bench.speed.steps import TF32, pinned_tf32
 
     x = torch.randn(8, 64, 64, 64, device=dev)
     w = torch.randn(64, 64, 3, 3, device=dev)
     ref = F.conv2d(x.double(), w.double(), padding=1)
     errs = {}
     for allowed in (False, True):
-        with _tf32(allowed):
+        with pinned_tf32(allowed):
             out = F.conv2d(x, w, padding=1)
         errs[allowed] = float((out.double() - ref).abs().max() / ref.abs().max())
     detail = f"rel. error fp32 {errs[False]:.1e}, with TF32 allowed {errs[True]:.1e}"

@@ -7,8 +7,9 @@ from typing import Any
 import torch.nn as nn
 
 from bench.core.device import resolve_device
+from bench.core.measure import pinned_threads
 from bench.speed import steps
-from bench.speed.steps import _num_threads, make_step
+from bench.speed.steps import make_step
 from bench.speed.timing import summarize, time_step
 
 
@@ -32,7 +33,7 @@ def check_against_torch_timer(
 
     dev = resolve_device(device)
     net = steps._build_model(model) if isinstance(model, str) else model
-    with _num_threads(threads) as n:
+    with pinned_threads(threads) as n:
         step = make_step(net, "inference", dev, batch_size=batch_size, input_size=input_size)
         times, _ = time_step(step, dev, warmup=warmup, min_time_s=min_time_s, min_iters=10)
         ours = summarize(times).median_ms

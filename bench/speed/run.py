@@ -82,18 +82,14 @@ import pandas as pd
 import torch
 
 from bench.core.device import resolve_device
+from bench.core.measure import pinned_threads
 from bench.core.progress import progress_bar
 from bench.cost.roofline import Peak, parse_peak, resolve_peak, roofline, step_bytes, step_flops
+from bench.deploy.backends import RUNTIMES, Runtime
 from bench.speed import steps
 from bench.speed.files import _frame, write_results
-from bench.speed.runtime import (
-    BACKENDS,
-    RUNTIME_BACKENDS,
-    export_for_speed,
-    measure_runtime_config,
-    runtime_skip_reason,
-)
-from bench.speed.steps import _complexity, _measure_config, _num_threads
+from bench.speed.runtime import export_for_speed, measure_runtime_config, provider_device
+from bench.speed.steps import _complexity, _measure_config
 from bench.speed.variants import DTYPES, MODES, _short, sweep_batch_sizes, variant_skip_reason
 from bench.speed.worker import BackendWorkers
 
@@ -159,16 +155,24 @@ class _Plan:
 
     @property
     def runtimes(self) -> tuple[str, ...]:
-        """Runtime backends to time (inference only, so none without the inference mode)."""
+        """Runtimes timed through their session (inference only, so none without the
+        inference mode); eager PyTorch's variants are not among them."""
         if "inference" not in self.modes:
             return ()
-        return tuple(b for b in self.backends if b in RUNTIME_BACKENDS)
+        return tuple(b for b in self.backends if not RUNTIMES[b].eager_variants)
+
+    def configs(self, rt: Runtime) -> list[tuple[str, str, bool, bool]]:
+        """(mode, dtype, channels_last, compile) of every configuration of ``rt``."""
+        if rt.eager_variants:
+            return list(itertools.product(self.modes, self.dtypes, self.layouts, self.compiles))
+        if rt.name not in self.runtimes:
+            return []
+        return [("inference", dtype, False, False) for dtype in self.dtypes]
 
     @property
     def per_model(self) -> int:
-        eager = (len(self.modes) * len(self.dtypes) * len(self.layouts) * len(self.compiles)
-                 * len(self.batch_sizes)) if "torch" in self.backends else 0  # fmt: skip
-        return eager + len(self.runtimes) * len(self.dtypes) * len(self.batch_sizes)
+        n = sum(len(self.configs(RUNTIMES[b])) for b in self.backends)
+        return n * len(self.batch_sizes)
 
 
 def run_speed(
@@ -228,8 +232,8 @@ def run_speed(
         raise ValueError(f"input_size must be a positive integer, got {input_size}")
     if max_time_s is not None and max_time_s <= 0:
         raise ValueError(f"max_time_s must be positive or None, got {max_time_s}")
-    if not backends or any(b not in BACKENDS for b in backends):
-        raise ValueError(f"backends must be among {', '.join(BACKENDS)}, got {list(backends)}")
+    if not backends or any(b not in RUNTIMES for b in backends):
+        raise ValueError(f"backends must be among {', '.join(RUNTIMES)}, got {list(backends)}")
     from bench.deploy.export import EXPORTERS
 
     if not exporters or any(e not in EXPORTERS for e in exporters):
@@ -258,7 +262,7 @@ def run_speed(
         )
     rows: list[dict[str, Any]] = []
     peaks: dict[str, Peak | str | None] = {}
-    with _num_threads(threads) as n_threads, contextlib.ExitStack() as stack:
+    with pinned_threads(threads) as n_threads, contextlib.ExitStack() as stack:
         export_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="segbench-onnx-"))
         plan = _Plan(tuple(modes), tuple(dtypes), tuple(_as_flags(channels_last)),
                      tuple(_as_flags(compile)), tuple(int(b) for b in batch_sizes),
@@ -333,116 +337,89 @@ def _run_model(
     bar: Any,
     call_for: Callable[[str], Callable[..., Any]],
 ) -> list[dict[str, Any]]:
-    """All configurations of one model; fills ``peaks`` per dtype on first use.
+    """All configurations of one model, runtime by runtime (:data:`RUNTIMES`); fills
+    ``peaks`` per dtype on first use. One ONNX export serves every runtime that takes one.
 
     ``call_for(backend)`` runs a measurement in that backend's worker (see
     :class:`bench.speed.worker.BackendWorkers`)."""
     rows: list[dict[str, Any]] = []
     size_problem = _input_problem(name, info, plan.input_size)
     cx: tuple[float, float, float] | str | None = None
-    eager = (
-        itertools.product(plan.modes, plan.dtypes, plan.layouts, plan.compiles)
-        if "torch" in plan.backends
-        else ()
-    )
-    for mode, dtype, cl, comp in eager:
-        base = {**common, "model": name, "backend": "torch", "mode": mode, "dtype": dtype,
-                "compile": comp, "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
-        bar.set_postfix_str(f"{name} {mode} {dtype}{' nhwc' if cl else ''}"
-                            f"{' compiled' if comp else ''}")  # fmt: skip
-        # An input size the model cannot take is an error (the request cannot be met);
-        # a variant this device cannot run (fp16 on CPU) is a skip.
-        skip = size_problem or variant_skip_reason(dev, dtype, comp)
-        if skip:
-            status = "error" if size_problem else "skipped"
-            for b in plan.batch_sizes:
-                rows.append({**base, "batch_size": b, "requested_batch_size": b,
-                             "status": status, "reason": skip})  # fmt: skip
-            bar.update(len(plan.batch_sizes))
-            continue
-        if cx is None:
-            cx = _complexity(name, plan.input_size)
-        if dtype not in peaks:
-            peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
-        measure = functools.partial(
-            call_for("torch"), _measure_config, name, info, dev, mode, dtype, cl, comp,
-            input_size=plan.input_size, timing=plan.timing,
-            noisy_threshold=plan.noisy_threshold, threads=plan.threads,
-        )  # fmt: skip
-        for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
-            row = {**base, **r}
-            if row["status"] == "ok":
-                eff = _efficiency(row, cx, peaks[dtype])
-                note = eff.pop("reason", "")
-                row.update(eff)
-                row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
-            rows.append(row)
-    if plan.runtimes:
-        if cx is None and not size_problem:
-            cx = _complexity(name, plan.input_size)
-        rows += _run_runtimes(name, dev, common, plan, peaks, bar, call_for, size_problem, cx)
-    return rows
-
-
-def _run_runtimes(
-    name: str,
-    dev: torch.device,
-    common: dict[str, Any],
-    plan: _Plan,
-    peaks: dict[str, Peak | str | None],
-    bar: Any,
-    call_for: Callable[[str], Callable[..., Any]],
-    size_problem: str | None,
-    cx: tuple[float, float, float] | str | None,
-) -> list[dict[str, Any]]:
-    """Inference rows of one model on each runtime backend (one ONNX export shared)."""
-    rows: list[dict[str, Any]] = []
     exported: dict[str, Any] | None = None
-    for backend, dtype in itertools.product(plan.runtimes, plan.dtypes):
-        base = {**common, "model": name, "backend": backend, "mode": "inference",
-                "dtype": dtype, "compile": False, "layout": "contiguous",
-                "backend_version": _runtime_versions((backend,)).get(backend, "")}  # fmt: skip
-        bar.set_postfix_str(f"{name} {backend} {dtype}")
-        skip = size_problem or runtime_skip_reason(backend, dev, dtype)
-        if not skip and exported is None:
-            path = str(Path(plan.export_dir) / f"{name}.onnx")
-            try:
-                exported = call_for(backend)(
-                    export_for_speed, name, path, plan.input_size, plan.exporters
-                )
-            except Exception as err:  # a crashed worker: the export is this model's error
-                exported = {"status": "error", "exporter": "", "reason": _short(err)}
-        if skip or exported["status"] != "ok":
-            status = "skipped" if skip else "error"
-            reason = skip or f"ONNX export failed: {exported['reason']}"
-            for b in plan.batch_sizes:
-                rows.append({**base, "batch_size": b, "requested_batch_size": b,
-                             "status": status, "reason": reason})  # fmt: skip
-            bar.update(len(plan.batch_sizes))
-            continue
-        if dtype not in peaks:
-            peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
-        measure = functools.partial(
-            call_for(backend), measure_runtime_config, name, backend, exported["path"], dev, dtype,
-            input_size=plan.input_size, timing=plan.timing,
-            noisy_threshold=plan.noisy_threshold, threads=plan.threads,
-        )  # fmt: skip
-        for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
-            row = {**base, "exporter": exported["exporter"], **r}
-            if row["status"] == "ok" and cx is not None:
-                eff = _efficiency(row, cx, peaks[dtype])
-                note = eff.pop("reason", "")
-                row.update(eff)
-                row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
-            rows.append(row)
+    for backend in plan.backends:
+        rt = RUNTIMES[backend]
+        for mode, dtype, cl, comp in plan.configs(rt):
+            base = {**common, "model": name, "backend": backend, "mode": mode, "dtype": dtype,
+                    "compile": comp, "layout": "channels_last" if cl else "contiguous"}  # fmt: skip
+            if not rt.eager_variants:  # eager rows take torch's version from the measurement
+                base["backend_version"] = rt.installed_version()
+            bar.set_postfix_str(f"{name} {backend} {mode} {dtype}{' nhwc' if cl else ''}"
+                                f"{' compiled' if comp else ''}")  # fmt: skip
+            skip = rt.skip_reason(dtype, provider_device(dev))
+            if rt.eager_variants:  # a variant this device cannot run (fp16 on CPU, compile)
+                skip = skip or variant_skip_reason(dev, dtype, comp)
+            if size_problem:
+                # An input size the model cannot take is an error for eager rows (the
+                # request cannot be met); runtime rows have always said "skipped".
+                skip, status = size_problem, "error" if rt.eager_variants else "skipped"
+            else:
+                status = "skipped"
+            if not skip and rt.takes == "onnx" and exported is None:
+                exported = _export(name, backend, plan, call_for)
+            if not skip and rt.takes == "onnx" and exported["status"] != "ok":
+                skip, status = f"ONNX export failed: {exported['reason']}", "error"
+            if skip:
+                rows += [{**base, "batch_size": b, "requested_batch_size": b, "status": status,
+                          "reason": skip} for b in plan.batch_sizes]  # fmt: skip
+                bar.update(len(plan.batch_sizes))
+                continue
+            if cx is None:
+                cx = _complexity(name, plan.input_size)
+            if dtype not in peaks:
+                peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
+            if rt.eager_variants:
+                fn, args = _measure_config, (name, info, dev, mode, dtype, cl, comp)
+            else:
+                path = exported["path"] if rt.takes == "onnx" else ""
+                fn, args = measure_runtime_config, (name, backend, path, dev, dtype)
+                base["exporter"] = exported["exporter"] if rt.takes == "onnx" else ""
+            measure = functools.partial(
+                call_for(backend), fn, *args, input_size=plan.input_size, timing=plan.timing,
+                noisy_threshold=plan.noisy_threshold, threads=plan.threads,
+            )  # fmt: skip
+            for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
+                rows.append(_with_efficiency({**base, **r}, cx, peaks[dtype]))
     return rows
+
+
+def _export(
+    name: str, backend: str, plan: _Plan, call_for: Callable[[str], Callable[..., Any]]
+) -> dict[str, Any]:
+    """The model's ONNX file for the runtimes (in ``backend``'s worker), or the failure."""
+    path = str(Path(plan.export_dir) / f"{name}.onnx")
+    try:
+        return call_for(backend)(export_for_speed, name, path, plan.input_size, plan.exporters)
+    except Exception as err:  # a crashed worker: the export is this model's error
+        return {"status": "error", "exporter": "", "reason": _short(err)}
+
+
+def _with_efficiency(
+    row: dict[str, Any], cx: tuple[float, float, float] | str, peak: Peak | str | None
+) -> dict[str, Any]:
+    """An ok row with its efficiency columns; their note joins the row's ``reason``."""
+    if row["status"] != "ok":
+        return row
+    eff = _efficiency(row, cx, peak)
+    note = eff.pop("reason", "")
+    row.update(eff)
+    row["reason"] = "; ".join(t for t in (row.get("reason", ""), note) if t)
+    return row
 
 
 def _runtime_versions(backends: Sequence[str]) -> dict[str, str]:
-    from bench.deploy.backends import runtime_versions
-
-    have = runtime_versions()
-    return {b: have[b] for b in backends if b in have}
+    """Installed versions of ``backends`` (those not installed are left out)."""
+    found = {b: RUNTIMES[b].installed_version() for b in backends}
+    return {b: v for b, v in found.items() if v}
 
 
 def _input_problem(name: str, info: Any, size: int) -> str | None:

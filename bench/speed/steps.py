@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.core.measure import pinned_threads
 from bench.core.optim import adamw
+from bench.deploy.check import agreement_columns
 from bench.speed.memory import PeakRSS, _free_memory
 from bench.speed.timing import back_to_back, summarize, time_step
 from bench.speed.variants import _TORCH_DTYPES, MODES, _dtype_note, _short
@@ -107,19 +109,6 @@ def make_step(
     return train
 
 
-@contextlib.contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
-    old = torch.get_num_threads()
-    if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(int(threads))
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old)
-
-
 #: TF32 while measuring: off, so an ``fp32`` row is IEEE fp32 (PyTorch lets cuDNN
 #: convolutions use TF32 tensor cores by default on Ampere and later) and the fp32 parts
 #: of an autocast row stay fp32 too. Rows record it (``tf32``) and so does the JSON.
@@ -127,7 +116,7 @@ TF32 = False
 
 
 @contextlib.contextmanager
-def _tf32(allowed: bool) -> Iterator[dict[str, bool]]:
+def pinned_tf32(allowed: bool) -> Iterator[dict[str, bool]]:
     """Set cuDNN's and cuBLAS's TF32 switches (restored afterwards); yields the flags."""
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = allowed
@@ -216,9 +205,9 @@ def _measure_config(
     b2b = timing.get("back_to_back", device.type == "cuda")
     try:
         with (
-            _num_threads(threads),
+            pinned_threads(threads),
             _cudnn_benchmark(device),
-            _tf32(TF32) as tf32,
+            pinned_tf32(TF32) as tf32,
             PeakRSS() as rss,  # entered before the model is built: the delta is the model's
         ):
             model = _build_model(name)
@@ -261,21 +250,15 @@ def _measure_config(
             import torch._dynamo as dynamo
 
             dynamo.reset()
-    st = summarize(times, noisy_threshold)
+    row = summarize(times, noisy_threshold).as_row(
+        batch_size, capped=capped, max_time_s=timing["max_time_s"], min_iters=timing["min_iters"]
+    )
     if per_call is not None:  # throughput of a back-to-back run (a GPU's queue kept full)
-        throughput = batch_size / per_call if per_call > 0 else math.nan
-    else:  # every call synchronous (CPU): the robust median of the timed calls
-        throughput = batch_size / (st.median_ms / 1e3) if st.median_ms > 0 else math.nan
-    notes = [_dtype_note(device, dtype)]
-    if capped:
-        notes.append(
-            f"max time {timing['max_time_s']:g} s reached after {st.count} of "
-            f"{timing['min_iters']} iterations"
-        )
+        row["throughput_img_s"] = batch_size / per_call if per_call > 0 else math.nan
+    # else every call synchronous (CPU): the robust median of the timed calls (as_row's)
+    notes = (_dtype_note(device, dtype), row.pop("reason"))
     return {
-        "median_ms": st.median_ms, "iqr_ms": st.iqr_ms, "p90_ms": st.p90_ms,
-        "mean_ms": st.mean_ms, "count": st.count, "noisy": st.noisy or capped,
-        "throughput_img_s": throughput,
+        **row,
         "throughput_method": "back-to-back" if per_call is not None else "median",
         "peak_mem_mb": peak_cuda, "rss_mb": rss.peak_mb, "rss_delta_mb": rss.delta_mb,
         "rss_method": rss.method, "tf32": any(tf32.values()),
@@ -305,8 +288,6 @@ def _autocast_agreement(
 ) -> dict[str, float]:
     """Autocast output vs the same model in fp32 on one seeded image (agreement columns;
     one image whatever the timed batch, to keep the check cheap)."""
-    from bench.speed.runtime import agreement
-
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, input_size, input_size, generator=gen).to(device)
     if channels_last:
@@ -316,4 +297,4 @@ def _autocast_agreement(
         ref = model(x).float().cpu().numpy()
         with torch.autocast(device_type=device.type, dtype=_TORCH_DTYPES[dtype]):
             out = model(x).float().cpu().numpy()
-    return agreement(ref, out)
+    return agreement_columns(ref, out)

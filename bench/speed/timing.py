@@ -28,6 +28,37 @@ class TimingStats:
     count: int
     noisy: bool
 
+    def as_row(
+        self,
+        batch_size: int,
+        *,
+        capped: bool = False,
+        max_time_s: float | None = None,
+        min_iters: int | None = None,
+    ) -> dict[str, Any]:
+        """The timing columns of a result row (the one row builder of every timed runtime).
+
+        ``throughput_img_s`` = batch size / median step time; ``noisy`` also when
+        ``capped`` (:func:`time_step` hit ``max_time_s`` before ``min_iters``), and then
+        ``reason`` says so (else it is empty).
+        """
+        return {
+            "median_ms": self.median_ms,
+            "iqr_ms": self.iqr_ms,
+            "p90_ms": self.p90_ms,
+            "mean_ms": self.mean_ms,
+            "count": self.count,
+            "noisy": self.noisy or capped,
+            "throughput_img_s": (
+                batch_size / (self.median_ms / 1e3) if self.median_ms > 0 else math.nan
+            ),
+            "reason": (
+                f"max time {max_time_s:g} s reached after {self.count} of {min_iters} iterations"
+                if capped
+                else ""
+            ),
+        }
+
 
 def summarize(times_s: Sequence[float], noisy_threshold: float = 0.1) -> TimingStats:
     """Median, IQR (q3 - q1), p90, mean of ``times_s`` (seconds), and the noisy flag.
@@ -148,3 +179,29 @@ def back_to_back(step: Callable[[], Any], device: str | torch.device, iters: int
         step()
     _sync(dev)
     return (time.perf_counter() - t0) / iters
+
+
+def timed_row(
+    step: Callable[[], Any],
+    batch_size: int,
+    timing: dict[str, Any],
+    noisy_threshold: float = 0.1,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Time ``step`` (at least one warm-up call) and return its :meth:`TimingStats.as_row`.
+
+    ``timing`` holds ``warmup``, ``min_time_s``, ``min_iters``, ``max_time_s`` and
+    optionally ``warmup_time_s`` (the keys of ``segbench speed``'s run settings).
+    """
+    times, capped = time_step(
+        step,
+        device,
+        warmup=max(1, int(timing["warmup"])),
+        warmup_time_s=float(timing.get("warmup_time_s") or 0.0),
+        min_time_s=timing["min_time_s"],
+        min_iters=timing["min_iters"],
+        max_time_s=timing["max_time_s"],
+    )
+    return summarize(times, noisy_threshold).as_row(
+        batch_size, capped=capped, max_time_s=timing["max_time_s"], min_iters=timing["min_iters"]
+    )
