@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from bench.cli import export as cli_export
 from bench.jobs import export as job
+from bench.jobs import precision
 
 
 class Toy(nn.Module):
@@ -165,7 +166,7 @@ def test_precision_with_trained_weights_reports_dsc_change(
     tmp_path: Path, toy_registry: dict, syn_data: Path
 ) -> None:
     run = _fake_run(tmp_path)
-    df = job.run_precision(
+    df = precision.run_precision(
         ["toy"], tmp_path / "out", weights=job.weights_from(run_dir=run), data=syn_data,
         int8=("dynamic", "static"), bf16=True, calib_images=4, agree_images=2,
         latency_s=0.01, threads=1, exporters=("torchscript",),
@@ -203,7 +204,7 @@ def test_precision_with_trained_weights_reports_dsc_change(
 def test_a_variant_over_the_time_budget_is_skipped_with_its_forward_time(
     tmp_path: Path, toy_registry: dict
 ) -> None:
-    df = job.run_precision(
+    df = precision.run_precision(
         ["toy"], tmp_path, weights=job.Weights(input_size=32), int8=("dynamic",), bf16=True,
         agree_images=2, latency_s=0.01, threads=1, exporters=("torchscript",), write=False,
         max_variant_s=1e-9,
@@ -220,7 +221,7 @@ def test_a_variant_over_the_time_budget_is_skipped_with_its_forward_time(
 def test_precision_untrained_has_no_dsc_and_static_needs_data(
     tmp_path: Path, toy_registry: dict
 ) -> None:
-    df = job.run_precision(
+    df = precision.run_precision(
         ["toy"], tmp_path, weights=job.Weights(input_size=32), int8=("dynamic", "static"),
         agree_images=2, latency_s=0.01, threads=1, exporters=("torchscript",), write=False,
     )  # fmt: skip
@@ -232,4 +233,4 @@ def test_precision_untrained_has_no_dsc_and_static_needs_data(
         assert rows.loc[f"{backend} int8-static"]["status"] == "skipped"
         assert "--data" in rows.loc[f"{backend} int8-static"]["reason"]
     with pytest.raises(ValueError, match="--int8"):
-        job.run_precision(["toy"], tmp_path, int8=("fp4",), write=False)
+        precision.run_precision(["toy"], tmp_path, int8=("fp4",), write=False)

@@ -94,7 +94,8 @@ def test_same_peak_within_tolerance_is_one_run() -> None:
 
 def test_deploy_writer_keeps_one_host(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bench.core import env as core_env
-    from bench.jobs import export
+    from bench.jobs.deploy_table import merge_write
+    from bench.jobs.precision import PRECISION_KEY
 
     host = {"name": "AMD EPYC (2 cores, AVX2)"}
     monkeypatch.setattr(
@@ -102,14 +103,12 @@ def test_deploy_writer_keeps_one_host(tmp_path, monkeypatch: pytest.MonkeyPatch)
         lambda dev="cpu": {"device_name": host["name"], "git_commit": "x", "load_average": [0.5]},
     )  # fmt: skip
     row = {"model": "m", "variant": "torch fp32", "status": "ok", "latency_ms": 1.0}
-    export._merge_write(pd.DataFrame([row]), tmp_path / "precision", export.PRECISION_KEY)
-    export._merge_write(
-        pd.DataFrame([{**row, "model": "n"}]), tmp_path / "precision", export.PRECISION_KEY
-    )
+    merge_write(pd.DataFrame([row]), tmp_path / "precision", PRECISION_KEY)
+    merge_write(pd.DataFrame([{**row, "model": "n"}]), tmp_path / "precision", PRECISION_KEY)
     assert len(pd.read_csv(tmp_path / "precision.csv")) == 2
     host["name"] = "AMD EPYC (2 cores, AVX-512+BF16)"
     with pytest.warns(UserWarning, match="one host"):
-        export._merge_write(pd.DataFrame([row]), tmp_path / "precision", export.PRECISION_KEY)
+        merge_write(pd.DataFrame([row]), tmp_path / "precision", PRECISION_KEY)
     df = pd.read_csv(tmp_path / "precision.csv")
     assert list(df["cpu"]) == [host["name"]] and list(df["model"]) == ["m"]
 

@@ -1,4 +1,5 @@
-"""``segbench export``: argument parsing for :mod:`bench.jobs.export`.
+"""``segbench export``: argument parsing for :mod:`bench.jobs.export` (``--int8`` /
+``--bf16``: :mod:`bench.jobs.precision`).
 
 Exit codes: 0 every model exported and matched PyTorch; 3 some models failed (their rows
 say why); 1 every model failed; 2 bad arguments.
@@ -64,7 +65,8 @@ def exit_code(statuses: list[str]) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from bench.core.names import expand_models
-    from bench.jobs.export import run_export, run_precision, weights_from
+    from bench.jobs.export import run_export, weights_from
+    from bench.jobs.precision import run_precision
 
     out = Path(args.results) / "deploy"
     spec = None if args.models in (None, "all") else args.models
