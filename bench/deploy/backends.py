@@ -413,8 +413,9 @@ class Runtime:
     ) -> Session:
         """Open a session on ``source`` (a module or an ONNX path, see ``takes``);
         :class:`BackendUnavailable` with the reason when it cannot run here."""
-        if precision in ASKABLE_PRECISIONS and precision not in self.precisions:
-            raise BackendUnavailable(self.skip_reason(precision, device))
+        reason = self.skip_reason(precision, device)
+        if reason:
+            raise BackendUnavailable(reason)
         return self.open(
             source, threads=threads, precision=precision, device=device, input_shape=input_shape
         )
