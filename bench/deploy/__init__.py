@@ -4,8 +4,10 @@
   and the TorchScript exporter; a model that cannot export becomes a row with the reason.
 * :mod:`bench.deploy.check` - the exported graph on onnxruntime against the PyTorch model on
   fixed inputs (logit differences, thresholded-mask disagreement, per-model tolerance).
-* :mod:`bench.deploy.backends` - onnxruntime and OpenVINO sessions with pinned threads and
-  pinned precision behind one ``run(np.ndarray) -> np.ndarray`` callable.
+* :mod:`bench.deploy.backends` - the runtime table (eager PyTorch, onnxruntime, OpenVINO:
+  one entry each, read by ``segbench speed`` and ``segbench export --int8/--bf16``) and
+  their sessions, threads and precision pinned, behind one ``run(np.ndarray) ->
+  np.ndarray`` callable.
 * :mod:`bench.deploy.quantize` - onnxruntime int8 quantization, dynamic and static.
 
 Nothing here imports onnxruntime or OpenVINO at module import time, so ``bench`` stays

@@ -14,7 +14,8 @@ defaults differ between libraries and machines and silently change what is measu
 * **threads**: intra-op threads = ``threads`` (default: ``torch.get_num_threads()``, so a
   runtime gets the same cores as eager PyTorch), inter-op parallelism off (onnxruntime
   ``inter_op_num_threads=1`` with sequential execution; OpenVINO ``NUM_STREAMS=1`` with the
-  ``LATENCY`` performance hint).
+  ``LATENCY`` performance hint). Eager PyTorch's threads are process-wide, so its caller
+  pins them (:func:`bench.core.measure.pinned_threads`) and the session records them.
 * **precision**: ``fp32`` means fp32 arithmetic. OpenVINO's CPU plugin defaults its
   ``INFERENCE_PRECISION_HINT`` to bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), so a
   default session is a bf16 measurement labelled as nothing; here the hint is set to

@@ -212,10 +212,12 @@ def run_speed(
     machine. Rows are merged into ``out_dir/speed-<device_slug>.{csv,json}`` unless
     ``out_dir`` is None.
 
-    ``backends``: ``torch`` (eager PyTorch with the variants above) and/or the deployment
-    runtimes ``onnxruntime`` / ``openvino`` (:mod:`bench.speed.runtime`: each model is
-    exported to ONNX once, trying ``exporters`` in order, into a temporary folder; inference
-    rows per dtype and batch size, same timing and worker).
+    ``backends``: names in the runtime table :data:`bench.deploy.backends.RUNTIMES`:
+    ``torch`` (eager PyTorch with the variants above) and/or the deployment runtimes
+    ``onnxruntime`` / ``openvino`` (:mod:`bench.speed.runtime`: each model is exported to
+    ONNX once, trying ``exporters`` in order, into a temporary folder, for every runtime
+    that takes an ONNX file; inference rows per dtype and batch size, same timing and
+    worker). Rows come runtime by runtime, in the order given.
     """
     from bench.core.env import device_name, device_slug, environment
 
