@@ -357,15 +357,7 @@ def _run_model(
                 base["backend_version"] = rt.installed_version()
             bar.set_postfix_str(f"{name} {backend} {mode} {dtype}{' nhwc' if cl else ''}"
                                 f"{' compiled' if comp else ''}")  # fmt: skip
-            skip = rt.skip_reason(dtype, provider_device(dev))
-            if rt.eager_variants:  # a variant this device cannot run (fp16 on CPU, compile)
-                skip = skip or variant_skip_reason(dev, dtype, comp)
-            if size_problem:
-                # An input size the model cannot take is an error for eager rows (the
-                # request cannot be met); runtime rows have always said "skipped".
-                skip, status = size_problem, "error" if rt.eager_variants else "skipped"
-            else:
-                status = "skipped"
+            skip, status = _unrunnable(rt, dev, dtype, comp, size_problem)
             if not skip and rt.takes == "onnx" and exported is None:
                 exported = _export(name, backend, plan, call_for)
             if not skip and rt.takes == "onnx" and exported["status"] != "ok":
@@ -392,6 +384,20 @@ def _run_model(
             for r in sweep_batch_sizes(plan.batch_sizes, measure, on_done=lambda _r: bar.update(1)):
                 rows.append(_with_efficiency({**base, **r}, cx, peaks[dtype]))
     return rows
+
+
+def _unrunnable(
+    rt: Runtime, dev: torch.device, dtype: str, compile: bool, size_problem: str | None
+) -> tuple[str | None, str]:
+    """Why a configuration gets no timing (None: it runs), and the status of its rows."""
+    if size_problem:
+        # An input size the model cannot take is an error for eager rows (the request
+        # cannot be met); runtime rows have always said "skipped" (kept as it was).
+        return size_problem, "error" if rt.eager_variants else "skipped"
+    reason = rt.skip_reason(dtype, provider_device(dev))
+    if not reason and rt.eager_variants:  # a variant this device cannot run (fp16 on CPU)
+        reason = variant_skip_reason(dev, dtype, compile)
+    return reason, "skipped"
 
 
 def _export(
