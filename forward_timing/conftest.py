@@ -89,12 +89,10 @@ def perf_size() -> int:
 @pytest.fixture(scope="session", autouse=True)
 def fixed_threads() -> Iterator[int]:
     """Fix torch's CPU thread count for the whole session; restored afterwards."""
-    old = torch.get_num_threads()
-    wanted = _threads()
-    if wanted:
-        torch.set_num_threads(wanted)
-    yield torch.get_num_threads()
-    torch.set_num_threads(old)
+    from bench.core.measure import pinned_threads
+
+    with pinned_threads(_threads()) as n:
+        yield n
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
