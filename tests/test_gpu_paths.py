@@ -356,10 +356,10 @@ def test_back_to_back_throughput_is_used_when_asked(monkeypatch):
     info = types.SimpleNamespace(loss_weights=(1.0, ()))
     kw = dict(input_size=16, noisy_threshold=0.1, threads=1)
     t = {"warmup": 1, "min_time_s": 0.0, "min_iters": 3, "max_time_s": None}
-    row = steps._measure_config("x", info, torch.device("cpu"), "inference", "fp32", False,
+    row = steps.measure_config("x", info, torch.device("cpu"), "inference", "fp32", False,
                                 False, 4, timing={**t, "back_to_back": True}, **kw)  # fmt: skip
     assert row["throughput_img_s"] == 8.0 and row["throughput_method"] == "back-to-back"
-    row = steps._measure_config("x", info, torch.device("cpu"), "inference", "fp32", False,
+    row = steps.measure_config("x", info, torch.device("cpu"), "inference", "fp32", False,
                                 False, 4, timing=t, **kw)  # fmt: skip
     assert row["throughput_method"] == "median"  # CPU default: every call is synchronous
 
@@ -389,7 +389,7 @@ def test_peaks_reset_after_warmup_and_rss_delta_counts_the_model(monkeypatch):
 
     monkeypatch.setattr(steps, "_build_model", lambda name: SpikyWarmup())
     timing = {"warmup": 1, "min_time_s": 0.0, "min_iters": 3, "max_time_s": None}
-    row = steps._measure_config(
+    row = steps.measure_config(
         "x", types.SimpleNamespace(loss_weights=(1.0, ())), torch.device("cpu"), "inference",
         "fp32", False, False, 1, input_size=16, timing=timing, noisy_threshold=0.1, threads=1,
     )  # fmt: skip
@@ -417,7 +417,7 @@ def test_fp32_rows_run_without_tf32_and_say_so(monkeypatch):
     old = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     try:
-        row = steps._measure_config(
+        row = steps.measure_config(
             "x", types.SimpleNamespace(loss_weights=(1.0, ())), torch.device("cpu"), "train",
             "fp32", False, False, 1, input_size=16, noisy_threshold=0.1, threads=1,
             timing={"warmup": 1, "min_time_s": 0.0, "min_iters": 2, "max_time_s": None},
@@ -435,7 +435,7 @@ def test_run_speed_json_records_tf32_and_throughput(monkeypatch, tmp_path):
     from bench.speed import run, steps
 
     monkeypatch.setattr(steps, "_build_model", lambda name: nn.Conv2d(3, 1, 3, padding=1))
-    monkeypatch.setattr(steps, "_model_info", lambda name: types.SimpleNamespace(
+    monkeypatch.setattr(steps, "model_info", lambda name: types.SimpleNamespace(
         loss_weights=(1.0, ()), input_multiple=1, min_input=1))  # fmt: skip
     monkeypatch.setattr(steps, "_complexity", lambda name, size: "complexity skipped")
     run.run_speed(["x"], batch_sizes=(1,), modes=("inference",), min_time_s=0.0, min_iters=2,

@@ -90,7 +90,7 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
     info = types.SimpleNamespace(loss_weights=(1.0, ()), has_aux=False, input_multiple=1,
                                  min_input=0, source="")  # fmt: skip
     monkeypatch.setattr(steps, "_build_model", lambda name: Tiny())
-    monkeypatch.setattr(steps, "_model_info", lambda name: info)
+    monkeypatch.setattr(steps, "model_info", lambda name: info)
     fake_cx = types.ModuleType("bench.cost.flops")
     fake_cx.analyze = lambda model, input_shape: types.SimpleNamespace(  # type: ignore[attr-defined]
         macs=40 * input_shape[2] * input_shape[3], activation_bytes=36 * input_shape[2] ** 2

@@ -80,7 +80,7 @@ def fake_models(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         activation_bytes=4 * (3 + 4 + 4 + 1) * input_shape[2] * input_shape[3],
     )
     monkeypatch.setattr(steps, "_build_model", build)
-    monkeypatch.setattr(steps, "_model_info", info)
+    monkeypatch.setattr(steps, "model_info", info)
     monkeypatch.setitem(sys.modules, "bench.cost.flops", fake_cx)
     TinyNet.aux_calls = 0
     return built
@@ -195,7 +195,7 @@ def test_measure_config_always_warms_up_once(monkeypatch: pytest.MonkeyPatch) ->
             return super().forward(x)
 
     monkeypatch.setattr(steps, "_build_model", lambda name: Counting())
-    row = steps._measure_config(
+    row = steps.measure_config(
         "tiny", _info(False), torch.device("cpu"), "inference", "fp32", False, False, 1,
         input_size=16, timing={"warmup": 0, "min_time_s": 0.0, "min_iters": 3,
                                "max_time_s": None},

@@ -69,7 +69,7 @@ def _cmd_speed(args: argparse.Namespace) -> int:
     from models import UnknownModelError
 
     try:
-        names = expand_models(args.models, info=lambda n: steps._model_info(n))
+        names = expand_models(args.models, info=lambda n: steps.model_info(n))
     except (ValueError, UnknownModelError) as err:
         print(f"segbench speed: {err}", file=sys.stderr)
         return 2

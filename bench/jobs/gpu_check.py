@@ -270,7 +270,7 @@ def check_memory(dev: torch.device) -> str:
     timing = {"warmup": 2, "min_time_s": 0.2, "min_iters": 5, "max_time_s": 30.0}
     rows = {}
     for mode in ("inference", "train"):
-        rows[mode] = steps._measure_config(
+        rows[mode] = steps.measure_config(
             "malunet", model_info("malunet"), dev, mode, "fp32", False, False, 8,
             input_size=256, timing=timing, noisy_threshold=0.1, threads=None,
         )  # fmt: skip

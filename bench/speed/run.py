@@ -89,7 +89,7 @@ from bench.deploy.backends import RUNTIMES, Runtime
 from bench.speed import steps
 from bench.speed.files import _frame, write_results
 from bench.speed.runtime import export_for_speed, measure_runtime_config, provider_device
-from bench.speed.steps import _complexity, _measure_config
+from bench.speed.steps import _complexity, measure_config
 from bench.speed.variants import DTYPES, MODES, _short, sweep_batch_sizes, variant_skip_reason
 from bench.speed.worker import BackendWorkers
 
@@ -246,7 +246,7 @@ def run_speed(
         warmup_time_s = 1.0 if dev.type == "cuda" else 0.0
     if warmup_time_s < 0:
         raise ValueError(f"warmup_time_s must be >= 0, got {warmup_time_s}")
-    infos = {name: steps._model_info(name) for name in models}  # unknown names fail here, early
+    infos = {name: steps.model_info(name) for name in models}  # unknown names fail here, early
     timing = {
         "warmup": int(warmup),
         "warmup_time_s": float(warmup_time_s),
@@ -372,7 +372,7 @@ def _run_model(
             if dtype not in peaks:
                 peaks[dtype] = _peak_for(dev, dtype, plan.peak, plan.measure_peak)
             if rt.eager_variants:
-                fn, args = _measure_config, (name, info, dev, mode, dtype, cl, comp)
+                fn, args = measure_config, (name, info, dev, mode, dtype, cl, comp)
             else:
                 path = exported["path"] if rt.takes == "onnx" else ""
                 fn, args = measure_runtime_config, (name, backend, path, dev, dtype)

@@ -162,10 +162,12 @@ def _build_model(name: str) -> nn.Module:
     return create_model(name, num_classes=1, in_channels=3)
 
 
-def _model_info(name: str) -> Any:
-    from models import model_info
+def model_info(name: str) -> Any:
+    """The registry's ``model_info(name)`` (unknown names raise ``UnknownModelError``); the
+    speed run and ``segbench speed`` ask here, so tests can substitute tiny models."""
+    import models
 
-    return model_info(name)
+    return models.model_info(name)
 
 
 def _complexity(name: str, input_size: int) -> tuple[float, float, float] | str:
@@ -183,7 +185,7 @@ def _complexity(name: str, input_size: int) -> tuple[float, float, float] | str:
         return f"complexity failed ({_short(err)})"
 
 
-def _measure_config(
+def measure_config(
     name: str,
     info: Any,
     device: torch.device,
