@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bench.engine.evaluate import evaluate_arrays
+from bench.engine.evaluate import EvalSettings, evaluate_arrays
 from bench.engine.losses import build_loss
 
 
@@ -56,7 +56,7 @@ def _evaluate():
         images,
         masks,
         ids,
-        batch_size=2,
+        EvalSettings(batch_size=2),
         loss_fn=build_loss(),
         original_mask=lambda i: orig[i],
     )

@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image
 
 from bench.engine.checkpoints import extract_state_dict, load_weights
-from bench.engine.evaluate import baseline_model, evaluate_arrays, evaluate_split
+from bench.engine.evaluate import EvalSettings, baseline_model, evaluate_arrays, evaluate_split
 
 
 def _tiny_unet() -> nn.Module:
@@ -57,7 +57,8 @@ def test_evaluate_loss_and_training_mode_restored(prepared):
     from bench.engine.losses import build_loss
 
     model = _tiny_unet().train()
-    res = evaluate_split(model, prepared, "val", loss_fn=build_loss(), compute_hd95=False)
+    no_hd95 = EvalSettings(compute_hd95=False)
+    res = evaluate_split(model, prepared, "val", no_hd95, loss_fn=build_loss())
     assert np.isfinite(res.loss) and model.training
     assert np.isnan(res.metrics["hd95_mean"])
 

@@ -239,7 +239,8 @@ def test_a_nan_between_checks_is_caught_at_the_next_check(data_root, tmp_path):
 
 
 def test_deterministic_mode_defaults_off_on_cuda_and_is_recorded(monkeypatch):
-    from bench.engine.determinism import _configure_backends, deterministic_mode
+    from bench.core.precision import deterministic_mode
+    from bench.engine.determinism import _configure_backends
 
     assert deterministic_mode(None, "cpu") is True and deterministic_mode(None, "cuda") is False
     assert deterministic_mode(True, "cuda:0") is True and deterministic_mode(False, "cpu") is False
@@ -254,13 +255,14 @@ def test_deterministic_mode_defaults_off_on_cuda_and_is_recorded(monkeypatch):
 
 
 def test_training_bf16_needs_native_support_on_the_gpu(monkeypatch):
+    import bench.core.precision as precision
     import bench.engine.amp as amp
 
     cfg = TrainConfig.from_recipe("fair", data="x", amp="bf16")
-    monkeypatch.setattr(amp, "cuda_bf16_native", lambda device=None: False)
+    monkeypatch.setattr(precision, "cuda_bf16_native", lambda device=None: False)
     used, note = amp._effective_amp(cfg, "cuda")
-    assert used is None and "no native bf16" in note
-    monkeypatch.setattr(amp, "cuda_bf16_native", lambda device=None: True)
+    assert used is None and "no native bf16" in note and note.endswith("training in fp32")
+    monkeypatch.setattr(precision, "cuda_bf16_native", lambda device=None: True)
     assert amp._effective_amp(cfg, "cuda") == ("bf16", None)
     assert amp._effective_amp(cfg.replace(amp="fp16"), "cuda") == ("fp16", None)
 

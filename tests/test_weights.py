@@ -35,11 +35,11 @@ def wdir(tmp_path, monkeypatch) -> Path:
 def _score(model: torch.nn.Module, run: Path) -> pd.DataFrame:
     """Per-image Dice of ``model`` on the run's own test split, as the run scored it."""
     from bench.data.cache import prepare_data
-    from bench.engine.evaluate import evaluate_split
+    from bench.engine.evaluate import EvalSettings, evaluate_split
 
     cfg = json.loads((run / "config.json").read_text())
     data = prepare_data(cfg["data"], cfg["image_size"], seed=cfg["split_seed"], progress=False)
-    res = evaluate_split(model.eval(), data, "test", batch_size=cfg["batch_size"])
+    res = evaluate_split(model.eval(), data, "test", EvalSettings(batch_size=cfg["batch_size"]))
     return res.per_image
 
 
@@ -96,7 +96,7 @@ def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir
     monkeypatch.delenv("SEGBENCH_WEIGHTS", raising=False)
     assert weights_dir() == REPO / "results" / "weights"
     from bench.data.cache import prepare_data
-    from bench.engine.evaluate import evaluate_arrays
+    from bench.engine.evaluate import EvalSettings, evaluate_arrays
 
     run = REPO / entry.meta["run"]
     cfg = json.loads((run / "config.json").read_text())
@@ -129,10 +129,12 @@ def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir
             data.images("test")[:n],
             data.masks("test")[:n],
             data.ids("test")[:n],
-            batch_size=cfg["batch_size"],
-            scaling=entry.input_scaling,
-            threshold=entry.threshold,
-            compute_hd95=False,
+            EvalSettings(
+                batch_size=cfg["batch_size"],
+                scaling=entry.input_scaling,
+                threshold=entry.threshold,
+                compute_hd95=False,
+            ),
         )
     finally:
         torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Devices: the one resolver of ``--device`` / ``device=`` values, and autocast.
+"""Devices: the one resolver of ``--device`` / ``device=`` values, and native bf16.
 
 Every command and library entry point that takes a device goes through
 :func:`resolve_device`, so ``auto``, unknown names and a missing GPU give the same
@@ -7,12 +7,11 @@ answer and the same error everywhere.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["DEVICE_TYPES", "autocast_context", "cuda_bf16_native", "resolve_device"]
+__all__ = ["DEVICE_TYPES", "cpu_bf16_native", "cuda_bf16_native", "resolve_device"]
 
 #: Device types segbench runs on unless a caller allows more (``meta`` for counting).
 DEVICE_TYPES = ("cpu", "cuda")
@@ -42,15 +41,6 @@ def resolve_device(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{arg} {device}: CUDA is not available on this machine")
     return dev
-
-
-def autocast_context(device: str, amp: str | None) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA, bf16 autocast on CPU; a no-op otherwise (or ``amp`` None)."""
-    kind = torch.device(device).type
-    if not amp or kind not in ("cuda", "cpu") or (kind == "cpu" and amp != "bf16"):
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    return torch.autocast(kind, dtype=dtype)
 
 
 def cpu_bf16_native() -> bool:

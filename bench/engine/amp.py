@@ -7,17 +7,18 @@ import sys
 
 import torch
 
-from bench.core.device import cpu_bf16_native, cuda_bf16_native
+from bench.core.device import cpu_bf16_native
+from bench.core.precision import amp_problem, effective_channels_last
 from bench.engine.config import TrainConfig
 
 _BF16_PROBE = """
 import sys, torch
 from models import create_model
-from bench.core.device import autocast_context
+from bench.core.precision import autocast_context, memory_format
 name, batch, size, cl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
 torch.manual_seed(0)
 model = create_model(name).train()
-fmt = torch.channels_last if cl else torch.contiguous_format
+fmt = memory_format(cl)
 model = model.to(memory_format=fmt)
 x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
 for _ in range(2):
@@ -33,24 +34,23 @@ for _ in range(2):
 def _effective_amp(cfg: TrainConfig, device: str) -> tuple[str | None, str | None]:
     """The precision a run really uses, and why it differs from ``cfg.amp`` (or None).
 
-    CUDA takes fp16, and bf16 where the GPU has it natively (else fp32, said so). A CPU takes bf16 (torch CPU autocast) when a training step
+    Which precisions a device takes is :func:`bench.core.precision.amp_problem`'s rule
+    (CUDA: fp16, and bf16 where the GPU has it natively; CPU: bf16); anything else trains
+    in fp32, said so. A CPU takes bf16 (torch CPU autocast) when a training step
     survives it: CPU bf16 backward kernels have crashed the process (a segfault in a dilated
     depthwise convolution with channels_last was seen), which no ``try`` can catch, so the
     step is probed once in a child process and a crash falls back to fp32, said so in the
     run's manifest. A CPU without native bf16 still trains in bf16 (emulated, slower than
     fp32), with a note saying so.
     """
-    kind = torch.device(device).type
     if not cfg.amp:
         return None, None
-    if kind == "cuda":
-        if cfg.amp == "bf16" and not cuda_bf16_native(device):
-            # as the speed benchmark: emulated bf16 is slower than fp32 and says nothing
-            return None, "this GPU has no native bf16 (compute capability < 8.0); training in fp32"
+    problem = amp_problem(device, cfg.amp)  # e.g. fp16 on a CPU, bf16 on a pre-Ampere GPU
+    if problem:
+        return None, f"{problem}; training in fp32"
+    if torch.device(device).type != "cpu":
         return cfg.amp, None
-    if kind != "cpu" or cfg.amp != "bf16":
-        return None, f"amp={cfg.amp} is not supported on {device}; training in fp32"
-    cl = cfg.channels_last if cfg.channels_last is not None else True
+    cl = effective_channels_last(cfg.channels_last, device)
     cmd = [
         sys.executable,
         "-c",

@@ -17,17 +17,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def deterministic_mode(requested: bool | None, device: str) -> bool:
-    """Whether a run uses deterministic algorithms: ``requested``, or by default on CPU
-    only. On CUDA the default is off: deterministic mode disables cuDNN autotuning
-    (slower) and still does not make a run bit-reproducible there (bilinear
-    ``interpolate`` and ``AdaptiveAvgPool2d`` have no deterministic CUDA backward;
-    ``warn_only`` lets them run)."""
-    if requested is not None:
-        return bool(requested)
-    return torch.device(device).type != "cuda"
-
-
 def _configure_backends(deterministic: bool, device: str) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -12,6 +12,7 @@ EGE-UNet code: a plain ``state_dict`` or a dict holding ``model_state_dict`` /
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from bench.core.device import autocast_context
+from bench.core.precision import autocast_context
 from bench.core.progress import progress_bar
 from bench.data.augment import scale_images
 from bench.engine import distributed as bdist
@@ -52,35 +53,57 @@ class EvalResult:
     original_per_image: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a model is scored: where, in what batches, input scaling, precision, threshold
+    and HD95. Built once per run (the trainer's validation and final test) or per
+    command (``segbench evaluate``) and passed whole, so two scorings of one model
+    cannot differ by a forgotten argument.
+
+    ``amp``: the autocast dtype (None: fp32; see :mod:`bench.core.precision`).
+    ``hd95_convention``: ``"monai"`` or ``"medpy"`` (:func:`bench.engine.metrics.hd95`);
+    ``compute_hd95=False`` skips the per-image HD95 (validation during training).
+    """
+
+    device: str = "cpu"
+    batch_size: int = 8
+    scaling: str = "minmax255"
+    amp: str | None = None
+    threshold: float = 0.5
+    compute_hd95: bool = True
+    hd95_convention: str = "monai"
+
+    def replace(self, **changes: Any) -> EvalSettings:
+        """A copy with ``changes`` (e.g. ``compute_hd95=False`` for validation)."""
+        return dataclasses.replace(self, **changes)
+
+
 @torch.no_grad()
 def evaluate_arrays(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
     masks: np.ndarray | torch.Tensor,
     ids: Sequence[str],
+    settings: EvalSettings | None = None,
     *,
-    device: str = "cpu",
-    batch_size: int = 8,
-    scaling: str = "minmax255",
-    amp: str | None = None,
-    threshold: float = 0.5,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    compute_hd95: bool = True,
-    hd95_convention: str = "monai",
     original_mask: Callable[[int], np.ndarray] | None = None,
     save_masks: str | Path | None = None,
     progress: bool = False,
     desc: str = "eval",
 ) -> EvalResult:
-    """Predict every image and score it; distributed-aware (see module doc).
+    """Predict every image and score it with ``settings`` (default: :class:`EvalSettings`());
+    distributed-aware (see module doc).
 
     ``images`` uint8 (N, H, W, 3) or (N, 3, H, W); ``masks`` (N, H, W) or
-    (N, 1, H, W) in {0, 1}. ``original_mask(i)`` returns image i's mask at its
+    (N, 1, H, W) in {0, 1}. ``loss_fn(logits, target)`` adds the mean loss
+    (``EvalResult.loss``). ``original_mask(i)`` returns image i's mask at its
     original size: the probability map is then also upsampled bilinearly to that
     size and scored there (``EvalResult.original``). ``save_masks`` writes each
     predicted mask as ``<image_id>.png`` (0/255; at original size when scored there).
-    ``hd95_convention``: ``"monai"`` or ``"medpy"`` (:func:`bench.engine.metrics.hd95`).
     """
+    st = settings or EvalSettings()
+    device, batch_size, threshold = st.device, st.batch_size, st.threshold
     imgs, msks = to_nchw(images), to_nchw(masks)
     n = imgs.shape[0]
     if msks.shape[0] != n or len(ids) != n:
@@ -91,7 +114,7 @@ def evaluate_arrays(
     model.eval()
 
     def accumulator() -> MetricAccumulator:
-        return MetricAccumulator(threshold, compute_hd95, hd95_convention)
+        return MetricAccumulator(threshold, st.compute_hd95, st.hd95_convention)
 
     acc = accumulator()
     orig = accumulator() if original_mask else None
@@ -103,9 +126,9 @@ def evaluate_arrays(
     bar = _bar(batches, progress and d.is_main, desc)
     try:
         for idx in bar:
-            x = scale_images(imgs[idx].to(device, non_blocking=True), mode=scaling)
+            x = scale_images(imgs[idx].to(device, non_blocking=True), mode=st.scaling)
             y = msks[idx].to(device, non_blocking=True).float()
-            with autocast_context(device, amp):
+            with autocast_context(device, st.amp):
                 logits = model(x)
             logits = logits.float()
             if loss_fn is not None:
@@ -208,17 +231,22 @@ def evaluate_split(
     model: nn.Module,
     prepared: Any,
     split: str = "test",
+    settings: EvalSettings | None = None,
     *,
     original_resolution: bool = False,
     exclude: Any = (),
-    **kwargs: Any,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    save_masks: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "eval",
 ) -> EvalResult:
     """:func:`evaluate_arrays` over one split of a ``bench.data.prepared.PreparedData``.
 
     ``split="all"`` scores every image of the folder (the parts of its split joined, in
     ID order): cross-dataset evaluation, or a folder holding only an official
     validation / test download. An empty split is an error that names ``--split all``.
-    ``exclude``: image IDs left out (e.g. images the model trained on, see
+    ``original_resolution``: also score at each image's original size. ``exclude``:
+    image IDs left out (e.g. images the model trained on, see
     :mod:`bench.engine.overlap`).
     """
     parts = split_parts(prepared, split)
@@ -235,7 +263,10 @@ def evaluate_split(
         images = np.concatenate([prepared.images(p) for p in parts])[order]
         masks = np.concatenate([prepared.masks(p) for p in parts])[order]
     orig = (lambda i: prepared.original_mask(*where[i])) if original_resolution else None
-    return evaluate_arrays(model, images, masks, ids, original_mask=orig, **kwargs)
+    return evaluate_arrays(
+        model, images, masks, ids, settings, original_mask=orig, loss_fn=loss_fn,
+        save_masks=save_masks, progress=progress, desc=desc,
+    )  # fmt: skip
 
 
 BASELINES = ("all", "disc", "mean-mask")

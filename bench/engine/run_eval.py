@@ -36,8 +36,16 @@ from typing import Any
 import torch
 
 from bench.core.io import read_json, write_csv, write_json
+from bench.core.precision import (
+    DTYPES,
+    autocast_dtype,
+    can_autocast,
+    deterministic_mode,
+    effective_channels_last,
+    memory_format,
+)
 from bench.engine.config import dataset_label
-from bench.engine.evaluate import EvalResult
+from bench.engine.evaluate import EvalResult, EvalSettings
 from bench.engine.overlap import overlap_note
 
 #: settings that define how a model was trained and must be scored
@@ -61,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     "split_mode": "auto",
     "binarize": False,
 }
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = DTYPES
 EVAL_FORMAT = "segbench-eval/1"
 
 
@@ -315,10 +323,7 @@ def evaluate_model(
         model = _trained_model(source, settings, dev)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    res = evaluate_split(
-        model,
-        prepared,
-        split,
+    scoring = EvalSettings(
         device=dev,
         batch_size=batch_size or int(cfg.get("batch_size", 8)),
         scaling=settings["input_scaling"],
@@ -326,6 +331,12 @@ def evaluate_model(
         threshold=settings["threshold"],
         compute_hd95=compute_hd95,
         hd95_convention=hd95,
+    )
+    res = evaluate_split(
+        model,
+        prepared,
+        split,
+        scoring,
         original_resolution=original_resolution,
         save_masks=save_masks,
         progress=progress,
@@ -434,11 +445,11 @@ def _mismatch_notes(source: EvalSource, diffs: list[str], allow_mismatch: bool) 
 
 
 def _autocast(precision: str, dev: str, notes: list[str]) -> str | None:
-    """The autocast dtype to score in (None: fp32); a precision the device cannot autocast
-    falls back to fp32 with a note."""
-    kind = torch.device(dev).type
-    amp = None if precision == "fp32" else precision
-    if amp and not (kind == "cuda" or (kind == "cpu" and amp == "bf16")):
+    """The autocast dtype to score ``precision`` in on ``dev`` (None: fp32); one the device
+    cannot autocast (:func:`bench.core.precision.can_autocast`) falls back to fp32 with a
+    note."""
+    amp = autocast_dtype(precision)
+    if amp and not can_autocast(dev, amp):
         notes.append(f"{precision} has no autocast on {dev}: scored in fp32")
         return None
     return amp
@@ -456,12 +467,11 @@ def _trained_model(source: EvalSource, settings: dict[str, Any], dev: str) -> to
         raise ValueError(f"model_kwargs={settings['model_kwargs']}: {err}") from None
     cfg = source.config
     if cfg is not None:
-        # as the run's own test: its backend settings and memory format (the trainer's
-        # rule: channels_last unless set, on the CPU), so the metrics come out exact
-        _configure_backends(bool(cfg.get("deterministic", True)), dev)
-        cl = cfg.get("channels_last")
-        if cl or (cl is None and torch.device(dev).type == "cpu"):
-            model = model.to(memory_format=torch.channels_last)
+        # as the run's own test: the trainer's deterministic and memory-format rules
+        # (bench.core.precision) on the run's settings, so the metrics come out exact
+        _configure_backends(deterministic_mode(cfg.get("deterministic", True), dev), dev)
+        cl = effective_channels_last(cfg.get("channels_last"), dev)
+        model = model.to(memory_format=memory_format(cl))
     load_weights(model, source.checkpoint)  # type: ignore[arg-type]
     return model
 

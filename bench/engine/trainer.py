@@ -16,9 +16,14 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from bench.core.device import autocast_context
 from bench.core.io import write_csv, write_json
 from bench.core.optim import adamw, adapt_optimizer_state, aliased_parameter_names
+from bench.core.precision import (
+    autocast_context,
+    deterministic_mode,
+    effective_channels_last,
+    memory_format,
+)
 from bench.core.progress import progress_bar
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
@@ -31,9 +36,8 @@ from bench.engine.determinism import (
     _rng_state,
     _seed_everything,
     _set_rng_state,
-    deterministic_mode,
 )
-from bench.engine.evaluate import evaluate_arrays, evaluate_split, to_nchw
+from bench.engine.evaluate import EvalSettings, evaluate_arrays, evaluate_split, to_nchw
 from bench.engine.losses import build_loss
 from bench.engine.run_control import (
     NonFiniteLossError,
@@ -88,6 +92,15 @@ class _Trainer:
         self.amp, self.amp_note = _effective_amp(cfg, device)
         if self.amp_note:
             warnings.warn(f"{cfg.model}: {self.amp_note}", stacklevel=3)
+        # how the final test scores (validation: the same, without HD95)
+        self.eval_settings = EvalSettings(
+            device=device,
+            batch_size=cfg.batch_size,
+            scaling=cfg.input_scaling,
+            amp=self.amp,
+            threshold=cfg.threshold,
+            hd95_convention=cfg.hd95,
+        )
         self._load_data()
         from bench.core.env import device_slug
 
@@ -100,8 +113,8 @@ class _Trainer:
             model = create_model(cfg.model, **self.model_kwargs).to(device)
         except TypeError as err:  # a builder argument the model does not take
             raise ValueError(f"model kwargs {self.model_kwargs}: {err}") from None
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else device == "cpu"
-        self.mem_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.channels_last = effective_channels_last(cfg.channels_last, device)
+        self.mem_format = memory_format(self.channels_last)
         self.model = model.to(memory_format=self.mem_format)
         weights = (cfg.bce_weight, cfg.dice_weight, cfg.dice_smooth)
         self.loss_fn = build_loss(*weights, self.info.loss_weights, form=cfg.loss)
@@ -458,13 +471,8 @@ class _Trainer:
         res = evaluate_arrays(
             self.model,
             *self.sel_data,
-            device=self.device,
-            batch_size=cfg.batch_size,
-            scaling=cfg.input_scaling,
-            amp=self.amp,
-            threshold=cfg.threshold,
+            self.eval_settings.replace(compute_hd95=False),
             loss_fn=self.main_loss,
-            compute_hd95=False,
         )
         row.update(
             {
@@ -550,13 +558,8 @@ class _Trainer:
             self.model,
             self.prepared,
             cfg.eval_split,
-            device=self.device,
-            batch_size=cfg.batch_size,
-            scaling=cfg.input_scaling,
-            amp=self.amp,
-            threshold=cfg.threshold,
+            self.eval_settings,
             original_resolution=cfg.original_resolution,
-            hd95_convention=cfg.hd95,
             progress=not self.quiet,
             desc=f"{cfg.model} {cfg.eval_split}",
         )

@@ -21,7 +21,7 @@ import pandas as pd
 from bench.analysis.runs import find_runs
 from bench.core.io import write_csv, write_json
 from bench.engine.config import TrainConfig
-from bench.engine.evaluate import BASELINES, baseline_model, evaluate_split
+from bench.engine.evaluate import BASELINES, EvalSettings, baseline_model, evaluate_split
 
 #: the baselines written by default (``all``, every pixel lesion, on request)
 DEFAULT_KINDS = ("disc", "mean-mask")
@@ -111,14 +111,9 @@ def run_baselines(
     written = []
     for kind in kinds:
         model = baseline_model(kind, prepared.masks("train"))
-        res = evaluate_split(
-            model,
-            prepared,
-            split,
-            device="cpu",
-            threshold=float(settings.get("threshold", 0.5)),
-            scaling="unit",  # the fixed map ignores the image; no scaling to match
-        )
+        # the fixed map ignores the image: no scaling to match ("unit")
+        scoring = EvalSettings(scaling="unit", threshold=float(settings.get("threshold", 0.5)))
+        res = evaluate_split(model, prepared, split, scoring)
         out = Path(results_dir) / "baselines" / name / kind
         write_csv(out / "per_image.csv", res.per_image)
         written.append(

@@ -125,7 +125,7 @@ def check_tf32(dev: torch.device) -> str:
 
 
 def _amp_step(dev: torch.device, amp: str) -> str:
-    from bench.core.device import autocast_context
+    from bench.core.precision import autocast_context
 
     model = _malunet().to(dev)
     ref_model = copy.deepcopy(model)

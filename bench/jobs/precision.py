@@ -251,7 +251,7 @@ def _score(
     """Latency, agreement with eager fp32 and (trained + data) DSC of each variant."""
     from bench.core.device import cpu_bf16_native
     from bench.deploy.check import agreement_columns
-    from bench.engine.evaluate import evaluate_split
+    from bench.engine.evaluate import EvalSettings, evaluate_split
 
     ref_module = variants[0].module
     singles = [torch.from_numpy(test_x[i : i + 1]) for i in range(len(test_x))]
@@ -287,10 +287,10 @@ def _score(
             row["latency_ms"] = timed_row(step, 1, latency_timing(latency_s))["median_ms"]
             notes = [v.note] if v.note else []
             if prepared is not None and w.trained:
-                res = evaluate_split(
-                    v.module, prepared, split, device="cpu", batch_size=1,
-                    scaling=w.scaling, threshold=w.threshold, compute_hd95=False,
-                )  # fmt: skip
+                scoring = EvalSettings(
+                    batch_size=1, scaling=w.scaling, threshold=w.threshold, compute_hd95=False
+                )
+                res = evaluate_split(v.module, prepared, split, scoring)
                 row["dsc"] = float(res.metrics["dsc"])
                 row["n_images"] = int(res.metrics["n_images"])
                 if v.name == "torch fp32":

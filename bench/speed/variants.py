@@ -10,15 +10,11 @@ from typing import Any
 import torch
 
 from bench.core.device import cpu_bf16_native, cuda_bf16_native
+from bench.core.precision import DTYPES
+from bench.core.precision import TORCH_DTYPES as _TORCH_DTYPES  # noqa: F401 (speed.steps)
 from bench.speed.memory import _free_memory
 
 MODES = ("inference", "train")
-
-
-DTYPES = ("fp32", "bf16", "fp16")
-
-
-_TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def compile_problem(device: str | torch.device) -> str | None:
