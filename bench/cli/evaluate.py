@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from bench.cli.common import add_import, add_input_size, add_results
+from bench.core.precision import DTYPES
 from bench.data.splits import SPLIT_MODES
 from bench.engine.evaluate import BASELINES, EVAL_SPLITS
 from bench.engine.metrics import HD95_CONVENTIONS
@@ -93,7 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--amp",
-        choices=["bf16", "fp16", "fp32"],
+        choices=DTYPES,
         default=None,
         help="precision (default: the one the run used, else fp32)",
     )

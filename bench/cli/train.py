@@ -10,6 +10,7 @@ import sys
 from bench.cli.common import add_import, add_input_size, add_results
 from bench.core import exitcodes
 from bench.core.lock import LockBusy
+from bench.core.precision import AUTOCAST_DTYPES
 from bench.engine import distributed as bdist
 from bench.engine.checkpoints import CheckpointWriteError
 from bench.engine.config import TrainConfig
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--amp",
-        choices=["bf16", "fp16", "none"],
+        choices=[*AUTOCAST_DTYPES, "none"],
         default=None,
         help="mixed precision: bf16 or fp16 on CUDA, bf16 on CPU (torch autocast; falls back to fp32 where a probe step crashes)",
     )

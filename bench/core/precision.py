@@ -5,20 +5,23 @@ Training (:mod:`bench.engine.trainer`), scoring (:mod:`bench.engine.run_eval`), 
 benchmark (:mod:`bench.speed`) and the roofline (:mod:`bench.cost.roofline`) all ask this
 module, so a rule (fp16 is not autocast on a CPU; channels_last by default on the CPU only)
 is written once and a model is scored with the settings it was trained with.
+
+Importing it does not import torch (seconds): the names are read by torch-free modules
+(:mod:`bench.engine.config`, which the report and sweep definitions import), so torch is
+imported inside the functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
-import torch
-
-from bench.core.device import cuda_bf16_native
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "AUTOCAST_DTYPES",
     "DTYPES",
-    "TORCH_DTYPES",
     "amp_problem",
     "autocast_context",
     "autocast_dtype",
@@ -26,14 +29,24 @@ __all__ = [
     "deterministic_mode",
     "effective_channels_last",
     "memory_format",
+    "torch_dtype",
 ]
 
 #: precision names, as every command, config and result file spells them
 DTYPES = ("fp32", "bf16", "fp16")
 #: the precisions run under ``torch.autocast`` (fp32 is no autocast at all)
 AUTOCAST_DTYPES = ("bf16", "fp16")
-#: name -> torch dtype
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision name (``ValueError`` for a name outside
+    :data:`DTYPES`)."""
+    import torch
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return dtypes[name]
 
 
 def autocast_dtype(precision: str | None) -> str | None:
@@ -52,6 +65,8 @@ def can_autocast(device: str | torch.device, dtype: str) -> bool:
     """Whether segbench autocasts ``dtype`` on ``device``: bf16 and fp16 on CUDA, bf16 on
     a CPU (torch's CPU fp16 autocast has no native fp16 arithmetic behind it), nothing on
     any other device type."""
+    import torch
+
     kind = torch.device(device).type
     return kind == "cuda" or (kind == "cpu" and dtype == "bf16")
 
@@ -65,6 +80,10 @@ def amp_problem(device: str | torch.device, dtype: str) -> str | None:
     fp32, slower than fp32 and saying nothing about bf16 hardware. A CPU without native
     bf16 is not refused here (its callers add a note: it still computes in bf16).
     """
+    import torch
+
+    from bench.core.device import cuda_bf16_native
+
     if autocast_dtype(dtype) is None:
         return None
     dev = torch.device(device)
@@ -85,10 +104,12 @@ def autocast_context(
 ) -> contextlib.AbstractContextManager:
     """``torch.autocast`` in ``amp`` on ``device`` where :func:`can_autocast` allows it;
     a no-op otherwise (and for ``amp`` None or fp32)."""
+    import torch
+
     dtype = autocast_dtype(amp)
     if dtype is None or not can_autocast(device, dtype):
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=TORCH_DTYPES[dtype])
+    return torch.autocast(torch.device(device).type, dtype=torch_dtype(dtype))
 
 
 def effective_channels_last(requested: bool | None, device: str | torch.device) -> bool:
@@ -99,6 +120,8 @@ def effective_channels_last(requested: bool | None, device: str | torch.device) 
     Scoring asks the same rule: fp32 sums in another memory format can move a pixel
     across the threshold, so a model is scored in the layout it was tested in.
     """
+    import torch
+
     if requested is not None:
         return bool(requested)
     return torch.device(device).type == "cpu"
@@ -106,6 +129,8 @@ def effective_channels_last(requested: bool | None, device: str | torch.device) 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
     """The torch memory format of the channels_last setting."""
+    import torch
+
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -115,6 +140,8 @@ def deterministic_mode(requested: bool | None, device: str | torch.device) -> bo
     (slower) and still does not make a run bit-reproducible there (bilinear
     ``interpolate`` and ``AdaptiveAvgPool2d`` have no deterministic CUDA backward;
     ``warn_only`` lets them run)."""
+    import torch
+
     if requested is not None:
         return bool(requested)
     return torch.device(device).type != "cuda"

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from bench.core.precision import TORCH_DTYPES
+from bench.core.precision import DTYPES, torch_dtype
 from bench.cost.peak import Peak
 
 __all__ = [
@@ -234,8 +234,8 @@ def measure_peak(
     key = (str(dev), dtype, torch.get_num_threads(), matmul_n, copy_numel, tf32)
     if key in _MEASURED:
         return _MEASURED[key]
-    if dtype not in TORCH_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(TORCH_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     cuda = dev.type == "cuda"
     n = matmul_n or (8192 if cuda else 2048)
     numel = copy_numel or ((1 << 28) if cuda else (1 << 25))
@@ -243,7 +243,7 @@ def measure_peak(
     if cuda:  # the matmul uses the units the measured convolutions may use
         torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
-        t_mm = _time_matmul(n, TORCH_DTYPES[dtype], dev, reps)
+        t_mm = _time_matmul(n, torch_dtype(dtype), dev, reps)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
     t_cp = _time_copy(numel, dev, reps)

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from bench.core.measure import pinned_threads
 from bench.core.optim import adamw
+from bench.core.precision import torch_dtype
 from bench.deploy.check import agreement_columns
 from bench.speed.memory import PeakRSS, _free_memory
 from bench.speed.timing import back_to_back, summarize, time_step
-from bench.speed.variants import _TORCH_DTYPES, MODES, _dtype_note, _short
+from bench.speed.variants import MODES, _dtype_note, _short
 
 
 def make_step(
@@ -46,7 +47,7 @@ def make_step(
     x = torch.randn(batch_size, in_channels, input_size, input_size, device=dev)
     x = x.contiguous(memory_format=fmt)
     amp = (
-        torch.autocast(device_type=dev.type, dtype=_TORCH_DTYPES[dtype])
+        torch.autocast(device_type=dev.type, dtype=torch_dtype(dtype))
         if dtype != "fp32"
         else contextlib.nullcontext()
     )
@@ -297,6 +298,6 @@ def _autocast_agreement(
     model.eval()
     with torch.inference_mode():
         ref = model(x).float().cpu().numpy()
-        with torch.autocast(device_type=device.type, dtype=_TORCH_DTYPES[dtype]):
+        with torch.autocast(device_type=device.type, dtype=torch_dtype(dtype)):
             out = model(x).float().cpu().numpy()
     return agreement_columns(ref, out)

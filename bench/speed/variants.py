@@ -11,7 +11,6 @@ import torch
 
 from bench.core.device import cpu_bf16_native, cuda_bf16_native
 from bench.core.precision import DTYPES
-from bench.core.precision import TORCH_DTYPES as _TORCH_DTYPES  # noqa: F401 (speed.steps)
 from bench.speed.memory import _free_memory
 
 MODES = ("inference", "train")
