@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.core.precision import AUTOCAST_DTYPES
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
@@ -148,7 +150,7 @@ class TrainConfig:
         choices = {
             "select_split": ("val", "test", "none"),
             "select_metric": ("loss", "dsc"),
-            "amp": (None, "bf16", "fp16"),
+            "amp": (None, *AUTOCAST_DTYPES),
             "input_scaling": SCALINGS,
             "loss": LOSSES,
             "split_mode": SPLIT_MODES,
@@ -272,6 +274,27 @@ def dataset_label(root: str | Path) -> str:
     ``isic-2017-ü``, not ``isic-2017``, which another folder could also map to); for ASCII
     names this is the rule runs were always recorded under."""
     return re.sub(r"[\W_]+", "-", Path(root).resolve().name.lower()).strip("-")
+
+
+#: the settings that fix a dataset's split: config field -> keyword of
+#: ``bench.data.cache.prepare_data`` / ``data_identity`` (the config's ``split_seed`` is
+#: their ``seed``)
+SPLIT_KEYWORDS = {
+    "split_file": "split_file",
+    "split_seed": "seed",
+    "val_fraction": "val_fraction",
+    "test_fraction": "test_fraction",
+    "split_mode": "split_mode",
+}
+
+
+def split_kwargs(values: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The split keywords of ``prepare_data`` / ``data_identity`` from a config or a
+    settings mapping (``segbench evaluate``'s), so training, its resume check and
+    scoring fix a split from the same fields by the same names."""
+    if isinstance(values, Mapping):
+        return {kw: values[name] for name, kw in SPLIT_KEYWORDS.items()}
+    return {kw: getattr(values, name) for name, kw in SPLIT_KEYWORDS.items()}
 
 
 #: where / how fast to run: not part of the config hash (``data`` enters as its name)

@@ -44,16 +44,14 @@ from bench.core.precision import (
     effective_channels_last,
     memory_format,
 )
-from bench.engine.config import dataset_label
+from bench.engine.config import SPLIT_KEYWORDS, dataset_label, split_kwargs
 from bench.engine.evaluate import EvalResult, EvalSettings
 from bench.engine.overlap import overlap_note
 
 #: settings that define how a model was trained and must be scored
 MODEL_SETTINGS = ("model", "model_kwargs", "image_size", "input_scaling", "threshold", "precision")
 #: settings that choose the images (count as a mismatch on the run's own dataset only)
-SPLIT_SETTINGS = (
-    "split_file", "split_seed", "val_fraction", "test_fraction", "split_mode", "binarize",
-)  # fmt: skip
+SPLIT_SETTINGS = (*SPLIT_KEYWORDS, "binarize")
 #: for a checkpoint that carries no configuration and a setting the command line leaves out
 DEFAULTS: dict[str, Any] = {
     "model": None,
@@ -295,11 +293,7 @@ def evaluate_model(
     prepared = prepare_data(
         data,
         size=settings["image_size"],
-        split_file=settings["split_file"],
-        seed=settings["split_seed"],
-        val_fraction=settings["val_fraction"],
-        test_fraction=settings["test_fraction"],
-        split_mode=settings["split_mode"],
+        **split_kwargs(settings),
         binarize=settings["binarize"],
         progress=progress,
     )

@@ -35,7 +35,7 @@ from bench.core.io import read_json
 from bench.core.lock import LOCK_NAME, DirLock, LockBusy
 from bench.engine import distributed as bdist
 from bench.engine.checkpoints import load_resume_checkpoint
-from bench.engine.config import TrainConfig
+from bench.engine.config import TrainConfig, split_kwargs
 from bench.engine.run_control import _log
 from bench.engine.run_record import DatasetChanged, dataset_changes, recorded_dataset
 from bench.engine.rundir import _clear_run, _conflict_text, run_dir_for
@@ -187,15 +187,7 @@ def _finished_data_changes(run_dir: Path, cfg: TrainConfig) -> list[str]:
     old = recorded_dataset(run_dir)
     if not old.get("fingerprint") or not cfg.data:
         return []
-    new = data_identity(
-        cfg.data,
-        split_file=cfg.split_file,
-        seed=cfg.split_seed,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        split_mode=cfg.split_mode,
-        cache_dir=cfg.cache_dir,
-    )
+    new = data_identity(cfg.data, **split_kwargs(cfg), cache_dir=cfg.cache_dir)
     return dataset_changes(old, {**new, "root": str(cfg.data)})  # (index etc. ignored)
 
 

@@ -28,7 +28,7 @@ from bench.core.progress import progress_bar
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
-from bench.engine.config import TrainConfig
+from bench.engine.config import TrainConfig, split_kwargs
 from bench.engine.determinism import (
     _configure_backends,
     _epoch_seed,
@@ -161,13 +161,9 @@ class _Trainer:
             return prepare_data(
                 cfg.data,
                 size=cfg.image_size,
-                split_file=cfg.split_file,
-                seed=cfg.split_seed,
-                val_fraction=cfg.val_fraction,
-                test_fraction=cfg.test_fraction,
+                **split_kwargs(cfg),
                 cache_dir=cfg.cache_dir,
                 progress=not self.quiet and d.is_main,
-                split_mode=cfg.split_mode,
                 binarize=cfg.binarize,
             )
 
