@@ -255,14 +255,14 @@ def test_deterministic_mode_defaults_off_on_cuda_and_is_recorded(monkeypatch):
 
 
 def test_training_bf16_needs_native_support_on_the_gpu(monkeypatch):
-    import bench.core.precision as precision
+    import bench.core.device as device
     import bench.engine.amp as amp
 
     cfg = TrainConfig.from_recipe("fair", data="x", amp="bf16")
-    monkeypatch.setattr(precision, "cuda_bf16_native", lambda device=None: False)
+    monkeypatch.setattr(device, "cuda_bf16_native", lambda device=None: False)
     used, note = amp._effective_amp(cfg, "cuda")
     assert used is None and "no native bf16" in note and note.endswith("training in fp32")
-    monkeypatch.setattr(precision, "cuda_bf16_native", lambda device=None: True)
+    monkeypatch.setattr(device, "cuda_bf16_native", lambda device=None: True)
     assert amp._effective_amp(cfg, "cuda") == ("bf16", None)
     assert amp._effective_amp(cfg.replace(amp="fp16"), "cuda") == ("fp16", None)
 
