@@ -290,10 +290,13 @@ SPLIT_KEYWORDS = {
 
 def split_kwargs(values: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The split keywords of ``prepare_data`` / ``data_identity`` from a config or a
-    settings mapping (``segbench evaluate``'s), so training, its resume check and
+    mapping (a recorded ``config.json``, ``segbench evaluate``'s settings; a field it
+    lacks takes the :class:`TrainConfig` default), so training, its resume check and
     scoring fix a split from the same fields by the same names."""
     if isinstance(values, Mapping):
-        return {kw: values[name] for name, kw in SPLIT_KEYWORDS.items()}
+        return {
+            kw: values.get(name, getattr(TrainConfig, name)) for name, kw in SPLIT_KEYWORDS.items()
+        }
     return {kw: getattr(values, name) for name, kw in SPLIT_KEYWORDS.items()}
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.duplicates import NEAR_THRESHOLD, hash_samples, match_images
+from bench.engine.config import split_kwargs
 from bench.engine.run_record import dataset_changes
 
 
@@ -49,15 +50,7 @@ def seen_images(cfg: dict[str, Any], recorded: dict[str, Any]) -> tuple[Any, lis
             "folder exists, or pass --keep-training-images to score every image (stated in "
             "the result)"
         )
-    ident = data_identity(
-        root,
-        split_file=cfg.get("split_file"),
-        seed=cfg.get("split_seed", 42),
-        val_fraction=cfg.get("val_fraction", 0.1),
-        test_fraction=cfg.get("test_fraction", 0.3),
-        split_mode=cfg.get("split_mode", "auto"),
-        cache_dir=cfg.get("cache_dir"),
-    )
+    ident = data_identity(root, **split_kwargs(cfg), cache_dir=cfg.get("cache_dir"))
     changed = dataset_changes(recorded, {**ident, "root": str(root)})
     if changed:
         raise ValueError(
