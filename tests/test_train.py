@@ -145,6 +145,23 @@ def test_config_hash_ignores_where_and_how_fast():
     assert a.config_hash != a.replace(data="/a/other").config_hash
 
 
+def test_split_kwargs_are_the_keywords_prepare_data_takes():
+    import inspect
+
+    from bench.data.cache import data_identity, prepare_data
+    from bench.engine.config import split_kwargs
+
+    cfg = TrainConfig(data="/a/isic", split_seed=7, test_fraction=0.2, split_mode="seeded")
+    kw = split_kwargs(cfg)
+    assert kw == {"split_file": None, "seed": 7, "val_fraction": 0.1, "test_fraction": 0.2,
+                  "split_mode": "seeded"}  # fmt: skip
+    for fn in (prepare_data, data_identity):  # a renamed keyword fails here, not in a run
+        inspect.signature(fn).bind("/a/isic", **kw)
+    # a recorded config.json from before split_mode: the default, as the run had
+    recorded = {k: v for k, v in cfg.to_dict().items() if k != "split_mode"}
+    assert split_kwargs(recorded) == {**kw, "split_mode": "auto"}
+
+
 # --------------------------------------------------------------------------- a full short run
 
 
