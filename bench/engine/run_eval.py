@@ -67,7 +67,6 @@ DEFAULTS: dict[str, Any] = {
     "split_mode": "auto",
     "binarize": False,
 }
-PRECISIONS = DTYPES
 EVAL_FORMAT = "segbench-eval/1"
 
 
@@ -209,8 +208,8 @@ def resolve_settings(
         counts = key in MODEL_SETTINGS or same_data
         if key in stored and counts and _canon(value) != _canon(stored[key]):
             diffs.append(f"{key}: trained with {stored[key]!r}, given {value!r}")
-    if settings["precision"] not in PRECISIONS:
-        raise ValueError(f"precision {settings['precision']!r}: choose one of {PRECISIONS}")
+    if settings["precision"] not in DTYPES:
+        raise ValueError(f"precision {settings['precision']!r}: choose one of {DTYPES}")
     return settings, diffs
 
 
