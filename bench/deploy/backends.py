@@ -342,7 +342,7 @@ def torch_session(
     torch's thread count is process-wide, so the caller pins it
     (:func:`bench.core.measure.pinned_threads`); the session records the count in effect.
     """
-    from bench.core.device import autocast_context
+    from bench.core.precision import autocast_context
 
     reason = _torch_skip(precision, device)
     if reason:
