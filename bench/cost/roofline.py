@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import math
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from bench.core.measure import best_seconds
 from bench.core.precision import DTYPES, torch_dtype
 from bench.cost.peak import Peak
 
@@ -186,30 +187,21 @@ def table_peak(
 _MEASURED: dict[tuple[Any, ...], Peak] = {}
 
 
-def _best_seconds(fn: Any, device: torch.device, reps: int) -> float:
-    fn()  # warm-up (allocator, kernel selection)
-    best = math.inf
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _device_sync(device: torch.device) -> Callable[[], None] | None:
+    """The synchronize call that keeps queued GPU work inside a timed interval (CPU: none)."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
 
 
 def _time_matmul(n: int, dtype: torch.dtype, device: torch.device, reps: int) -> float:
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    return _best_seconds(lambda: torch.mm(a, b), device, reps)
+    return best_seconds(lambda: torch.mm(a, b), reps, sync=_device_sync(device))
 
 
 def _time_copy(numel: int, device: torch.device, reps: int) -> float:
     src = torch.ones(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    return _best_seconds(lambda: dst.copy_(src), device, reps)
+    return best_seconds(lambda: dst.copy_(src), reps, sync=_device_sync(device))
 
 
 def measure_peak(

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from bench.core.measure import pinned_threads
 from bench.core.optim import adamw
-from bench.core.precision import torch_dtype
+from bench.core.precision import autocast_context, memory_format
 from bench.deploy.check import agreement_columns
 from bench.speed.memory import PeakRSS, _free_memory
 from bench.speed.timing import back_to_back, summarize, time_step
@@ -42,15 +42,11 @@ def make_step(
     dev = torch.device(device)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     model = model.to(dev, memory_format=fmt)
     x = torch.randn(batch_size, in_channels, input_size, input_size, device=dev)
     x = x.contiguous(memory_format=fmt)
-    amp = (
-        torch.autocast(device_type=dev.type, dtype=torch_dtype(dtype))
-        if dtype != "fp32"
-        else contextlib.nullcontext()
-    )
+    amp = autocast_context(dev, dtype)  # fp32: none; the variant list skipped the rest
     if mode == "inference":
         model.eval()
         fn = torch.compile(model) if compile else model
@@ -293,11 +289,10 @@ def _autocast_agreement(
     one image whatever the timed batch, to keep the check cheap)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, input_size, input_size, generator=gen).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=memory_format(channels_last))
     model.eval()
     with torch.inference_mode():
         ref = model(x).float().cpu().numpy()
-        with torch.autocast(device_type=device.type, dtype=torch_dtype(dtype)):
+        with autocast_context(device, dtype):
             out = model(x).float().cpu().numpy()
     return agreement_columns(ref, out)

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from bench.core.device import cpu_bf16_native, cuda_bf16_native
-from bench.core.precision import DTYPES
+from bench.core.device import cpu_bf16_native
+from bench.core.precision import DTYPES, amp_problem
 from bench.speed.memory import _free_memory
 
 MODES = ("inference", "train")
@@ -41,17 +41,23 @@ def compile_problem(device: str | torch.device) -> str | None:
 
 
 def variant_skip_reason(device: str | torch.device, dtype: str, compile: bool) -> str | None:
-    """Reason to skip a (device, dtype, compile) variant, or None when it can run."""
+    """Reason to skip a (device, dtype, compile) variant, or None when it can run.
+
+    Whether the dtype can autocast on the device is :func:`bench.core.precision.amp_problem`
+    (the rule training uses too); only the CPU-fp16 wording is speed's own, because here
+    the variant would time emulation rather than train in it.
+    """
     dev = torch.device(device)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dev.type == "cpu" and dtype == "fp16":
+    problem = amp_problem(dev, dtype)
+    if problem is not None and dev.type == "cpu":
         return (
-            "fp16 autocast is not offered on CPU: without native fp16 arithmetic it times "
-            "emulation; use bf16"
+            f"{dtype} autocast is not offered on CPU: without native {dtype} arithmetic it "
+            "times emulation; use bf16"
         )
-    if dev.type == "cuda" and dtype == "bf16" and not cuda_bf16_native(dev):
-        return "this GPU has no native bf16 (needs compute capability >= 8.0)"
+    if problem is not None:
+        return problem
     if compile:
         return compile_problem(dev)
     return None
