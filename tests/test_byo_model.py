@@ -360,3 +360,28 @@ def test_api_trains_and_evaluates_an_unregistered_instance(tmp_path: Path) -> No
     )  # fmt: skip
     assert len(fresh.per_image) == len(run.per_image)
     assert list_models() == before
+
+
+def test_evaluate_run_of_an_unimported_external_model_names_the_import_to_give(
+    tmp_path: Path,
+) -> None:
+    """A run trained with --import my_model.py, scored later without it: the error says
+    which --import the run recorded, and nothing is imported behind the user's back."""
+    import json
+
+    from bench.engine.run_eval import EvalSource, _trained_model
+    from models import UnknownModelError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(
+        json.dumps({"model": "my_tiny_net", "model_source": "file /somewhere/my_model.py"})
+    )
+    source = EvalSource(run_dir=run, config={"model": "my_tiny_net"})
+    settings = {"model": "my_tiny_net", "model_kwargs": {}}
+    with pytest.raises(UnknownModelError, match="pass --import /somewhere/my_model.py"):
+        _trained_model(source, settings, "cpu")
+    (run / "metrics.json").write_text(json.dumps({"model": "my_tiny_net", "model_source": ""}))
+    with pytest.raises(UnknownModelError) as err:
+        _trained_model(source, settings, "cpu")
+    assert "trained it from" not in str(err.value)

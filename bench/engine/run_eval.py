@@ -452,12 +452,15 @@ def _trained_model(source: EvalSource, settings: dict[str, Any], dev: str) -> to
     """The registered model with the source's weights, set up as the run's own test was."""
     from bench.engine.checkpoints import load_weights
     from bench.engine.determinism import _configure_backends
-    from models import create_model
+    from models import UnknownModelError, create_model
 
     try:
         model = create_model(settings["model"], **settings["model_kwargs"]).to(dev)
     except TypeError as err:
         raise ValueError(f"model_kwargs={settings['model_kwargs']}: {err}") from None
+    except UnknownModelError as err:
+        hint = _import_hint(source.run_dir)
+        raise UnknownModelError(f"{err}{hint}") from None
     cfg = source.config
     if cfg is not None:
         # as the run's own test: the trainer's deterministic and memory-format rules
@@ -467,6 +470,24 @@ def _trained_model(source: EvalSource, settings: dict[str, Any], dev: str) -> to
         model = model.to(memory_format=memory_format(cl))
     load_weights(model, source.checkpoint)  # type: ignore[arg-type]
     return model
+
+
+def _import_hint(run_dir: Path | None) -> str:
+    """What the run recorded about where an external model came from (``model_source`` in
+    its metrics.json), as the ``--import`` to give again; "" when nothing was recorded.
+
+    Not imported automatically: a results folder may come from someone else, and importing
+    runs its code."""
+    if run_dir is None or not (run_dir / "metrics.json").is_file():
+        return ""
+    try:
+        src = json.loads((run_dir / "metrics.json").read_text()).get("model_source") or ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+    kind, _, where = str(src).partition(" ")
+    if kind in ("file", "module") and where:
+        return f". The run {run_dir} trained it from {src}: pass --import {where}"
+    return f". The run {run_dir} trained it from {src}" if src else ""
 
 
 def _slug(v: Any) -> str:
