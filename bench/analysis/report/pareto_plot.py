@@ -127,6 +127,16 @@ def _number_labels(ax: Any, canvas: Any, pts: Sequence[ParetoPoint], segments: l
     )
 
 
+def _label_log_ticks(ax: Any) -> None:
+    """Plain numbers on a log x axis, the 2-9 ticks labelled too when it spans under two
+    decades: points of light models often sit between two powers of ten, where
+    matplotlib's default labels one tick or none and the reader cannot read a value."""
+    from matplotlib.ticker import LogFormatter
+
+    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.7)))
+
+
 def _draw_points(ax: Any, pts: Sequence[ParetoPoint], colours: dict[str, Any]) -> None:
     for p in pts:
         filled = p.n >= MIN_SEEDS_FRONT
@@ -232,6 +242,8 @@ def plot_pareto_panels(
             ax.set_xscale("log")
         _draw_points(ax, panel.points, colours)
         _freeze_limits(ax)
+        if logx:
+            _label_log_ticks(ax)
     done = []
     for ax, panel in zip(axes, panels):
         front, flips = front_status(panel.points)
