@@ -40,3 +40,12 @@ def test_every_variant_too_lossy_is_said() -> None:
     best = best_variants(df).iloc[0]
     assert best["best_variant"] == "int8" and "loses more than" in best["accuracy"]
     assert best_variants(pd.DataFrame()).empty
+
+
+def test_a_change_that_rounds_to_zero_is_not_printed_as_minus_zero() -> None:
+    df = pd.DataFrame(
+        [_row("m", "torch fp32", 10.0, 0.0), _row("m", "onnxruntime fp32", 4.0, -4.1e-05)]
+    )
+    accuracy = best_variants(df).iloc[0]["accuracy"]
+    assert "-0.00" not in accuracy
+    assert accuracy == "DSC ±0.00 (-4e-05) pts vs eager fp32"

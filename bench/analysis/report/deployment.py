@@ -40,7 +40,9 @@ def best_variants(deploy: pd.DataFrame, max_dsc_loss_pts: float = MAX_DSC_LOSS_P
             fine = measured[measured["dsc_change_pts"] >= -max_dsc_loss_pts]
             pick = (fine if not fine.empty else measured).sort_values("latency_ms").iloc[0]
             change = float(pick["dsc_change_pts"])
-            accuracy = f"DSC {change:+.2f} pts vs eager fp32"
+            # a change that rounds to zero is printed as such, not as "-0.00"
+            shown = f"{change:+.2f}" if round(change, 2) != 0 else f"±0.00 ({change:+.1g})"
+            accuracy = f"DSC {shown} pts vs eager fp32"
             if fine.empty:
                 accuracy += f" (every variant loses more than {max_dsc_loss_pts:g} pts)"
         else:
