@@ -123,18 +123,27 @@ def _number_labels(ax: Any, canvas: Any, pts: Sequence[ParetoPoint], segments: l
         y=[p.y for p in pts],
         ax=ax,
         expand=(1.6, 1.8),
+        # a fixed iteration budget, not adjustText's default 1 s time limit: the same
+        # results give the same figure on a fast or a loaded machine
+        iter_lim=1000,
         arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4"},
     )
 
 
 def _label_log_ticks(ax: Any) -> None:
-    """Plain numbers on a log x axis, the 2-9 ticks labelled too when it spans under two
-    decades: points of light models often sit between two powers of ten, where
-    matplotlib's default labels one tick or none and the reader cannot read a value."""
+    """Plain numbers on a log x axis ("0.1", "20"), the 2-9 ticks labelled too when it
+    spans under two decades: points of light models often sit between two powers of ten,
+    where matplotlib's default labels one tick or none and the reader cannot read a value."""
     from matplotlib.ticker import LogFormatter
 
-    ax.xaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.7)))
+    class PlainLogFormatter(LogFormatter):
+        """LogFormatter's choice of which ticks to label, printed as plain numbers."""
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    ax.xaxis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+    ax.xaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.7)))
 
 
 def _draw_points(ax: Any, pts: Sequence[ParetoPoint], colours: dict[str, Any]) -> None:
