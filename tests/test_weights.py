@@ -160,3 +160,14 @@ def test_evaluate_and_export_accept_weights_by_name(run, wdir, tmp_path, capsys)
     assert main(["export", "--models", "unet", "--weights", "w", "--results", str(exp),
                  "--input-size", "32"]) == 0  # fmt: skip
     assert f"weights unet:w (sha256 {entry['sha256'][:12]})" in capsys.readouterr().out
+
+
+def test_publish_refuses_weights_too_heavy_for_git(run, wdir, monkeypatch):
+    """results/weights is committed: a model's weights over the limit stay with the run,
+    and nothing is written (no file, no index entry, no empty folder)."""
+    from bench.jobs import weights as publishing
+
+    monkeypatch.setattr(publishing, "MAX_WEIGHTS_MB", 0.0001)  # the tiny UNet is ~1 kB
+    with pytest.raises(ValueError, match="over the 0.0001 MB"):
+        publish_run(run, name="heavy")
+    assert not (wdir / "unet").exists() and not (wdir / "index.json").exists()

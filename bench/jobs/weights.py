@@ -18,6 +18,10 @@ from typing import Any
 from bench.core.io import read_json
 from models.weights import INDEX_FORMAT, file_sha256, weights_dir
 
+#: the largest weights file publish writes: results/weights is committed to git, which
+#: holds light models' weights only (a heavier model's stay in its run's checkpoints/)
+MAX_WEIGHTS_MB = 10.0
+
 
 def default_name(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     """``<dataset>-<recipe>-e<epochs>-s<seed>``, e.g. ``isic2017-256-paper-e300-s42``."""
@@ -28,7 +32,8 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     """Publish ``run_dir``'s best checkpoint; returns the index entry written.
 
     Refuses an unfinished run, a run without ``best.pt``, a checkpoint from another
-    configuration than the run's, and an existing name (unless ``force``).
+    configuration than the run's, an existing name (unless ``force``) and weights over
+    :data:`MAX_WEIGHTS_MB`.
     """
     import torch
 
@@ -66,11 +71,18 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
         raise ValueError(f"weights {model}:{name} already in {index_path} (use --force)")
     rel = f"{model}/{name}.pt"
     dest = root / rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
     # saved through a buffer: torch.save names the archive after the file it writes, so
     # saving to a temp name would give the same weights another sha256 on every publish
     buf = io.BytesIO()
     torch.save(ckpt["model"], buf)
+    size_mb = buf.getbuffer().nbytes / 1e6
+    if size_mb > MAX_WEIGHTS_MB:
+        raise ValueError(
+            f"{ckpt_path}: {model}'s weights are {size_mb:.1f} MB, over the "
+            f"{MAX_WEIGHTS_MB:g} MB that {root} (committed to git) takes: only light models' "
+            "weights are published; this run's stay in its checkpoints/ folder"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
