@@ -14,21 +14,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn as nn
+from tiny_models import TinyConvNet
 
 from bench.deploy import check, export
 from bench.deploy.backends import onnxruntime_session
 from models import create_model
-
-
-class Toy(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Conv2d(4, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.body(x)))
 
 
 @torch.library.custom_op("segbench_test::opaque", mutates_args=())
@@ -42,7 +32,7 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-class Unexportable(Toy):
+class Unexportable(TinyConvNet):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _opaque(super().forward(x))
 
@@ -98,9 +88,9 @@ def test_export_model_with_unknown_name_is_a_row(tmp_path: Path) -> None:
 def test_bad_arguments_raise(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="exporters"):
-        export.export_onnx(Toy(), tmp_path / "t.onnx", x, exporters=("tracing",))
+        export.export_onnx(TinyConvNet(), tmp_path / "t.onnx", x, exporters=("tracing",))
     with pytest.raises(ValueError, match="opset"):
-        export.export_onnx(Toy(), tmp_path / "t.onnx", x, opset=3)
+        export.export_onnx(TinyConvNet(), tmp_path / "t.onnx", x, opset=3)
 
 
 def test_error_reason_names_the_innermost_cause() -> None:
@@ -118,7 +108,7 @@ def test_error_reason_names_the_innermost_cause() -> None:
 # ------------------------------------------------------------ options
 @pytest.mark.parametrize("exporter", export.EXPORTERS)
 def test_dynamic_batch_and_opset(exporter: str, tmp_path: Path) -> None:
-    model = Toy()
+    model = TinyConvNet()
     x = torch.randn(2, 3, 16, 16)
     row = export.export_onnx(
         model, tmp_path / "toy.onnx", x, exporters=(exporter,), opset=18, dynamic_batch=True
@@ -139,7 +129,7 @@ def test_dynamic_batch_and_opset(exporter: str, tmp_path: Path) -> None:
 
 def test_static_batch_graph_is_fixed(tmp_path: Path) -> None:
     row = export.export_onnx(
-        Toy(), tmp_path / "toy.onnx", torch.randn(1, 3, 16, 16), exporters=("torchscript",)
+        TinyConvNet(), tmp_path / "toy.onnx", torch.randn(1, 3, 16, 16), exporters=("torchscript",)
     )
     dim = onnx.load(row["path"]).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim.dim_value == 1
@@ -154,7 +144,7 @@ def test_falls_back_to_the_next_exporter(tmp_path: Path, monkeypatch: pytest.Mon
         return real(model, example, path, exporter, opset, dynamic_batch)
 
     monkeypatch.setattr(export, "_export_once", dynamo_breaks)
-    row = export.export_onnx(Toy(), tmp_path / "toy.onnx", torch.randn(1, 3, 8, 8))
+    row = export.export_onnx(TinyConvNet(), tmp_path / "toy.onnx", torch.randn(1, 3, 8, 8))
     assert row["status"] == "ok" and row["exporter"] == "torchscript"
     assert row["attempts"]["dynamo"] == "RuntimeError: simulated dynamo failure"
     assert row["reason"] == "dynamo: RuntimeError: simulated dynamo failure"
@@ -167,6 +157,6 @@ def test_graph_that_onnxruntime_cannot_load_is_not_a_success(
         Path(path).write_bytes(b"not an onnx graph")
 
     monkeypatch.setattr(export, "_export_once", writes_garbage)
-    row = export.export_onnx(Toy(), tmp_path / "toy.onnx", torch.randn(1, 3, 8, 8))
+    row = export.export_onnx(TinyConvNet(), tmp_path / "toy.onnx", torch.randn(1, 3, 8, 8))
     assert row["status"] == "error" and len(row["attempts"]) == 2
     assert not (tmp_path / "toy.onnx").exists()

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
+from tiny_models import TinyConvNet
 
 from bench.deploy import backends
 from bench.deploy.backends import Runtime, Session
@@ -24,16 +25,6 @@ from bench.speed import run, steps
 from bench.speed.timing import MIN_CAPPED_ITERS
 
 CALLS: dict[str, int] = {}
-
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Conv2d(4, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.body(x)))
 
 
 def _counted(name: str, run_fn: Any, precision_: str, device: str, settings: dict) -> Session:
@@ -89,14 +80,14 @@ def tiny_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The speed harness's model hooks and complexity counter on a tiny stand-in."""
     info = types.SimpleNamespace(loss_weights=(1.0, ()), has_aux=False, input_multiple=1,
                                  min_input=0, source="")  # fmt: skip
-    monkeypatch.setattr(steps, "_build_model", lambda name: Tiny())
+    monkeypatch.setattr(steps, "_build_model", lambda name: TinyConvNet())
     monkeypatch.setattr(steps, "model_info", lambda name: info)
     fake_cx = types.ModuleType("bench.cost.flops")
     fake_cx.analyze = lambda model, input_shape: types.SimpleNamespace(  # type: ignore[attr-defined]
         macs=40 * input_shape[2] * input_shape[3], activation_bytes=36 * input_shape[2] ** 2
     )
     monkeypatch.setitem(sys.modules, "bench.cost.flops", fake_cx)
-    monkeypatch.setattr(job, "_create", lambda name, **kw: Tiny())
+    monkeypatch.setattr(job, "_create", lambda name, **kw: TinyConvNet())
 
 
 def test_a_registered_runtime_appears_in_speed_rows(

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from bench.core.measure import thread_count
+from bench.core.precision import DTYPES
 
 __all__ = [
     "PRECISIONS",
@@ -63,8 +64,9 @@ __all__ = [
 
 #: Precisions an ONNX-runtime session can be asked for (entries may declare fewer).
 PRECISIONS = ("fp32", "bf16")
-#: Every precision name a caller may ask a runtime about (``segbench speed --dtype``).
-ASKABLE_PRECISIONS = ("fp32", "bf16", "fp16")
+#: Every precision name a caller may ask a runtime about (``segbench speed --dtype``):
+#: the project's dtype names
+ASKABLE_PRECISIONS = DTYPES
 #: onnxruntime provider names by the short name used on the command line.
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
