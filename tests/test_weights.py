@@ -171,3 +171,30 @@ def test_publish_refuses_weights_too_heavy_for_git(run, wdir, monkeypatch):
     with pytest.raises(ValueError, match="over the 0.0001 MB"):
         publish_run(run, name="heavy")
     assert not (wdir / "unet").exists() and not (wdir / "index.json").exists()
+
+
+def test_publish_refuses_weights_past_the_folders_budget(run, wdir, monkeypatch):
+    """The folder's total is capped too: a publish that would pass it writes nothing, and
+    re-publishing a name (--force) does not count its own old file twice."""
+    from bench.jobs import weights as publishing
+
+    first = publish_run(run, name="one")
+    size_mb = (wdir / first["file"]).stat().st_size / 1e6
+    monkeypatch.setattr(publishing, "MAX_TOTAL_MB", size_mb * 1.5)
+    with pytest.raises(ValueError, match="over its .* MB budget"):
+        publish_run(run, name="two")
+    assert not (wdir / "unet" / "two.pt").exists()
+    assert [e["name"] for e in json.loads((wdir / "index.json").read_text())["weights"]] == [
+        "one"
+    ]
+    publish_run(run, name="one", force=True)  # replaces its own file: within budget
+
+
+def test_committed_weights_fit_the_publish_limits():
+    """What is committed under results/weights obeys the limits publish enforces."""
+    from bench.jobs import weights as publishing
+
+    files = list(weights_dir().rglob("*.pt"))
+    sizes = {f.name: f.stat().st_size / 1e6 for f in files}
+    assert all(mb <= publishing.MAX_WEIGHTS_MB for mb in sizes.values()), sizes
+    assert sum(sizes.values()) <= publishing.MAX_TOTAL_MB, sizes

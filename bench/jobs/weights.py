@@ -19,8 +19,13 @@ from bench.core.io import read_json
 from models.weights import INDEX_FORMAT, file_sha256, weights_dir
 
 #: the largest weights file publish writes: results/weights is committed to git, which
-#: holds light models' weights only (a heavier model's stay in its run's checkpoints/)
+#: takes no file over 10 MB. Of the light models only MALUNet (0.7 MB) and EGE-UNet
+#: (0.2 MB) fit; lraspp (13 MB), SegFormer-B0 (15 MB) and the smp U-Nets (23-27 MB) stay
+#: in their runs' checkpoints/ folders, as the heavy models do
 MAX_WEIGHTS_MB = 10.0
+#: what results/weights may hold in all, so that every clone stays light (a few dozen
+#: seeds and recipes of the models that fit)
+MAX_TOTAL_MB = 50.0
 
 
 def default_name(metrics: dict[str, Any], config: dict[str, Any]) -> str:
@@ -32,8 +37,9 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     """Publish ``run_dir``'s best checkpoint; returns the index entry written.
 
     Refuses an unfinished run, a run without ``best.pt``, a checkpoint from another
-    configuration than the run's, an existing name (unless ``force``) and weights over
-    :data:`MAX_WEIGHTS_MB`.
+    configuration than the run's, an existing name (unless ``force``), weights over
+    :data:`MAX_WEIGHTS_MB` and weights that would take the folder past
+    :data:`MAX_TOTAL_MB`. Nothing is written on refusal.
     """
     import torch
 
@@ -79,8 +85,16 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     if size_mb > MAX_WEIGHTS_MB:
         raise ValueError(
             f"{ckpt_path}: {model}'s weights are {size_mb:.1f} MB, over the "
-            f"{MAX_WEIGHTS_MB:g} MB that {root} (committed to git) takes: only light models' "
-            "weights are published; this run's stay in its checkpoints/ folder"
+            f"{MAX_WEIGHTS_MB:g} MB a file of {root} (committed to git) may take; this "
+            "run's weights stay in its checkpoints/ folder"
+        )
+    # the folder's other files (a replaced entry's own file does not count twice)
+    held = sum(f.stat().st_size for f in root.rglob("*.pt") if f != dest) / 1e6
+    if held + size_mb > MAX_TOTAL_MB:
+        raise ValueError(
+            f"{ckpt_path}: {model}'s weights ({size_mb:.1f} MB) would take {root} to "
+            f"{held + size_mb:.1f} MB, over its {MAX_TOTAL_MB:g} MB budget (it is committed "
+            "to git): leave further seeds' weights with their runs"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
