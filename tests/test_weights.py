@@ -184,9 +184,7 @@ def test_publish_refuses_weights_past_the_folders_budget(run, wdir, monkeypatch)
     with pytest.raises(ValueError, match="over its .* MB budget"):
         publish_run(run, name="two")
     assert not (wdir / "unet" / "two.pt").exists()
-    assert [e["name"] for e in json.loads((wdir / "index.json").read_text())["weights"]] == [
-        "one"
-    ]
+    assert [e["name"] for e in json.loads((wdir / "index.json").read_text())["weights"]] == ["one"]
     publish_run(run, name="one", force=True)  # replaces its own file: within budget
 
 
