@@ -12,7 +12,13 @@ import torch.nn as nn
 from PIL import Image
 
 from bench.engine.checkpoints import extract_state_dict, load_weights
-from bench.engine.evaluate import EvalSettings, baseline_model, evaluate_arrays, evaluate_split
+from bench.engine.evaluate import (
+    PER_IMAGE_COLUMNS,
+    EvalSettings,
+    baseline_model,
+    evaluate_arrays,
+    evaluate_split,
+)
 
 
 def _tiny_unet() -> nn.Module:
@@ -43,7 +49,15 @@ def test_all_foreground_baseline_by_hand(prepared):
     assert res.metrics["sen"] == 1.0 and res.metrics["spe"] == 0.0
     assert res.per_image["dice"].to_numpy() == pytest.approx(2 * fg / (fg + hw))
     assert list(res.per_image["image_id"]) == prepared.split_ids["test"]
-    assert list(res.per_image.columns) == ["image_id", "dice", "iou", "hd95", "jaccard_thresholded"]
+    assert list(res.per_image.columns) == PER_IMAGE_COLUMNS
+    # each image's own confusion counts: all foreground predicted, so no fn and no tn
+    per = res.per_image
+    assert list(per["tp"]) == list(fg) and list(per["fp"]) == list(hw - fg)
+    assert (per["fn"] == 0).all() and (per["tn"] == 0).all()
+    # and they pool to the pooled metric
+    assert 2 * per["tp"].sum() / (2 * per["tp"].sum() + per["fp"].sum() + per["fn"].sum()) == (
+        pytest.approx(res.metrics["dsc"], abs=0)
+    )
     # at the original size the upsampled all-foreground map is all foreground too
     dice_orig = []
     for i in range(len(masks)):

@@ -17,6 +17,7 @@ import torch
 from run_fixtures import tiny_unet_config
 
 from bench.engine.config import TrainConfig
+from bench.engine.evaluate import PER_IMAGE_COLUMNS
 from bench.engine.run_control import NonFiniteLossError
 from bench.engine.train import run_training
 
@@ -196,7 +197,7 @@ def test_short_run_reduces_loss_and_writes_the_schema(finished_run):
     assert m["best_epoch"] == int(log.loc[log["val_loss"].idxmin(), "epoch"])
     assert all(0 <= m["test"][k] <= 1 for k in ("acc", "sen", "spe", "dsc", "miou", "dice_mean"))
     per = pd.read_csv(run / "per_image.csv")
-    assert list(per.columns) == ["image_id", "dice", "iou", "hd95", "jaccard_thresholded"]
+    assert list(per.columns) == PER_IMAGE_COLUMNS
     assert len(per) == m["test"]["n_images"] == 12
     man = json.loads((run / "manifest.json").read_text())
     assert man["dataset"]["fingerprint"] and man["dataset"]["split_file"]

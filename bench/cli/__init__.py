@@ -39,6 +39,7 @@ COMMANDS = {
     "gpu-check": "bench.cli.gpu_check",
     "weights": "bench.cli.weights",
     "check-model": "bench.cli.check_model",
+    "paper-gap": "bench.cli.paper_gap",
 }
 
 

@@ -30,7 +30,11 @@ from bench.data.augment import scale_images
 from bench.engine import distributed as bdist
 from bench.engine.metrics import MetricAccumulator, upsample_probs
 
-PER_IMAGE_COLUMNS = ["image_id", "dice", "iou", "hd95", "jaccard_thresholded"]
+#: per_image.csv: per-image scores, then the image's confusion counts at the threshold
+#: (pixels), from which any pooled metric of any subset of images can be recomputed
+PER_IMAGE_COLUMNS = [
+    "image_id", "dice", "iou", "hd95", "jaccard_thresholded", "tp", "fp", "fn", "tn",
+]  # fmt: skip
 
 
 def to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:

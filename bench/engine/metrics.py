@@ -203,6 +203,7 @@ class MetricAccumulator:
                     if self.compute_hd95
                     else math.nan,
                     "jaccard_thresholded": float(jac[i]),
+                    **dict(zip(("tp", "fp", "fn", "tn"), map(int, per[i]), strict=True)),
                 }
             )
 

@@ -176,9 +176,9 @@ def _suptitle(res: Results, key: str, dev: str | None, input_label: str) -> str:
     elif key == "macs":
         cost = f"MACs per image at input {input_label}"
     elif key == "best_latency":
-        what = "fastest-backend latency (backend per model in the table)"
+        what = "latency of each model's fastest fp32 backend (named in the table)"
         cost = (
-            f"fastest fp32 backend on {res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
+            f"{res.device_name(dev)}, batch 1, "  # type: ignore[arg-type]
             f"input {speed_input_label(res, dev)}"  # type: ignore[arg-type]
         )
     else:

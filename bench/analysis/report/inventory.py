@@ -4,7 +4,8 @@ A result file that nothing regenerates goes stale silently: a one-seed compariso
 written under an older rule kept saying ``significant=True`` beside a table that said the
 opposite. :func:`unknown_files` lists every file under the results folder that matches no
 pattern of :data:`KNOWN` (the outputs of ``segbench complexity``, ``speed``, ``train``,
-``evaluate``, ``baselines``, ``export``, ``compare``, ``benchmark`` and ``report``) or that
+``evaluate``, ``baselines``, ``export``, ``compare``, ``paper-gap``, ``benchmark`` and
+``report``) or that
 this report run did not write in its own folders, and every ``stats/*_pairwise`` file
 written under another rule than :data:`bench.analysis.stats.STATS_RULE`. ``segbench
 report`` prints them as a warning and lists them in README.md; with ``--strict`` it fails.
@@ -49,6 +50,7 @@ KNOWN: tuple[tuple[str, str], ...] = (
     ("runs/*/*/*/seed*/eval/*/per_image.csv", "segbench evaluate --run"),
     ("weights/*", "trained weights loadable by name (issue 23)"),
     ("weights/*/*", "trained weights loadable by name (issue 23)"),
+    ("paper-gap/*/*.json", "segbench paper-gap"),
     ("tables/sweep_summary.*", "segbench sweep (summary over seeds)"),
     ("stats/*_pairwise.csv", "segbench compare --all"),
     ("stats/*_pairwise.json", "segbench compare --all"),

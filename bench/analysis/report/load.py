@@ -438,6 +438,8 @@ class ReportOutput:
     figures: list[tuple[str, Path, str]] = field(default_factory=list)  # (group, png, caption)
     # dataset -> which experiment (recipe, epochs, seeds) each measured point shows
     point_sources: dict[str, list[str]] = field(default_factory=dict)
+    # model -> one sentence per paper-gap record (bench.analysis.report.gap.gap_verdict)
+    gap_verdicts: dict[str, list[str]] = field(default_factory=dict)
     # files under results/ that no command writes (bench.analysis.report.inventory)
     unknown: list[str] = field(default_factory=list)
     project_readme: Path | None = None  # the project README whose generated block was updated

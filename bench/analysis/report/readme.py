@@ -272,9 +272,12 @@ def _no_headline(res: Results) -> list[str]:
 
 
 def _paper_sections(report: ReportOutput) -> list[str]:
-    """One "paper vs measured" table per seed model (protocols.paper_vs_measured)."""
+    """One "paper vs measured" table per seed model (protocols.paper_vs_measured), each
+    followed by its measured causes (report.gap) when `segbench paper-gap` has run; then
+    the causes of other models measured against their papers."""
     lines: list[str] = []
-    for model in SEED_MODELS:
+    others = sorted(m for m in report.gap_verdicts if m not in SEED_MODELS)
+    for model in (*SEED_MODELS, *others):
         name = f"paper-vs-measured-{model}"
         lines += _section(
             report,
@@ -286,6 +289,20 @@ def _paper_sections(report: ReportOutput) -> list[str]:
             "column names what still separates the two (data preparation, split, model "
             "selection).",
         )
+        gap = _section(
+            report,
+            f"What separates {model}'s measured DSC from its paper's",
+            f"paper-gap-{model}",
+            "Each cause measured by `segbench paper-gap RUN --full-res "
+            "../shared/data/isic2017-mini` (one record per run under `paper-gap/`), in "
+            "percentage points of the pooled test DSC; each row says what it compares and "
+            "in which direction. Causes not listed (the authors' code defects, other "
+            "library versions) are not measured.",
+        )
+        verdicts = [f"- {v}" for v in report.gap_verdicts.get(model, [])]
+        if gap and verdicts:  # after the title and the note, before the table
+            gap[4:4] = [*verdicts, ""]
+        lines += gap
     return lines
 
 

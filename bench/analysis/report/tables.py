@@ -383,3 +383,17 @@ def _paper_vs_measured_cols() -> list[Col]:
         Col("caveats", "note"),
         Col("model", "model", csv_only=True),
     ]
+
+
+def _paper_gap_cols() -> list[Col]:
+    """Columns of a seed model's paper-gap table (bench.analysis.report.gap)."""
+    return [
+        Col("experiment", "experiment"),
+        Col("seed", "seed", decimals=0),
+        Col("cause", "cause"),
+        Col("effect on pooled test DSC (pp)", "effect_text"),
+        Col("effect (pp, number)", "effect", csv_only=True),
+        Col("95% interval (pp)", "interval_text"),
+        Col("measured how", "how"),
+        Col("model", "model", csv_only=True),
+    ]

@@ -12,6 +12,7 @@ import pandas as pd
 from bench.analysis.report.accuracy import accuracy_summary
 from bench.analysis.report.experiments import experiment_comparisons, experiment_table
 from bench.analysis.report.figures import _accuracy_plots, _efficiency_plots
+from bench.analysis.report.gap import gap_tables, gap_verdict, load_gaps
 from bench.analysis.report.headline import headline_block, update_readme
 from bench.analysis.report.hosts import check_hosts, deploy_host
 from bench.analysis.report.inventory import unknown_files
@@ -43,6 +44,7 @@ from bench.analysis.report.tables import (
     _experiment_cmp_cols,
     _experiment_cols,
     _external_cols,
+    _paper_gap_cols,
     _paper_vs_measured_cols,
     _speed_cols,
     render,
@@ -131,6 +133,11 @@ def write_report(
     acc_rows = accuracy_summary(res.runs)
     for model, pvm in paper_vs_measured(acc_rows, with_run_info(res.runs)).items():
         _write_table(out, f"paper-vs-measured-{model}", pvm, _paper_vs_measured_cols(), report)
+    gaps = load_gaps(results_dir)
+    for model, rows in gap_tables(gaps).items():
+        _write_table(out, f"paper-gap-{model}", rows, _paper_gap_cols(), report)
+    for rec in gaps:
+        report.gap_verdicts.setdefault(rec["model"], []).append(gap_verdict(rec))
     comparisons, _ = report_comparisons(res)
     if not comparisons.empty:
         _write_table(out, "comparisons", comparison_table(comparisons), _comparison_cols(), report)
@@ -224,6 +231,7 @@ _OWN_OUTPUTS = {
         "accuracy.*",
         "accuracy-smoke.*",
         "paper-vs-measured-*",
+        "paper-gap-*",
         "comparisons.*",
         "external.*",
         "experiments.*",
