@@ -128,11 +128,11 @@ def _interrupt_at(monkeypatch, signum: int, call: int) -> None:
     real = bench.data.augment.augment_batch
     n = {"calls": 0}
 
-    def interrupting(x, y, gen):
+    def interrupting(x, y, gen, **kw):
         n["calls"] += 1
         if n["calls"] == call:
             signal.raise_signal(signum)
-        return real(x, y, gen)
+        return real(x, y, gen, **kw)
 
     monkeypatch.setattr(bench.data.augment, "augment_batch", interrupting)
 

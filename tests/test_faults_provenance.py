@@ -81,11 +81,11 @@ def _stop_in_epoch_2(monkeypatch) -> None:
     real = bench.data.augment.augment_batch
     n = {"calls": 0}
 
-    def interrupting(x, y, gen):
+    def interrupting(x, y, gen, **kw):
         n["calls"] += 1
         if n["calls"] == 5:  # 15 training images at batch 4: 4 steps an epoch
             signal.raise_signal(signal.SIGINT)
-        return real(x, y, gen)
+        return real(x, y, gen, **kw)
 
     monkeypatch.setattr(bench.data.augment, "augment_batch", interrupting)
 

@@ -174,6 +174,13 @@ def test_protocols_and_paper_vs_measured(tmp_path: Path) -> None:
     assert "recompressed" in mal.loc["DSC", "note"]  # the dataset's own caveat
     assert mal.loc["Sen", "measured_mean"] == pytest.approx(80.0)  # fixture sen 0.8
     assert "val split" in mal.loc["DSC", "note"]  # selection differs from the authors'
+    assert "rotation angle" not in mal.loc["DSC", "note"]
+    # an ablation with the authors' one rotation angle per run says so
+    for cfg_path in (tmp_path / "runs" / "isic2017-256").rglob("config.json"):
+        cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "rotation": "fixed"}))
+    runs = with_run_info(find_runs(tmp_path))
+    note = protocols.paper_vs_measured(accuracy_summary(runs), runs)["malunet"]["note"].iloc[0]
+    assert "one rotation angle per run" in note
     # EGE-UNet has no run: the paper's figures with "not measured yet"
     ege = tables["egeunet"]
     assert set(ege["note"]) == {"not measured yet on the headline protocol"}

@@ -307,11 +307,11 @@ def test_ctrl_c_saves_mid_epoch_and_resume_matches_uninterrupted(data_root, tmp_
     real = bench.data.augment.augment_batch
     calls = {"n": 0}
 
-    def interrupting(x, y, gen):
+    def interrupting(x, y, gen, **kw):
         calls["n"] += 1
         if calls["n"] == 10:  # epoch 2, step 3: as if the user pressed Ctrl-C here
             signal.raise_signal(signal.SIGINT)
-        return real(x, y, gen)
+        return real(x, y, gen, **kw)
 
     monkeypatch.setattr(bench.data.augment, "augment_batch", interrupting)
     with pytest.raises(KeyboardInterrupt):
@@ -393,3 +393,42 @@ def test_paper_recipe_selects_on_test_and_trains_on_train_plus_val(data_root, tm
     m = json.loads((run / "metrics.json").read_text())
     assert m["selection"]["split"] == "test" and m["recipe"] == "paper"
     assert m["best_epoch"] == int(log.loc[log["test_loss"].idxmin(), "epoch"])
+
+
+def test_paper_fixed_angle_recipe_is_the_paper_recipe_with_one_angle_per_run():
+    paper = TrainConfig.from_recipe("paper", data="x")
+    fixed = TrainConfig.from_recipe("paper-fixed-angle", data="x")
+    assert paper.rotation == "per-sample" and fixed.rotation == "fixed"
+    assert fixed.select_split == "test"  # an ablation of paper may select as paper does
+    diff = {k for k, v in fixed.to_dict().items() if paper.to_dict().get(k) != v}
+    assert diff - {"config_hash", "experiment_hash"} == {"recipe", "rotation"}
+    with pytest.raises(ValueError, match="rotation='sometimes': choose one of per-sample, fixed"):
+        TrainConfig.from_recipe("paper", data="x", rotation="sometimes")
+    # a config recorded before the field hashes as it did (the field's old behaviour)
+    old = {k: v for k, v in paper.to_dict().items() if k != "rotation"}
+    from bench.engine.config import experiment_hash_of
+
+    assert experiment_hash_of(old) == experiment_hash_of(paper.to_dict())
+
+
+def test_fixed_rotation_gives_every_rotated_sample_of_a_run_the_seeds_angle(tmp_path, monkeypatch):
+    from bench.data import augment
+    from bench.data.synthetic import make_synthetic
+    from bench.engine.config import fixed_rotation_angle
+
+    data = make_synthetic(tmp_path / "syn", n=16, size=(40, 40), seed=3)
+    seen: dict[str, list] = {"fixed": [], "per-sample": []}
+    real = augment.augment_batch
+    for rotation in seen:
+
+        def spy(*args, _r=rotation, **kw):
+            seen[_r].append(kw.get("fixed_angle"))
+            return real(*args, **kw)
+
+        monkeypatch.setattr(augment, "augment_batch", spy)
+        cfg = tiny_unet_config(data, recipe="paper", epochs=2, rotation=rotation, seed=5)
+        run_training(cfg, tmp_path / rotation, quiet=True)
+    angle = fixed_rotation_angle(5)
+    assert 0 <= angle < 360 and angle != fixed_rotation_angle(6)
+    assert seen["fixed"] and set(seen["fixed"]) == {angle}
+    assert seen["per-sample"] and set(seen["per-sample"]) == {None}

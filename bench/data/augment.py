@@ -271,8 +271,12 @@ def training_batch(
     scaling: str = DEFAULT_SCALING,
     augment: bool = True,
     scale_first: bool = False,
+    fixed_angle: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A training batch as the network sees it: augmented (when ``augment``) and scaled.
+
+    ``fixed_angle``: every rotated sample uses this angle (degrees; the authors' defect,
+    see :func:`augment_batch`) instead of drawing its own.
 
     ``scale_first=False`` (segbench's order, the fair recipe): flip / rotate the uint8
     image, rotated-in corners filled with 0, then scale, so the corners become the new
@@ -286,7 +290,7 @@ def training_batch(
     if scale_first:
         x = scale_images(x, scaling)
     if augment:
-        x, y = augment_batch(x, y, generator)
+        x, y = augment_batch(x, y, generator, fixed_angle=fixed_angle)
     if not scale_first:
         x = scale_images(x, scaling)
     return x, y

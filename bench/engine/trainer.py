@@ -28,7 +28,7 @@ from bench.core.progress import progress_bar
 from bench.engine import distributed as bdist
 from bench.engine.amp import _effective_amp
 from bench.engine.checkpoints import CHECKPOINT_FORMAT, _load_checkpoint, _save_checkpoint
-from bench.engine.config import TrainConfig, split_kwargs
+from bench.engine.config import TrainConfig, fixed_rotation_angle, split_kwargs
 from bench.engine.determinism import (
     _configure_backends,
     _epoch_seed,
@@ -144,6 +144,8 @@ class _Trainer:
         self.best: dict[str, Any] = {"value": None, "epoch": None}
         self.history: list[dict[str, Any]] = []
         self.gen = torch.Generator()  # augmentation draws, on CPU (see bench.data.augment)
+        # rotation="fixed": one angle for the whole run, as the authors' transform
+        self.fixed_angle = fixed_rotation_angle(cfg.seed) if cfg.rotation == "fixed" else None
         self.sampler = torch.utils.data.DistributedSampler(
             range(self.n_train),
             num_replicas=d.world_size,
@@ -387,6 +389,7 @@ class _Trainer:
                     scaling=cfg.input_scaling,
                     augment=cfg.augment,
                     scale_first=cfg.scale_before_augment,
+                    fixed_angle=self.fixed_angle,
                 )
                 x = x.contiguous(memory_format=self.mem_format)
                 with autocast_context(device, self.amp):

@@ -87,6 +87,8 @@ def _caveats(runs: pd.DataFrame) -> str:
             f"checkpoint selected on the {'/'.join(sel)} split (the authors selected on "
             "test: their figures are optimistic by that choice)"
         )
+    if any(c.get("rotation") == "fixed" for c in cfgs):
+        out.append("one rotation angle per run, as the authors' code (an ablation)")
     sizes = sorted({int(c["image_size"]) for c in cfgs if c.get("image_size")})
     if sizes:
         out.append(f"trained and scored at {'/'.join(map(str, sizes))} px")
