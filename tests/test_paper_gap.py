@@ -129,6 +129,36 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     return run_training(cfg, base / "results", quiet=True), _upscaled_copy(data, base / "full")
 
 
+def test_an_ablation_run_is_scored_on_the_same_images(trained, tmp_path, capsys):
+    run, _ = trained
+    data = json.loads((run / "config.json").read_text())["data"]
+    cfg = tiny_unet_config(data, recipe="paper-fixed-angle", epochs=3, val_every=1)
+    other = run_training(cfg, tmp_path / "abl", quiet=True)
+    results = tmp_path / "results"
+    assert main(["paper-gap", str(run), "--ablation", str(other), "--results", str(results),
+                 "--resamples", "200", "--draws", "5", "--quiet"]) == 0  # fmt: skip
+    assert "ablation (rotation per-sample -> fixed)" in capsys.readouterr().out
+    (path,) = results.glob("paper-gap/*/*.json")
+    abl = json.loads(path.read_text())["causes"]["ablation"]
+    assert abl["differs_in"] == {"rotation": ["per-sample", "fixed"]}
+    mine = pd.read_csv(run / "per_image.csv")  # written with the counts by this code
+    theirs = pd.read_csv(other / "per_image.csv")
+    want = 100 * (
+        pooled_dsc(theirs.tp, theirs.fp, theirs.fn) - pooled_dsc(mine.tp, mine.fp, mine.fn)
+    )
+    assert abl["difference_pp"] == pytest.approx(want)
+    assert set(abl["dsc_by_epoch"]) == {"run", "ablation"}
+    assert list(abl["dsc_by_epoch"]["ablation"]) == ["1", "2", "3"]
+    rows = gap_tables(load_gaps(results))["unet"]
+    assert "ablation: rotation per-sample → fixed" in set(rows["cause"])
+    # the run itself is no ablation; several runs with one ablation are refused
+    assert main(["paper-gap", str(run), "--ablation", str(run), "--results", str(results),
+                 "--quiet"]) == 1  # fmt: skip
+    assert "the run's own configuration" in capsys.readouterr().out
+    assert main(["paper-gap", str(run), str(other), "--ablation", str(other), "--quiet"]) == 2
+    assert "give one RUN_DIR" in capsys.readouterr().err
+
+
 def test_paper_gap_end_to_end_on_a_tiny_run(trained, tmp_path, capsys):
     run, full = trained
     results = tmp_path / "results"

@@ -15,6 +15,9 @@ confusion counts (``tp``, ``fp``, ``fn`` columns of ``per_image.csv``):
 - :func:`paired_pooled_difference`: the same images, scored twice (e.g. from the
   recompressed 256-px folder and from the original full-resolution files resized here),
   with a paired bootstrap interval: the effect of the data preparation on scoring.
+- an ablation run (the same protocol with one of the authors' habits kept, e.g. their
+  one rotation angle per run) scored on the same test images:
+  :func:`paired_pooled_difference` again, ablation minus run.
 - :func:`random_split_leaks` and :func:`leak_bound`: a plain random 7:3 draw (the
   authors') can put two copies of one image on both sides; how many test images it
   leaks on average, and the most that could add to the pooled DSC.
@@ -164,6 +167,7 @@ def selection_effect(log: pd.DataFrame, best_epoch: int, split: str = "test") ->
         "best_dsc": 100 * float(by_epoch[top]),
         "effect_pp": 100 * float(by_epoch[best_epoch] - by_epoch[last]),
         "validated_epochs": [int(e) for e in by_epoch.index],
+        "dsc_by_epoch": {str(int(e)): 100 * float(v) for e, v in by_epoch.items()},
     }
 
 

@@ -10,6 +10,8 @@ from typing import Any
 def _cmd_paper_gap(args: argparse.Namespace) -> int:
     from bench.jobs.paper_gap import measure_gap, write_gap
 
+    if args.ablation is not None and len(args.runs) != 1:
+        raise ValueError("--ablation compares with one run: give one RUN_DIR")
     failed = 0
     for run in args.runs:
         cmd = ["segbench", "paper-gap", str(run), "--results", str(args.results)]
@@ -17,10 +19,13 @@ def _cmd_paper_gap(args: argparse.Namespace) -> int:
             cmd += ["--data", str(args.data)]
         if args.full_res:
             cmd += ["--full-res", str(args.full_res)]
+        if args.ablation:
+            cmd += ["--ablation", str(args.ablation)]
         cmd += ["--resamples", str(args.resamples), "--draws", str(args.draws)]
         try:
             rec = measure_gap(
-                run, data=args.data, full_res=args.full_res, resamples=args.resamples,
+                run, data=args.data, full_res=args.full_res, ablation=args.ablation,
+                resamples=args.resamples,
                 draws=args.draws, progress=not args.quiet, command=" ".join(cmd),
             )  # fmt: skip
         except (ValueError, FileNotFoundError) as err:
@@ -61,6 +66,11 @@ def _print(rec: dict[str, Any]) -> None:
             print(
                 f"  data preparation ({v['n_images']} images): {v['difference_pp']:+.2f} pp [{lo:+.2f}, {hi:+.2f}]"
             )
+    if "ablation" in c:
+        a = c["ablation"]
+        lo, hi = a["interval_pp"]
+        what = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in a["differs_in"].items())
+        print(f"  ablation ({what}): {a['difference_pp']:+.2f} pp [{lo:+.2f}, {hi:+.2f}]")
     d = c["duplicates"]
     print(
         f"  duplicate leaks of a random split: {d['leaked_test_images_mean']:.1f} test images on average, at most {d['bound_pp']:+.2f} pp"
@@ -91,6 +101,12 @@ def register(subparsers: Any) -> None:
         "--full-res", type=Path, default=None, metavar="DIR",
         help="a folder holding some of the run's test images at full resolution (e.g. "
         "../shared/data/isic2017-mini): measures the data-preparation effect",
+    )  # fmt: skip
+    p.add_argument(
+        "--ablation", type=Path, default=None, metavar="RUN_DIR",
+        help="a finished run of the same model, seed and split that keeps one of the "
+        "authors' habits (e.g. recipe paper-fixed-angle): its test DSC minus the run's, on "
+        "the same images (one RUN_DIR only)",
     )  # fmt: skip
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="results folder (default: results)")  # fmt: skip

@@ -15,7 +15,11 @@ checks that it reproduces the run's own test DSC, and measures the causes of
 - duplicate leaks: how many test images a plain random 7:3 draw (the authors') leaks,
   and the most that could add;
 - training seeds: the spread of the pooled DSC over the experiment's other seeds of the
-  same training code (none measured with one seed).
+  same training code (none measured with one seed);
+- an ablation (``--ablation RUN``): a finished run of the same model, seed, data and split
+  whose configuration differs in one of the authors' habits (e.g. recipe
+  ``paper-fixed-angle``), re-scored on the same test images: its DSC minus the run's, with
+  a paired interval, and both runs' test DSC at every validated epoch.
 
 The record goes to ``results/paper-gap/<dataset>/<model>-<experiment>-s<seed>.json``;
 ``segbench report`` sets it beside the paper-vs-measured table.
@@ -113,6 +117,84 @@ def _preparation_difference(
     }
 
 
+#: configuration fields that may differ between a run and its ablation besides the ones
+#: the ablation is about: names, hashes and where / how fast it ran
+_ABLATION_IGNORED = {"recipe", "config_hash", "data", "device", "threads", "cache_dir"}
+
+
+def _ablation(
+    run: Path,
+    config: dict[str, Any],
+    per: pd.DataFrame,
+    other: Path,
+    *,
+    data: str | Path | None,
+    out: Path,
+    resamples: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """The ablation run ``other`` against ``run``: what differs, and ablation minus run on
+    the same test images (see the module docstring)."""
+    from bench.engine.run_eval import evaluate_model
+    from bench.engine.run_record import recorded_dataset
+
+    try:
+        o_metrics = read_json(other / "metrics.json")
+        o_config = read_json(other / "config.json")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--ablation {other}: not a finished segbench run ({err})") from None
+    if o_metrics.get("status") != "finished":
+        raise ValueError(f"--ablation {other}: status {o_metrics.get('status')!r}, not finished")
+    mine, theirs = recorded_dataset(run), recorded_dataset(other)
+    for key in ("fingerprint", "split_hash"):
+        if mine.get(key) != theirs.get(key):
+            raise ValueError(
+                f"--ablation {other}: dataset {key} {theirs.get(key)} is not the run's "
+                f"{mine.get(key)}: not scored on the same images"
+            )
+    differs = sorted(
+        k
+        for k in set(config) | set(o_config)
+        if k not in _ABLATION_IGNORED and config.get(k) != o_config.get(k)
+    )
+    if not differs:
+        raise ValueError(f"--ablation {other}: trained with the run's own configuration")
+    weights = run_weights(other)
+    scored = evaluate_model(
+        run_dir=other, checkpoint=weights["file"], data=data, out=out, compute_hd95=False,
+        progress=progress, command="",
+    )  # fmt: skip
+    o_per = scored.result.per_image
+    if set(o_per["image_id"]) != set(per["image_id"]):
+        raise ValueError(f"--ablation {other}: scores other test images than the run")
+    got = 100 * pooled_dsc(o_per["tp"], o_per["fp"], o_per["fn"])
+    want = 100 * float(o_metrics["test"]["dsc"])
+    if abs(got - want) > REPRODUCE_TOLERANCE_PP:
+        raise ValueError(
+            f"--ablation {other}: re-scoring gives DSC {got:.4f}, the run recorded {want:.4f}"
+        )
+    diff = paired_pooled_difference(o_per, per, resamples=resamples)
+    traj: dict[str, Any] = {}
+    split = o_config.get("select_split", "test")
+    for label, r in (("run", run), ("ablation", other)):
+        try:
+            log = pd.read_csv(r / "log.csv")
+            traj[label] = selection_effect(log, int(read_json(r / "metrics.json")["best_epoch"]),
+                                           split)["dsc_by_epoch"]  # fmt: skip
+        except (OSError, ValueError, KeyError):
+            traj[label] = {}
+    return {
+        **diff,
+        "order": "ablation - run",
+        "run": _results_relative(other),
+        "recipe": o_metrics.get("recipe"),
+        "differs_in": {k: [config.get(k), o_config.get(k)] for k in differs},
+        "code_fingerprint": o_metrics.get("code_fingerprint"),
+        "weights": weights if weights["source"] == "published" else {"source": "checkpoint"},
+        "dsc_by_epoch": traj,
+    }
+
+
 def _seed_dscs(run: Path, metrics: dict[str, Any]) -> dict[int, float]:
     """Pooled test DSC of every finished seed of ``run``'s experiment folder trained with
     the same code fingerprint (``run`` included)."""
@@ -135,6 +217,7 @@ def measure_gap(
     *,
     data: str | Path | None = None,
     full_res: str | Path | None = None,
+    ablation: str | Path | None = None,
     resamples: int = 2000,
     draws: int = 1000,
     progress: bool = False,
@@ -145,7 +228,8 @@ def measure_gap(
 
     ``data``: the run's dataset folder when its recorded path does not exist here;
     ``full_res``: a folder holding some of the same images at full resolution (optional;
-    without it the data-preparation effect is recorded as not measured).
+    without it the data-preparation effect is recorded as not measured). ``ablation``: a
+    finished run that differs from ``run_dir`` in one of the authors' habits (optional).
     """
     from bench.core.env import command_line, environment, git_commit
     from bench.core.measure import pinned_threads
@@ -257,7 +341,14 @@ def measure_gap(
             **leak_bound(per, in_groups, leaks["leaked_test_images_mean"]),
         }
 
-    # 5. training seeds of the same code
+        # 5. an ablation run on the same test images
+        if ablation is not None:
+            causes["ablation"] = _ablation(
+                run, config, per, Path(ablation), data=data, out=Path(tmp) / "ablation",
+                resamples=resamples, progress=progress,
+            )  # fmt: skip
+
+    # 6. training seeds of the same code
     causes["seeds"] = seed_spread(_seed_dscs(run, metrics))
     paper_dsc = float(paper["dsc"])
     return {

@@ -114,6 +114,25 @@ def _rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
             "scored perfectly (segbench's split keeps copies on one side)",
         }
     )
+    if "ablation" in c:
+        a = c["ablation"]
+        what = ", ".join(f"{k} {v[0]} → {v[1]}" for k, v in a["differs_in"].items())
+        rows.append(
+            {
+                "cause": f"ablation: {what}",
+                "effect": a["difference_pp"],
+                "interval": a["interval_pp"],
+                "how": f"pooled test DSC of {a['run']} (recipe {a['recipe']}) minus this run's, "
+                f"both re-scored on the same {a['n_images']} test images ("
+                f"{a['a_dsc']:.2f} vs {a['b_dsc']:.2f}); paired bootstrap interval; one seed "
+                "each, so training noise is inside the difference"
+                + (
+                    f"; code fingerprints {rec.get('code_fingerprint')} vs {a['code_fingerprint']}"
+                    if a.get("code_fingerprint") != rec.get("code_fingerprint")
+                    else ""
+                ),
+            }
+        )
     seeds = c["seeds"]
     rows.append(
         {
