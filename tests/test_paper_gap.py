@@ -224,3 +224,34 @@ def test_a_file_that_is_not_a_gap_record_is_named(tmp_path):
     path.write_text(json.dumps({"format": "other"}))
     with pytest.raises(ReportInputError, match="x.json: not a segbench-paper-gap/1 record"):
         load_gaps(tmp_path)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_a_committed_record_is_what_the_code_measures(shared_dir):
+    """The committed MALUNet paper-gap record, measured again from the committed run, its
+    published weights and ../shared: every cause comes out the same."""
+    from bench.jobs.paper_gap import measure_gap
+
+    path = REPO / "results" / "paper-gap" / "isic2017-256" / "malunet-fair-e10-s42.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not committed")
+    rec = json.loads(path.read_text())
+    args = rec["command"].split()
+    opt = {k: args[args.index(k) + 1] for k in ("--full-res", "--resamples", "--draws")}
+    again = measure_gap(
+        REPO / rec["run"],
+        data=shared_dir / "data" / rec["dataset"],
+        full_res=shared_dir / "data" / Path(opt["--full-res"]).name,
+        resamples=int(opt["--resamples"]),
+        draws=int(opt["--draws"]),
+        log=lambda _: None,
+    )
+    assert again["measured_dsc"] == pytest.approx(rec["measured_dsc"], abs=1e-9)
+    for cause, got in again["causes"].items():
+        want = rec["causes"][cause]
+        for key, value in got.items():
+            if key == "folder":
+                continue
+            assert value == pytest.approx(want[key], abs=1e-9), (cause, key)
