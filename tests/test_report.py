@@ -277,14 +277,16 @@ def test_report_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "does not exist" in capsys.readouterr().err
 
 
-def _add_run(root: Path, model: str, epochs: int, seed: int, dsc: float) -> None:
-    """A finished run of experiment (fair, epochs) in the engine's folder layout."""
+def _add_run(
+    root: Path, model: str, epochs: int, seed: int, dsc: float, recipe: str = "fair"
+) -> None:
+    """A finished run of experiment (recipe, epochs) in the engine's folder layout."""
     import json
 
-    run = root / "runs" / "isic2017-mini" / model / f"fair-e{epochs}" / f"seed{seed}"
+    run = root / "runs" / "isic2017-mini" / model / f"{recipe}-e{epochs}" / f"seed{seed}"
     run.mkdir(parents=True)
     test = {"dsc": dsc, "miou": dsc - 0.1, "dice_mean": dsc, "hd95_mean": 10.0, "n_images": 4}
-    metrics = {"model": model, "dataset": "isic2017-mini", "seed": seed, "recipe": "fair"}
+    metrics = {"model": model, "dataset": "isic2017-mini", "seed": seed, "recipe": recipe}
     metrics.update(epochs=epochs, status="finished", test=test)
     (run / "metrics.json").write_text(json.dumps(metrics))
 
@@ -303,6 +305,20 @@ def test_experiments_are_kept_apart(tmp_path: Path) -> None:
                     ("unet", 2): pytest.approx(60.0)}  # fmt: skip
     main = accuracy.main_experiments(acc).set_index("model")
     assert main.loc["malunet", "epochs"] == 20 and main.loc["unet", "epochs"] == 2
+    # a longer paper-recipe run (selected on test) never becomes the shown experiment
+    _add_run(tmp_path, "unet", 300, 0, 0.99, recipe="paper")
+    _add_run(tmp_path, "malunet", 300, 0, 0.99, recipe="paper-fixed-angle")
+    acc2 = accuracy.accuracy_summary(load.load_results(tmp_path).runs)
+    assert len(acc2) == 5  # the accuracy table keeps them
+    main2 = accuracy.main_experiments(acc2).set_index("model")
+    assert main2.loc["malunet", "epochs"] == 20 and main2.loc["unet", "epochs"] == 2
+    from bench.analysis.runs import choose_experiment, find_runs
+
+    both = find_runs(tmp_path)
+    assert choose_experiment(both, "isic2017-mini") == ("fair", 2)
+    assert choose_experiment(both, "isic2017-mini", ["unet"], recipe="paper") == ("paper", 300)
+    for sub in ("unet/paper-e300", "malunet/paper-fixed-angle-e300"):
+        shutil.rmtree(tmp_path / "runs" / "isic2017-mini" / sub)
     s = summaries.summary_table(res).set_index("model")
     assert s.loc["malunet", "isic2017-mini:dsc_mean"] == pytest.approx(90.0)
     assert s.loc["malunet", "isic2017-mini:experiment"] == "fair-e20"

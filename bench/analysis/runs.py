@@ -410,10 +410,15 @@ def choose_experiment(
     Candidates are the experiments on ``dataset`` that every one of ``models`` has a
     finished run of (``models=None``: experiments with at least two models), narrowed
     by ``recipe`` / ``epochs``. Of those the one with the most epochs wins; ties go to
-    more models, then more seeds, then the recipe name. ValueError, naming what each
-    model has, when nothing fits.
+    more models, then more seeds, then the recipe name. Without ``recipe``, the paper
+    recipe and its ablations are never chosen: they select on the test split (ask for
+    them by name). ValueError, naming what each model has, when nothing fits.
     """
+    from bench.engine.config import is_paper_recipe
+
     rows = runs[runs["dataset"] == dataset]
+    if recipe is None:
+        rows = rows[~rows["recipe"].map(lambda r: is_paper_recipe(str(r)))]
     if models is not None:
         rows = rows[rows["model"].isin(list(models))]
     stats = []

@@ -120,9 +120,17 @@ def _precision_rank(p: Any) -> int:
 def main_experiments(acc: pd.DataFrame) -> pd.DataFrame:
     """Of :func:`accuracy_summary` rows, each (dataset, model)'s experiment with the most
     epochs (ties: more seeds, then fp32 before other precisions, then the recipe name):
-    the one plots, comparisons and the per-model summary show."""
+    the one plots, comparisons and the per-model summary show.
+
+    The paper recipe and its ablations (:func:`bench.engine.config.is_paper_recipe`)
+    select their checkpoint on the test split, so their test scores are optimistic and
+    never stand beside other models' there: they appear only in the accuracy and
+    paper-vs-measured tables."""
+    from bench.engine.config import is_paper_recipe
+
     if acc.empty:
         return acc
+    acc = acc[~acc["recipe"].map(lambda r: is_paper_recipe(str(r)))]
     order = acc.assign(_prec=acc["precision"].map(_precision_rank)).sort_values(
         ["dataset", "model", "epochs", "n_seeds", "_prec", "recipe", "experiment_hash"],
         ascending=[True, True, False, False, True, True, True],

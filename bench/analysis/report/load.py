@@ -7,7 +7,8 @@
 - ``runs/<dataset>/<model>/<recipe>-e<epochs>/seed<k>/metrics.json``: finished training
   runs; an experiment (recipe, epochs) is never averaged with another: the accuracy
   table has one row per (dataset, model, recipe, epochs), and the per-model summary and
-  the Pareto plots use each model's experiment with the most epochs (ties: more seeds);
+  the Pareto plots use each model's experiment with the most epochs (ties: more seeds;
+  never the paper recipe, which selects on the test split);
 - ``runs/<dataset>/<model>/<experiment>/seed<k>/eval/<eval dataset>-<split>/metrics.json``
   (optional): a trained run scored on another dataset (``segbench evaluate --run``), for
   the external-validation table;

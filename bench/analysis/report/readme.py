@@ -350,7 +350,8 @@ def _plots(report: ReportOutput, out: Path) -> list[str]:
             lines.extend(
                 [
                     "Each model's measured point shows its experiment with the most epochs "
-                    "(ties: more seeds, then fp32); the accuracy table lists every experiment.",
+                    "(ties: more seeds, then fp32), never a paper-recipe run (it selects its "
+                    "checkpoint on the test split); the accuracy table lists every experiment.",
                     "",
                 ]
             )
