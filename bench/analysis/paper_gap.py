@@ -44,6 +44,29 @@ def pooled_dsc(tp: Any, fp: Any, fn: Any) -> float:
     return 2 * t / den if den else 1.0
 
 
+def _pooled_along(tp: Any, fp: Any, fn: Any, axis: int = -1) -> Any:
+    """:func:`pooled_dsc` of count arrays along ``axis`` (scipy's vectorised statistic)."""
+    t = tp.sum(axis)
+    return 2 * t / (2 * t + fp.sum(axis) + fn.sum(axis))
+
+
+def _bootstrap(data: tuple, statistic: Any, confidence: float, resamples: int, seed: int) -> Any:
+    """:func:`scipy.stats.bootstrap`, paired over ``data``'s arrays (one entry per image,
+    so an image's counts are drawn together), percentile interval, seeded."""
+    from scipy import stats
+
+    return stats.bootstrap(
+        data,
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
+
+
 def _counts(frame: pd.DataFrame, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     missing = [c for c in ("tp", "fp", "fn") if c not in frame]
     if missing:
@@ -68,20 +91,9 @@ def sampling_interval(
     Resampling images (not pixels) keeps each image's pixels together, as a different
     split would. Uses :func:`scipy.stats.bootstrap` (paired over the three count columns).
     """
-    from scipy import stats
-
     tp, fp, fn = _counts(per_image, "sampling interval")
     dsc = pooled_dsc(tp, fp, fn)
-    res = stats.bootstrap(
-        (tp, fp, fn),
-        lambda a, b, c, axis=-1: 2 * a.sum(axis) / (2 * a.sum(axis) + b.sum(axis) + c.sum(axis)),
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
+    res = _bootstrap((tp, fp, fn), _pooled_along, confidence, resamples, seed)
     lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return {
         "dsc": 100 * dsc,
@@ -104,8 +116,6 @@ def paired_pooled_difference(
     """Pooled DSC of ``a`` minus that of ``b`` over the images both score (matched by
     ``image_id``), with a paired percentile bootstrap interval (images resampled
     together in both), in percentage points."""
-    from scipy import stats
-
     common = sorted(set(a["image_id"]) & set(b["image_id"]))
     if len(common) < 2:
         raise ValueError(f"{len(common)} image(s) scored both ways: nothing to compare")
@@ -113,21 +123,9 @@ def paired_pooled_difference(
     tb, fb, nb = _counts(b.set_index("image_id").loc[common], "second scoring")
 
     def diff(t1, f1, n1, t2, f2, n2, axis=-1):  # noqa: ANN001, ANN202 (scipy's statistic)
-        def d(t, f, n):  # noqa: ANN001, ANN202
-            return 2 * t.sum(axis) / (2 * t.sum(axis) + f.sum(axis) + n.sum(axis))
+        return _pooled_along(t1, f1, n1, axis) - _pooled_along(t2, f2, n2, axis)
 
-        return d(t1, f1, n1) - d(t2, f2, n2)
-
-    res = stats.bootstrap(
-        (ta, fa, na, tb, fb, nb),
-        diff,
-        paired=True,
-        vectorized=True,
-        n_resamples=resamples,
-        confidence_level=confidence,
-        method="percentile",
-        random_state=np.random.default_rng(seed),
-    )
+    res = _bootstrap((ta, fa, na, tb, fb, nb), diff, confidence, resamples, seed)
     return {
         "a_dsc": 100 * pooled_dsc(ta, fa, na),
         "b_dsc": 100 * pooled_dsc(tb, fb, nb),

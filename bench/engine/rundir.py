@@ -28,6 +28,28 @@ def run_dir_for(cfg: TrainConfig, results_dir: str | Path = "results") -> Path:
     return Path(results_dir) / "runs" / cfg.dataset_name / cfg.model / exp / f"seed{cfg.seed}"
 
 
+def read_finished_run(run_dir: str | Path, label: str = "") -> tuple[dict, dict]:
+    """``(metrics.json, config.json)`` of a finished run; ValueError naming the folder (after
+    ``label``, e.g. ``"--ablation "``) when it is not one."""
+    run = Path(run_dir)
+    try:
+        metrics, config = read_json(run / "metrics.json"), read_json(run / "config.json")
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{label}{run}: not a finished segbench run ({err})") from None
+    if metrics.get("status") != "finished":
+        raise ValueError(f"{label}{run}: status {metrics.get('status')!r}, not finished")
+    return metrics, config
+
+
+def results_relative(path: str | Path) -> str:
+    """``path`` from its last ``results`` folder on (``results/runs/<dataset>/...``): the
+    same in every checkout, so a committed file can point at a committed run folder; the
+    path as given when it lies in no ``results`` folder."""
+    parts = Path(path).resolve().parts
+    at = max((k for k, p in enumerate(parts) if p == "results"), default=None)
+    return "/".join(parts[at:]) if at is not None else str(path)
+
+
 def config_differences(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """Result-defining fields where ``run_dir/config.json`` differs from ``cfg``.
 

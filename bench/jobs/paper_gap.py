@@ -47,6 +47,7 @@ from bench.analysis.paper_gap import (
     selection_effect,
 )
 from bench.core.io import read_json, write_json
+from bench.engine.rundir import read_finished_run, results_relative
 
 FORMAT = "segbench-paper-gap/1"
 #: the run's own test DSC must come back within this (pp), else the weights or the data
@@ -62,7 +63,7 @@ def run_weights(run: Path) -> dict[str, Any]:
         return {"source": "checkpoint", "file": str(best)}
     from models.weights import file_sha256, list_weights
 
-    rel = _results_relative(run)
+    rel = results_relative(run)
     for entry in list_weights():
         if entry.meta.get("run") == rel:
             digest = file_sha256(entry.path)
@@ -81,12 +82,6 @@ def run_weights(run: Path) -> dict[str, Any]:
         f"{run}: no checkpoints/best.pt and no committed weights trained by it "
         "(segbench weights list); measure where the run was trained, or publish it first"
     )
-
-
-def _results_relative(run: Path) -> str:
-    parts = run.resolve().parts
-    at = max((k for k, p in enumerate(parts) if p == "results"), default=None)
-    return "/".join(parts[at:]) if at is not None else str(run)
 
 
 def _by_id(prepared: Any, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,6 +112,37 @@ def _preparation_difference(
     }
 
 
+def _rescored(
+    run: Path, metrics: dict[str, Any], weights: dict[str, Any], *, data: str | Path | None,
+    out: Path, progress: bool, label: str = "",
+) -> tuple[pd.DataFrame, float]:  # fmt: skip
+    """``run``'s test split re-scored with ``weights``: per-image rows (with confusion
+    counts) and the pooled DSC in %, which must be the DSC the run recorded."""
+    from bench.engine.run_eval import evaluate_model
+
+    scored = evaluate_model(
+        run_dir=run, checkpoint=weights["file"], data=data, out=out, compute_hd95=False,
+        progress=progress, command="",
+    )  # fmt: skip
+    per = scored.result.per_image
+    got = 100 * pooled_dsc(per["tp"], per["fp"], per["fn"])
+    want = 100 * float(metrics["test"]["dsc"])
+    if abs(got - want) > REPRODUCE_TOLERANCE_PP:
+        raise ValueError(
+            f"{label}{run}: re-scoring its test split gives DSC {got:.4f}, the run recorded "
+            f"{want:.4f}: these weights or this data are not the run's"
+        )
+    return per, got
+
+
+def _trajectory(run: Path, best_epoch: int, split: str) -> dict[str, float]:
+    """The run's DSC at every epoch validated on ``split`` ({} when its log has none)."""
+    try:
+        return selection_effect(pd.read_csv(run / "log.csv"), best_epoch, split)["dsc_by_epoch"]
+    except (OSError, ValueError):
+        return {}
+
+
 #: configuration fields that may differ between a run and its ablation besides the ones
 #: the ablation is about: names, hashes and where / how fast it ran
 _ABLATION_IGNORED = {"recipe", "config_hash", "data", "device", "threads", "cache_dir"}
@@ -124,6 +150,7 @@ _ABLATION_IGNORED = {"recipe", "config_hash", "data", "device", "threads", "cach
 
 def _ablation(
     run: Path,
+    metrics: dict[str, Any],
     config: dict[str, Any],
     per: pd.DataFrame,
     other: Path,
@@ -135,16 +162,9 @@ def _ablation(
 ) -> dict[str, Any]:
     """The ablation run ``other`` against ``run``: what differs, and ablation minus run on
     the same test images (see the module docstring)."""
-    from bench.engine.run_eval import evaluate_model
     from bench.engine.run_record import recorded_dataset
 
-    try:
-        o_metrics = read_json(other / "metrics.json")
-        o_config = read_json(other / "config.json")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"--ablation {other}: not a finished segbench run ({err})") from None
-    if o_metrics.get("status") != "finished":
-        raise ValueError(f"--ablation {other}: status {o_metrics.get('status')!r}, not finished")
+    o_metrics, o_config = read_finished_run(other, "--ablation ")
     mine, theirs = recorded_dataset(run), recorded_dataset(other)
     for key in ("fingerprint", "split_hash"):
         if mine.get(key) != theirs.get(key):
@@ -160,33 +180,20 @@ def _ablation(
     if not differs:
         raise ValueError(f"--ablation {other}: trained with the run's own configuration")
     weights = run_weights(other)
-    scored = evaluate_model(
-        run_dir=other, checkpoint=weights["file"], data=data, out=out, compute_hd95=False,
-        progress=progress, command="",
-    )  # fmt: skip
-    o_per = scored.result.per_image
+    o_per, _ = _rescored(other, o_metrics, weights, data=data, out=out, progress=progress,
+                         label="--ablation ")  # fmt: skip
     if set(o_per["image_id"]) != set(per["image_id"]):
         raise ValueError(f"--ablation {other}: scores other test images than the run")
-    got = 100 * pooled_dsc(o_per["tp"], o_per["fp"], o_per["fn"])
-    want = 100 * float(o_metrics["test"]["dsc"])
-    if abs(got - want) > REPRODUCE_TOLERANCE_PP:
-        raise ValueError(
-            f"--ablation {other}: re-scoring gives DSC {got:.4f}, the run recorded {want:.4f}"
-        )
     diff = paired_pooled_difference(o_per, per, resamples=resamples)
-    traj: dict[str, Any] = {}
     split = o_config.get("select_split", "test")
-    for label, r in (("run", run), ("ablation", other)):
-        try:
-            log = pd.read_csv(r / "log.csv")
-            traj[label] = selection_effect(log, int(read_json(r / "metrics.json")["best_epoch"]),
-                                           split)["dsc_by_epoch"]  # fmt: skip
-        except (OSError, ValueError, KeyError):
-            traj[label] = {}
+    traj = {
+        "run": _trajectory(run, int(metrics["best_epoch"]), split),
+        "ablation": _trajectory(other, int(o_metrics["best_epoch"]), split),
+    }
     return {
         **diff,
         "order": "ablation - run",
-        "run": _results_relative(other),
+        "run": results_relative(other),
         "recipe": o_metrics.get("recipe"),
         "differs_in": {k: [config.get(k), o_config.get(k)] for k in differs},
         "code_fingerprint": o_metrics.get("code_fingerprint"),
@@ -240,13 +247,7 @@ def measure_gap(
     from models import model_info
 
     run = Path(run_dir)
-    try:
-        metrics = read_json(run / "metrics.json")
-        config = read_json(run / "config.json")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{run}: not a finished segbench run ({err})") from None
-    if metrics.get("status") != "finished":
-        raise ValueError(f"{run}: status {metrics.get('status')!r}, not finished")
+    metrics, config = read_finished_run(run)
     model, dataset = metrics["model"], metrics["dataset"]
     reported = dict(model_info(model).reported or {})
     paper_key = next((k for k in reported if dataset.startswith(k)), None)
@@ -267,18 +268,8 @@ def measure_gap(
     ):
         warnings.simplefilter("always")
         # 1. the run's own test split, re-scored: it must give the run's test DSC back
-        own = evaluate_model(
-            run_dir=run, checkpoint=weights["file"], data=data, out=Path(tmp) / "own",
-            compute_hd95=False, progress=progress, command="",
-        )  # fmt: skip
-        per = own.result.per_image
-        got = 100 * pooled_dsc(per["tp"], per["fp"], per["fn"])
-        want = 100 * float(metrics["test"]["dsc"])
-        if abs(got - want) > REPRODUCE_TOLERANCE_PP:
-            raise ValueError(
-                f"{run}: re-scoring its test split gives DSC {got:.4f}, the run recorded "
-                f"{want:.4f}: these weights or this data are not the run's"
-            )
+        per, got = _rescored(run, metrics, weights, data=data, out=Path(tmp) / "own",
+                             progress=progress)  # fmt: skip
         causes: dict[str, Any] = {"test_sampling": sampling_interval(per, resamples=resamples)}
 
         # 2. model selection (only as the authors did it: on the test split)
@@ -344,7 +335,7 @@ def measure_gap(
         # 5. an ablation run on the same test images
         if ablation is not None:
             causes["ablation"] = _ablation(
-                run, config, per, Path(ablation), data=data, out=Path(tmp) / "ablation",
+                run, metrics, config, per, Path(ablation), data=data, out=Path(tmp) / "ablation",
                 resamples=resamples, progress=progress,
             )  # fmt: skip
 
@@ -358,12 +349,12 @@ def measure_gap(
         "experiment": run.parent.name,
         "seed": int(metrics["seed"]),
         "recipe": metrics.get("recipe"),
-        "run": _results_relative(run),
+        "run": results_relative(run),
         "code_fingerprint": metrics.get("code_fingerprint"),
         "weights": weights if weights["source"] == "published" else {"source": "checkpoint"},
         "paper": {"dataset": paper_key, "dsc": paper_dsc},
         "measured_dsc": got,
-        "recorded_dsc": want,
+        "recorded_dsc": 100 * float(metrics["test"]["dsc"]),
         "difference_pp": got - paper_dsc,
         "causes": causes,
         # what scoring said on the way (e.g. which full-resolution images were left out

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.io import read_json
+from bench.engine.rundir import read_finished_run, results_relative
 from models.weights import INDEX_FORMAT, file_sha256, weights_dir
 
 #: the largest weights file publish writes: results/weights is committed to git, which
@@ -44,13 +45,7 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     import torch
 
     run = Path(run_dir)
-    try:
-        metrics = read_json(run / "metrics.json")
-        config = read_json(run / "config.json")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{run}: not a finished segbench run ({err})") from None
-    if metrics.get("status") != "finished":
-        raise ValueError(f"{run}: status {metrics.get('status')!r}, not finished")
+    metrics, config = read_finished_run(run)
     ckpt_path = run / "checkpoints" / "best.pt"
     if not ckpt_path.is_file():
         raise ValueError(f"{ckpt_path}: missing (publish where the run was trained)")
@@ -105,11 +100,7 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     finally:
         Path(tmp).unlink(missing_ok=True)
     manifest = read_json(run / "manifest.json") if (run / "manifest.json").is_file() else {}
-    # the run's path from its results folder on ("results/runs/<dataset>/..."), the same in
-    # every checkout, so the committed index points at the committed run folder
-    parts = run.resolve().parts
-    at = max((k for k, p in enumerate(parts) if p == "results"), default=None)
-    run_rel = "/".join(parts[at:]) if at is not None else str(run)
+    run_rel = results_relative(run)  # the committed index points at the committed run
     entry = {
         "model": model,
         "name": name,

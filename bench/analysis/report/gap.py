@@ -50,6 +50,12 @@ def _interval(v: Any) -> str:
     return f"[{v[0]:+.2f}, {v[1]:+.2f}]"
 
 
+def _not_measured(cause: str, record: dict[str, Any]) -> dict[str, Any]:
+    """The row of a cause the record holds as ``{"skipped": why}``."""
+    return {"cause": cause, "effect": math.nan, "interval": None,
+            "how": f"not measured: {record['skipped']}"}  # fmt: skip
+
+
 def _rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per cause of one record."""
     c = rec["causes"]
@@ -66,8 +72,7 @@ def _rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     sel = c["selection"]
     if "skipped" in sel:
-        rows.append({"cause": "model selection", "effect": math.nan, "interval": None,
-                     "how": f"not measured: {sel['skipped']}"})  # fmt: skip
+        rows.append(_not_measured("model selection", sel))
     else:
         rows.append(
             {
@@ -82,8 +87,7 @@ def _rows(rec: dict[str, Any]) -> list[dict[str, Any]]:
         )
     prep = c["data_preparation"]
     if "skipped" in prep:
-        rows.append({"cause": "data preparation", "effect": math.nan, "interval": None,
-                     "how": f"not measured: {prep['skipped']}"})  # fmt: skip
+        rows.append(_not_measured("data preparation", prep))
     else:
         rows.append(
             {
