@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,8 @@ def test_committed_weights_reproduce_their_committed_test_dice(entry, shared_dir
     test split, give exactly the per-image Dice its committed per_image.csv holds."""
     monkeypatch.delenv("SEGBENCH_WEIGHTS", raising=False)
     assert weights_dir() == REPO / "results" / "weights"
+    if entry.path is None:
+        pytest.skip(f"{entry.model}:{entry.name} is kept outside git and no store here holds it")
     from bench.data.cache import prepare_data
     from bench.engine.evaluate import EvalSettings, evaluate_arrays
 
@@ -188,6 +191,45 @@ def test_publish_refuses_weights_past_the_folders_budget(run, wdir, monkeypatch)
     publish_run(run, name="one", force=True)  # replaces its own file: within budget
 
 
+def test_weights_over_the_limit_go_to_an_external_store_and_load_from_it(
+    run, wdir, tmp_path, monkeypatch
+):
+    """--store keeps the file out of the committed folder; the index pins its sha256; it
+    loads by name only where SEGBENCH_WEIGHTS_STORE lists a folder holding an intact copy."""
+    from models.weights import STORE_ENV
+
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    store = tmp_path / "store"
+    entry = publish_run(run, name="ext", store=store)
+    assert entry["store"] == "external" and (store / entry["file"]).is_file()
+    assert not (wdir / entry["file"]).exists()
+    assert entry["meta"]["bytes"] == (store / entry["file"]).stat().st_size
+    with pytest.raises(WeightsError, match=rf"{STORE_ENV} is not set.*{entry['sha256']}"):
+        create_model("unet", weights="ext")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv(STORE_ENV, f"{elsewhere}{os.pathsep}{store}")  # the second holds it
+    model = create_model("unet", weights="ext")
+    got = _score(model, run).set_index("image_id")["dice"]
+    want = pd.read_csv(run / "per_image.csv").set_index("image_id")["dice"]
+    np.testing.assert_array_equal(got.loc[want.index].to_numpy(), want.to_numpy())
+    path = store / entry["file"]
+    path.write_bytes(path.read_bytes() + b"x")
+    with pytest.raises(WeightsError, match="file changed or damaged"):
+        create_model("unet", weights="ext")
+    with pytest.raises(ValueError, match="committed to git"):
+        publish_run(run, name="inside", store=wdir / "sub")
+
+
+def test_moving_committed_weights_to_a_store_leaves_no_committed_copy(run, wdir, tmp_path):
+    entry = publish_run(run, name="m")
+    assert (wdir / entry["file"]).is_file()
+    publish_run(run, name="m", force=True, store=tmp_path / "store")
+    assert not (wdir / entry["file"]).exists() and (tmp_path / "store" / entry["file"]).is_file()
+    [listed] = list_weights("unet")
+    assert listed.store == "external"
+
+
 def test_committed_weights_fit_the_publish_limits():
     """What is committed under results/weights obeys the limits publish enforces."""
     from bench.jobs import weights as publishing
@@ -196,3 +238,6 @@ def test_committed_weights_fit_the_publish_limits():
     sizes = {f.name: f.stat().st_size / 1e6 for f in files}
     assert all(mb <= publishing.MAX_WEIGHTS_MB for mb in sizes.values()), sizes
     assert sum(sizes.values()) <= publishing.MAX_TOTAL_MB, sizes
+    # every committed entry's file is here; no file of an external entry was committed
+    for e in COMMITTED:
+        assert (weights_dir() / e.file).is_file() == (e.store == "repo"), (e.model, e.name)

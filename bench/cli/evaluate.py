@@ -169,13 +169,12 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if args.weights:
         # committed weights by name: their file (sha256-checked) and the settings they
         # were trained with, unless given
-        from models.weights import get_weights, load_state_dict
+        from models.weights import get_weights, verified_path
 
         if not args.model or args.checkpoint or args.run:
             raise ValueError("--weights NAME goes with --model, not with --checkpoint or --run")
         entry = get_weights(args.model, args.weights)
-        load_state_dict(entry)
-        args.checkpoint = str(entry.path)
+        args.checkpoint = str(verified_path(entry))
         kwargs = entry.model_kwargs if kwargs is None else kwargs
         args.input_size = args.input_size or entry.image_size
         args.scaling = args.scaling or entry.input_scaling

@@ -10,8 +10,9 @@ from typing import Any
 def _cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from models.weights import list_weights, weights_dir
+    from models.weights import STORE_ENV, list_weights, weights_dir
 
+    entries = list_weights(args.model)
     rows = [
         [
             e.model,
@@ -19,17 +20,32 @@ def _cmd_list(args: argparse.Namespace) -> int:
             e.precision,
             f"{100 * e.meta['test']['dsc']:.2f}",
             e.sha256[:12],
+            _where(e),
             e.meta.get("run", ""),
         ]  # fmt: skip
-        for e in list_weights(args.model)
+        for e in entries
     ]
     if not rows:
         print(f"no weights listed in {weights_dir() / 'index.json'}")
         return 0
-    headers = ["model", "weights", "precision", "test DSC (%)", "sha256", "trained by run"]
+    headers = ["model", "weights", "precision", "test DSC (%)", "sha256", "file", "trained by run"]
     print(tabulate(rows, headers=headers))
     print('\nload with: create_model("<model>", weights="<weights>")')
+    if any(e.path is None for e in entries):
+        print(
+            f"weights kept outside git load once a copy sits at <store>/<model>/<weights>.pt "
+            f"and {STORE_ENV} lists <store> (the sha256 is checked)"
+        )
     return 0
+
+
+def _where(entry: Any) -> str:
+    """Where the entry's file is on this machine (or that it is not here)."""
+    if entry.store == "repo":
+        return "committed" if entry.path.is_file() else "missing"
+    path = entry.path
+    mb = entry.meta.get("bytes", 0) / 1e6
+    return f"external, here: {path.parent.parent}" if path else f"external ({mb:.1f} MB), not here"
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
@@ -38,7 +54,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     failed = 0
     for run in args.runs:
         try:
-            e = publish_run(run, args.name, force=args.force)
+            e = publish_run(run, args.name, force=args.force, store=args.store)
         except ValueError as err:
             print(f"error: {err}")
             failed += 1
@@ -62,7 +78,9 @@ def register(subparsers: Any) -> None:
         "publish",
         help="copy finished runs' best checkpoints into results/weights and index them",
         description="Copy each finished run's checkpoints/best.pt model state_dict to "
-        "results/weights/<model>/<name>.pt and list it in results/weights/index.json.",
+        "results/weights/<model>/<name>.pt and list it in results/weights/index.json. "
+        "Files over 10 MB (git's limit here) go to --store DIR outside git instead; the "
+        "committed index still pins their sha256.",
     )
     q.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="finished run folders")
     q.add_argument(
@@ -71,4 +89,12 @@ def register(subparsers: Any) -> None:
         help="weights name (default: <dataset>-<recipe>-e<epochs>-s<seed>; one run only)",
     )
     q.add_argument("--force", action="store_true", help="replace weights of the same name")
+    q.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the file to DIR/<model>/<name>.pt outside git (index entry: store "
+        "'external'; users list DIR in SEGBENCH_WEIGHTS_STORE to load it)",
+    )
     q.set_defaults(func=_cmd_publish)

@@ -109,10 +109,10 @@ def named_weights(model: str, name: str) -> Weights:
     """The :class:`Weights` of committed weights ``model:name`` (``segbench weights list``),
     checked by sha256; the split settings of the run that trained them where its folder
     is present."""
-    from models.weights import get_weights, load_state_dict
+    from models.weights import get_weights, verified_path
 
     entry = get_weights(model, name)
-    load_state_dict(entry)  # refuses a missing or changed file before any work
+    path = verified_path(entry)  # refuses a missing or changed file before any work
     split: dict[str, Any] = {}
     cfg_path = Path(__file__).resolve().parents[2] / entry.meta.get("run", "") / "config.json"
     if entry.meta.get("run") and cfg_path.is_file():
@@ -123,7 +123,7 @@ def named_weights(model: str, name: str) -> Weights:
         split = {k: cfg[k] for k in keys if cfg.get(k) is not None}
     return Weights(
         label=f"weights {model}:{name} (sha256 {entry.sha256[:12]})",
-        checkpoint=entry.path,
+        checkpoint=path,
         model_kwargs=dict(entry.model_kwargs),
         input_size=entry.image_size,
         scaling=entry.input_scaling,

@@ -61,20 +61,14 @@ def run_weights(run: Path) -> dict[str, Any]:
     best = run / "checkpoints" / "best.pt"
     if best.is_file():
         return {"source": "checkpoint", "file": str(best)}
-    from models.weights import file_sha256, list_weights
+    from models.weights import list_weights, verified_path
 
     rel = results_relative(run)
     for entry in list_weights():
         if entry.meta.get("run") == rel:
-            digest = file_sha256(entry.path)
-            if digest != entry.sha256:
-                raise ValueError(
-                    f"{entry.path}: sha256 {digest[:16]}... is not the index's "
-                    f"{entry.sha256[:16]}... (file changed or damaged)"
-                )
             return {
                 "source": "published",
-                "file": str(entry.path),
+                "file": str(verified_path(entry)),
                 "name": f"{entry.model}:{entry.name}",
                 "sha256": entry.sha256,
             }

@@ -3,7 +3,9 @@
 ``segbench weights publish RUN_DIR`` copies the run's ``checkpoints/best.pt`` model
 ``state_dict`` (tensors only, no optimiser) to ``results/weights/<model>/<name>.pt`` and
 adds an entry to ``results/weights/index.json`` (see :mod:`models.weights`), so that
-``create_model(model, weights=name)`` rebuilds exactly the scored model.
+``create_model(model, weights=name)`` rebuilds exactly the scored model. With
+``--store DIR`` the file goes to ``DIR/<model>/<name>.pt`` outside git instead (for
+weights over the limits below) and only its index entry, with the sha256, is committed.
 """
 
 from __future__ import annotations
@@ -34,13 +36,21 @@ def default_name(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     return f"{metrics['dataset']}-{metrics['recipe']}-e{metrics['epochs']}-s{config['seed']}"
 
 
-def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = False) -> dict:
+def publish_run(
+    run_dir: str | Path,
+    name: str | None = None,
+    *,
+    force: bool = False,
+    store: str | Path | None = None,
+) -> dict:
     """Publish ``run_dir``'s best checkpoint; returns the index entry written.
 
     Refuses an unfinished run, a run without ``best.pt``, a checkpoint from another
-    configuration than the run's, an existing name (unless ``force``), weights over
-    :data:`MAX_WEIGHTS_MB` and weights that would take the folder past
-    :data:`MAX_TOTAL_MB`. Nothing is written on refusal.
+    configuration than the run's and an existing name (unless ``force``). Without
+    ``store`` it also refuses weights over :data:`MAX_WEIGHTS_MB` and weights that would
+    take the committed folder past :data:`MAX_TOTAL_MB`; with ``store`` the file is
+    written under that folder (outside git) and the index entry says ``store:
+    external``. Nothing is written on refusal.
     """
     import torch
 
@@ -77,20 +87,25 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     buf = io.BytesIO()
     torch.save(ckpt["model"], buf)
     size_mb = buf.getbuffer().nbytes / 1e6
-    if size_mb > MAX_WEIGHTS_MB:
+    if store is not None:
+        dest = Path(store) / rel
+        if dest.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"--store {store}: inside {root}, which is committed to git")
+    elif size_mb > MAX_WEIGHTS_MB:
         raise ValueError(
             f"{ckpt_path}: {model}'s weights are {size_mb:.1f} MB, over the "
-            f"{MAX_WEIGHTS_MB:g} MB a file of {root} (committed to git) may take; this "
-            "run's weights stay in its checkpoints/ folder"
+            f"{MAX_WEIGHTS_MB:g} MB a file of {root} (committed to git) may take; keep "
+            "them outside git with --store DIR (only the index entry is committed)"
         )
-    # the folder's other files (a replaced entry's own file does not count twice)
-    held = sum(f.stat().st_size for f in root.rglob("*.pt") if f != dest) / 1e6
-    if held + size_mb > MAX_TOTAL_MB:
-        raise ValueError(
-            f"{ckpt_path}: {model}'s weights ({size_mb:.1f} MB) would take {root} to "
-            f"{held + size_mb:.1f} MB, over its {MAX_TOTAL_MB:g} MB budget (it is committed "
-            "to git): leave further seeds' weights with their runs"
-        )
+    else:
+        # the folder's other files (a replaced entry's own file does not count twice)
+        held = sum(f.stat().st_size for f in root.rglob("*.pt") if f != dest) / 1e6
+        if held + size_mb > MAX_TOTAL_MB:
+            raise ValueError(
+                f"{ckpt_path}: {model}'s weights ({size_mb:.1f} MB) would take {root} to "
+                f"{held + size_mb:.1f} MB, over its {MAX_TOTAL_MB:g} MB budget (it is "
+                "committed to git): keep them outside git with --store DIR"
+            )
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -111,7 +126,9 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
         "input_scaling": config["input_scaling"],
         "threshold": config["threshold"],
         "precision": metrics.get("precision", "fp32"),
+        "store": "repo" if store is None else "external",
         "meta": {
+            "bytes": buf.getbuffer().nbytes,
             "run": run_rel,
             "epoch": ckpt["epoch"],
             "config_hash": config.get("config_hash"),
@@ -128,9 +145,13 @@ def publish_run(run_dir: str | Path, name: str | None = None, *, force: bool = F
     }
     index["weights"] = [e for e in index["weights"] if e not in old] + [entry]
     index["weights"].sort(key=lambda e: (e["model"], e["name"]))
+    root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=".index.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1, sort_keys=True)
         f.write("\n")
     os.replace(tmp, index_path)
+    for e in old:  # a replaced entry's committed file that the new entry does not reuse
+        if e.get("store", "repo") == "repo" and (store is not None or e["file"] != rel):
+            (root / e["file"]).unlink(missing_ok=True)
     return entry
