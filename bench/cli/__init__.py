@@ -27,6 +27,7 @@ COMMANDS = {
     "models": "bench.cli.models",
     "complexity": "bench.cli.complexity",
     "speed": "bench.cli.speed",
+    "profile": "bench.cli.profile",
     "export": "bench.cli.export",
     "data": "bench.cli.data",
     "train": "bench.cli.train",

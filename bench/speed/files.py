@@ -298,8 +298,9 @@ def batch_scaling(frame: pd.DataFrame) -> pd.DataFrame:
     50 take oneDNN. So batch 1 and batch 8
     run different kernels for those layers, and a oneDNN path that is slow for tiny 1x1
     inputs on the AMX host would show exactly as this per-image rise; which kernel is slow
-    there is not measured here (it needs ``torch.profiler`` per operator at both batch
-    sizes on that host).
+    there is not measured here: ``segbench profile --model lraspp_mobilenet_v3_large
+    --batch-sizes 1,8`` (:mod:`bench.speed.profile`) on that host names the operators that
+    add the per-image time.
     """
     out = frame.copy()
     out["per_image_vs_b1"] = math.nan
