@@ -91,13 +91,30 @@ def register(subparsers: Any) -> None:
         help="comma-separated batch sizes (default: 1,8)",
     )
     add_input_size(p)
-    p.add_argument("--iters", type=positive_int, default=5, help="profiled calls per batch size")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each profile")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--iters",
+        type=positive_int,
+        default=5,
+        help="profiled calls per batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed calls before each profile (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: the current count)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last model and input")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
-    p.add_argument("--top", type=positive_int, default=15, help="operators printed")
+    p.add_argument(
+        "--top", type=positive_int, default=15, help="operators printed (default: %(default)s)"
+    )
     add_results(p)
     add_import(p)
     p.set_defaults(func=_cmd_profile)
