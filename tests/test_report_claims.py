@@ -294,3 +294,24 @@ def test_paper_figures_stand_beside_the_headline_protocol_only(tmp_path: Path) -
     write_report(only, progress=False)
     summary = (only / "tables" / "summary.md").read_text()
     assert "isic2017-mini DSC pooled (%)" in summary and "paper DSC" not in summary
+
+
+def test_readme_keeps_a_test_selected_paper_run_out_of_the_fair_table(tmp_path: Path) -> None:
+    """One table per protocol: a paper-recipe run, selected on test, is printed in a table
+    of its own after the fair budget's, never ranked among the fair rows."""
+    res = tmp_path / "results"
+    _runs(res, "malunet", "isic2017-256", {42: {}}, epochs=4)
+    _runs(res, "egeunet", "isic2017-256", {42: {}}, epochs=4)
+    paper = {42: {"recipe": "paper"}}
+    _runs(res, "malunet", "isic2017-256", paper, epochs=6, recipe="paper", select_split="test")
+    (tmp_path / "README.md").write_text(f"# x\n{headline.BEGIN}\n{headline.END}\n")
+    assert main(["report", "--results", str(res), "--quiet"]) == 0
+    block = (tmp_path / "README.md").read_text()
+    fair_at = block.index("`fair`, 4 epochs, checkpoint selected on the val split:")
+    paper_at = block.index("`paper`, 6 epochs, checkpoint selected on the test split as the")
+    assert fair_at < paper_at
+    fair_table = block[fair_at:paper_at]
+    assert "| malunet | isic2017-256 | fair | 4 |" in fair_table
+    assert "| egeunet | isic2017-256 | fair | 4 |" in fair_table
+    assert "| paper |" not in fair_table
+    assert "| malunet | isic2017-256 | paper | 6 |" in block[paper_at:]

@@ -107,7 +107,33 @@ def _code_short(code: Any) -> str:
     return text.replace("fingerprint ", "")
 
 
-def _accuracy_lines(acc: pd.DataFrame) -> list[str]:
+def _selection(runs: pd.DataFrame, recipe: str, epochs: int) -> str:
+    """Which split the runs of one recipe and budget selected their checkpoint on."""
+    if runs.empty or "config" not in runs:
+        return ""
+    sub = runs[(runs["recipe"] == recipe) & (runs["epochs"] == epochs)]
+    splits = sorted(
+        {str(c.get("select_split")) for c in sub["config"] if isinstance(c, dict)} - {"None"}
+    )
+    return "/".join(splits)
+
+
+def _group_note(recipe: str, epochs: int, selected_on: str) -> str:
+    text = f"`{recipe}`, {epochs} epochs"
+    if selected_on == "test":
+        return (
+            f"{text}, checkpoint selected on the test split as the authors did: for "
+            "setting beside the papers' figures (paper vs measured, in results/README.md), "
+            "not for ranking against the other tables"
+        )
+    return f"{text}, checkpoint selected on the {selected_on} split" if selected_on else text
+
+
+def _accuracy_lines(acc: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """One table per recipe and epoch budget (one protocol each), main recipes first and
+    the test-selected paper recipes last, then the trivial baselines."""
+    from bench.engine.config import is_paper_recipe
+
     base = acc[acc["model"].astype(str).str.startswith("baseline: ")]
     acc = acc[acc["n_seeds"].notna()] if "n_seeds" in acc else acc.iloc[0:0]
     if acc.empty:
@@ -116,21 +142,29 @@ def _accuracy_lines(acc: pd.DataFrame) -> list[str]:
         "| model | dataset | recipe | epochs | precision | seeds | DSC | mIoU | Acc | Sen | "
         "Spe | images Dice < 0.8 (%) | training time | code |"
     )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    order = acc.sort_values(["dataset", "dsc_mean"], ascending=[True, False], kind="stable")
-    for _, r in order.iterrows():
-        lines.append(
-            f"| {r['model']} | {r['dataset']} | {r['recipe']} | {int(r['epochs'])} | "
-            f"{r['precision']} | {int(r['n_seeds'])} ({r['seeds']}) | "
-            f"{_pm(r.get('dsc_mean'), r.get('dsc_std'))} | "
-            f"{_pm(r.get('miou_mean'), r.get('miou_std'))} | "
-            f"{_pm(r.get('acc_mean'), r.get('acc_std'))} | "
-            f"{_pm(r.get('sen_mean'), r.get('sen_std'))} | "
-            f"{_pm(r.get('spe_mean'), r.get('spe_std'))} | "
-            f"{_pm(r.get('dice_below_08_mean'), math.nan)} | "
-            f"{r.get('train_time_text') or '–'} | {_code_short(r.get('code'))} |"
-        )
-    lines.append("")
+    groups = sorted(
+        acc.groupby(["recipe", "epochs"], sort=False),
+        key=lambda kv: (is_paper_recipe(str(kv[0][0])), -len(kv[1]), str(kv[0][0]), kv[0][1]),
+    )
+    lines: list[str] = []
+    for (recipe, epochs), part in groups:
+        selected_on = _selection(runs, recipe, epochs)
+        lines += [_group_note(str(recipe), int(epochs), selected_on) + ":", ""]
+        lines += [header, "|" + "---|" * (header.count("|") - 1)]
+        order = part.sort_values(["dataset", "dsc_mean"], ascending=[True, False], kind="stable")
+        for _, r in order.iterrows():
+            lines.append(
+                f"| {r['model']} | {r['dataset']} | {r['recipe']} | {int(r['epochs'])} | "
+                f"{r['precision']} | {int(r['n_seeds'])} ({r['seeds']}) | "
+                f"{_pm(r.get('dsc_mean'), r.get('dsc_std'))} | "
+                f"{_pm(r.get('miou_mean'), r.get('miou_std'))} | "
+                f"{_pm(r.get('acc_mean'), r.get('acc_std'))} | "
+                f"{_pm(r.get('sen_mean'), r.get('sen_std'))} | "
+                f"{_pm(r.get('spe_mean'), r.get('spe_std'))} | "
+                f"{_pm(r.get('dice_below_08_mean'), math.nan)} | "
+                f"{r.get('train_time_text') or '–'} | {_code_short(r.get('code'))} |"
+            )
+        lines.append("")
     if not base.empty:
         lines += [
             "Trivial baselines on the same test split (pooled DSC): "
@@ -194,7 +228,7 @@ def headline_block(
             "",
         ]
     else:
-        lines += _accuracy_lines(headline)
+        lines += _accuracy_lines(headline, runs)
     if not smoke.empty:
         sets = sorted(set(smoke["dataset"]))
         sched = schedule_note(runs[runs["dataset"].map(is_smoke)]) if not runs.empty else ""
@@ -202,7 +236,7 @@ def headline_block(
             f"**Smoke protocol** ({', '.join(f'`{s}`' for s in sets)}; not comparable with "
             "the papers or with the headline protocol" + (f"; {sched}" if sched else "") + "):",
             "",
-            *_accuracy_lines(smoke),
+            *_accuracy_lines(smoke, runs),
         ]
     lines += _comparison_lines(comparisons)
     lines.append(END)
