@@ -11,6 +11,7 @@ from bench.cli.common import add_import, add_input_size, add_results, csv_list, 
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
+    import pandas as pd
     import torch
     from tabulate import tabulate
 
@@ -54,13 +55,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         "command": command_line(),
         "environment": env,
     }
-    record = profile_record(frame, settings)
+    rise = batch_rise(frame)
+    record = profile_record(rise, settings)
     stem = Path(args.results) / "speed" / "profile" / f"{args.model}-{device_slug('cpu')}"
     write_csv(stem.with_suffix(".csv"), frame)
     write_json(stem.with_suffix(".json"), record)
-    rise = batch_rise(frame)
-    import pandas as pd
-
     # the top operators and, last, the total
     shown = pd.concat([rise.iloc[:-1].head(args.top), rise.tail(1)])
     if not args.by_shape:

@@ -130,9 +130,9 @@ def summary(rise: pd.DataFrame, top: int = 3) -> str:
     )
 
 
-def profile_record(frame: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
-    """The JSON record of a profile: settings, the rise table and the one-line summary."""
-    rise = batch_rise(frame)
+def profile_record(rise: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON record of a profile: settings, the :func:`batch_rise` table and its
+    one-line summary."""
     return {
         "settings": settings,
         "summary": summary(rise),
