@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench.cli.common import add_import, add_input_size, add_results, csv_list, positive_int
@@ -12,59 +11,36 @@ from bench.cli.common import add_import, add_input_size, add_results, csv_list, 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     import pandas as pd
-    import torch
     from tabulate import tabulate
 
-    from bench.core.env import command_line, device_slug, environment
-    from bench.core.io import write_csv, write_json
-    from bench.speed.profile import batch_rise, profile_operators, profile_record
-    from models import create_model
+    from bench.core.env import command_line
+    from bench.speed.profile import run_profile
+    from models.registry import UnknownModelError
 
     try:
-        model = create_model(args.model)
-    except (KeyError, ValueError) as err:
-        print(f"segbench profile: --model {args.model}: {err}", file=sys.stderr)
-        return 2
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        frame = profile_operators(
-            model,
-            (3, args.input_size, args.input_size),
+        rise, record, stem = run_profile(
+            args.model,
             args.batch_sizes,
+            input_size=args.input_size,
+            threads=args.threads,
+            results=args.results,
+            command=command_line(),
             iters=args.iters,
             warmup=args.warmup,
             channels_last=args.channels_last,
             bf16=args.bf16,
             by_shape=args.by_shape,
         )
-        env = environment("cpu")
-    finally:
-        torch.set_num_threads(threads)
-    settings = {
-        "model": args.model,
-        "batch_sizes": args.batch_sizes,
-        "input_size": args.input_size,
-        "iters": args.iters,
-        "warmup": args.warmup,
-        "channels_last": args.channels_last,
-        "dtype": "bf16" if args.bf16 else "fp32",
-        "by_shape": args.by_shape,
-        "threads": env["torch_threads"],
-        "command": command_line(),
-        "environment": env,
-    }
-    rise = batch_rise(frame)
-    record = profile_record(rise, settings)
-    stem = Path(args.results) / "speed" / "profile" / f"{args.model}-{device_slug('cpu')}"
-    write_csv(stem.with_suffix(".csv"), frame)
-    write_json(stem.with_suffix(".json"), record)
+    except UnknownModelError as err:
+        print(f"segbench profile: --model {args.model}: {err}", file=sys.stderr)
+        return 2
     # the top operators and, last, the total
     shown = pd.concat([rise.iloc[:-1].head(args.top), rise.tail(1)])
     if not args.by_shape:
         shown = shown.drop(columns="input_shapes")
-    print(f"{env['device_name']}, {env['torch_threads']} thread(s), {settings['dtype']}")
+    env = record["settings"]["environment"]
+    dtype = "bf16" if args.bf16 else "fp32"
+    print(f"{env['device_name']}, {env['torch_threads']} thread(s), {dtype}")
     print(tabulate(shown, headers="keys", showindex=False, floatfmt=".3f"))
     print(f"\n{record['summary']}")
     print(f"profiler self times (overhead included; latency is `segbench speed`'s): {stem}.json")

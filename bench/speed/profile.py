@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -138,3 +139,60 @@ def profile_record(rise: pd.DataFrame, settings: dict[str, Any]) -> dict[str, An
         "summary": summary(rise),
         "batch_rise": rise.to_dict(orient="records"),
     }
+
+
+def run_profile(
+    model_name: str,
+    batch_sizes: Sequence[int],
+    *,
+    input_size: int = 256,
+    threads: int | None = None,
+    results: str | Path = "results",
+    command: str = "",
+    **options: Any,
+) -> tuple[pd.DataFrame, dict[str, Any], Path]:
+    """Profile registered model ``model_name`` (:func:`profile_operators` with
+    ``options``) in ``threads`` CPU threads (restored afterwards) and write
+    ``results/speed/profile/<model>-<host>.{csv,json}``: the per-operator frame and the
+    record with the settings, the environment and the :func:`batch_rise` table.
+
+    Returns the rise table, the record and the files' stem.
+    """
+    from bench.core.env import device_slug, environment
+    from bench.core.io import write_csv, write_json
+    from models import create_model
+
+    model = create_model(model_name)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        frame = profile_operators(model, (3, input_size, input_size), batch_sizes, **options)
+        env = environment("cpu")
+    finally:
+        torch.set_num_threads(before)
+    settings = {
+        "model": model_name,
+        "batch_sizes": list(batch_sizes),
+        "input_size": input_size,
+        **{k: options.get(k, v) for k, v in _OPTION_DEFAULTS.items()},
+        "threads": env["torch_threads"],
+        "command": command,
+        "environment": env,
+    }
+    rise = batch_rise(frame)
+    record = profile_record(rise, settings)
+    stem = Path(results) / "speed" / "profile" / f"{model_name}-{device_slug('cpu')}"
+    write_csv(stem.with_suffix(".csv"), frame)
+    write_json(stem.with_suffix(".json"), record)
+    return rise, record, stem
+
+
+#: the :func:`profile_operators` options a record states, at their defaults
+_OPTION_DEFAULTS = {
+    "iters": 5,
+    "warmup": 2,
+    "channels_last": False,
+    "bf16": False,
+    "by_shape": False,
+}
